@@ -1,0 +1,533 @@
+//! The daemon config (`config.toml`): where the directory and homeserver are, where secrets
+//! live, where state is kept, which mapping file to use. Every error names the file, the key
+//! and what is wrong.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::Secret;
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/matrix-ldap-sync/config.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this config was read from.
+    pub source: PathBuf,
+    pub directory: DirectoryConfig,
+    pub homeserver: HomeserverConfig,
+    /// Where the ledger (sled) lives.
+    pub state_dir: PathBuf,
+    /// The mapping rules file.
+    pub mapping_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// `ldap://` or `ldaps://` URLs, tried in order.
+    pub urls: Vec<Url>,
+    /// Upgrade `ldap://` connections with StartTLS.
+    pub starttls: bool,
+    /// A PEM file of CA certificates to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    /// Search bases; agents are read from each in turn.
+    pub base_dns: Vec<String>,
+    /// LDAP paged results page size.
+    pub page_size: i32,
+    /// Limit for connecting and for each LDAP operation (bind, each page).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HomeserverConfig {
+    /// Base URL of the homeserver's client/admin API, e.g. `https://matrix.example.org`.
+    pub url: Url,
+    /// The server name in user ids (`@alice:<server_name>`).
+    pub server_name: String,
+    /// Access token of an admin user.
+    pub access_token: Secret,
+    /// Most requests in flight at once.
+    pub concurrency: usize,
+    /// Limit for each HTTP request.
+    pub timeout: Duration,
+    /// How often a request is retried after a 429, a 5xx or a transport error.
+    pub max_retries: u32,
+}
+
+/// A config problem, naming the file, the key (when there is one) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(
+                f,
+                "{}: key `{}`: {}",
+                self.file.display(),
+                key,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    directory: RawDirectory,
+    homeserver: RawHomeserver,
+    state: RawState,
+    mapping: RawMapping,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    urls: Vec<String>,
+    #[serde(default)]
+    starttls: bool,
+    ca_file: Option<PathBuf>,
+    bind_dn: String,
+    bind_password_file: Option<PathBuf>,
+    bind_password_env: Option<String>,
+    base_dns: Vec<String>,
+    #[serde(default = "default_page_size")]
+    page_size: i64,
+    #[serde(default = "default_directory_timeout")]
+    timeout_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHomeserver {
+    url: String,
+    server_name: String,
+    access_token_file: Option<PathBuf>,
+    access_token_env: Option<String>,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_homeserver_timeout")]
+    timeout_secs: u64,
+    #[serde(default = "default_max_retries")]
+    max_retries: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    directory: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    file: PathBuf,
+}
+
+fn default_page_size() -> i64 {
+    500
+}
+fn default_directory_timeout() -> u64 {
+    30
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_homeserver_timeout() -> u64 {
+    30
+}
+fn default_max_retries() -> u32 {
+    5
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, and reads the secrets it points to.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` names the file in errors and anchors
+    /// relative paths (they are relative to the config file's folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: None,
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let v = Validator { file: path };
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Ok(Config {
+            source: path.to_path_buf(),
+            directory: v.directory(raw.directory, base)?,
+            homeserver: v.homeserver(raw.homeserver, base)?,
+            state_dir: resolve(base, &raw.state.directory),
+            mapping_file: resolve(base, &raw.mapping.file),
+        })
+    }
+}
+
+/// Turns raw config sections into checked ones; every error carries the file and key.
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn directory(&self, raw: RawDirectory, base: &Path) -> Result<DirectoryConfig, ConfigError> {
+        if raw.urls.is_empty() {
+            return Err(self.err(
+                "directory.urls",
+                "give at least one ldap:// or ldaps:// URL",
+            ));
+        }
+        let mut urls = Vec::new();
+        for (i, text) in raw.urls.iter().enumerate() {
+            let key = format!("directory.urls[{i}]");
+            let url = Url::parse(text)
+                .map_err(|e| self.err(&key, format!("`{text}` is not a URL: {e}")))?;
+            match url.scheme() {
+                "ldap" | "ldaps" => {}
+                other => {
+                    return Err(self.err(
+                        &key,
+                        format!("scheme `{other}` is not supported: use ldap:// or ldaps://"),
+                    ))
+                }
+            }
+            if raw.starttls && url.scheme() == "ldaps" {
+                return Err(self.err(
+                    "directory.starttls",
+                    format!("StartTLS applies to ldap:// URLs, but `{text}` is already ldaps://"),
+                ));
+            }
+            urls.push(url);
+        }
+        if raw.bind_dn.trim().is_empty() {
+            return Err(self.err(
+                "directory.bind_dn",
+                "must not be empty (anonymous binds are not supported)",
+            ));
+        }
+        let bind_password = self.secret(
+            "directory.bind_password_file",
+            raw.bind_password_file.as_deref(),
+            "directory.bind_password_env",
+            raw.bind_password_env.as_deref(),
+            base,
+        )?;
+        if raw.base_dns.is_empty() || raw.base_dns.iter().any(|b| b.trim().is_empty()) {
+            return Err(self.err("directory.base_dns", "give at least one non-empty base DN"));
+        }
+        if !(1..=100_000).contains(&raw.page_size) {
+            return Err(self.err(
+                "directory.page_size",
+                format!("{} is out of range 1..=100000", raw.page_size),
+            ));
+        }
+        let ca_file = raw.ca_file.map(|p| resolve(base, &p));
+        if let Some(ca) = &ca_file {
+            if !ca.is_file() {
+                return Err(self.err(
+                    "directory.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        Ok(DirectoryConfig {
+            urls,
+            starttls: raw.starttls,
+            ca_file,
+            bind_dn: raw.bind_dn,
+            bind_password,
+            base_dns: raw.base_dns,
+            page_size: raw.page_size as i32,
+            timeout: self.duration("directory.timeout_secs", raw.timeout_secs)?,
+        })
+    }
+
+    fn homeserver(&self, raw: RawHomeserver, base: &Path) -> Result<HomeserverConfig, ConfigError> {
+        let url = Url::parse(&raw.url)
+            .map_err(|e| self.err("homeserver.url", format!("`{}` is not a URL: {e}", raw.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.err(
+                "homeserver.url",
+                format!(
+                    "scheme `{}` is not supported: use https:// (or http:// on loopback)",
+                    url.scheme()
+                ),
+            ));
+        }
+        if raw.server_name.trim().is_empty() || raw.server_name.contains(['@', '/', ' ']) {
+            return Err(self.err(
+                "homeserver.server_name",
+                format!(
+                    "`{}` is not a Matrix server name (e.g. `example.org`)",
+                    raw.server_name
+                ),
+            ));
+        }
+        let access_token = self.secret(
+            "homeserver.access_token_file",
+            raw.access_token_file.as_deref(),
+            "homeserver.access_token_env",
+            raw.access_token_env.as_deref(),
+            base,
+        )?;
+        if !(1..=256).contains(&raw.concurrency) {
+            return Err(self.err(
+                "homeserver.concurrency",
+                format!("{} is out of range 1..=256", raw.concurrency),
+            ));
+        }
+        Ok(HomeserverConfig {
+            url,
+            server_name: raw.server_name,
+            access_token,
+            concurrency: raw.concurrency,
+            timeout: self.duration("homeserver.timeout_secs", raw.timeout_secs)?,
+            max_retries: raw.max_retries,
+        })
+    }
+
+    fn duration(&self, key: &str, secs: u64) -> Result<Duration, ConfigError> {
+        if secs == 0 {
+            return Err(self.err(key, "must be at least 1 second"));
+        }
+        Ok(Duration::from_secs(secs))
+    }
+
+    /// A secret comes from exactly one of a file (preferred: systemd credentials) or an
+    /// environment variable. `$CREDENTIALS_DIRECTORY/` at the start of a path is expanded.
+    fn secret(
+        &self,
+        file_key: &str,
+        file: Option<&Path>,
+        env_key: &str,
+        env: Option<&str>,
+        base: &Path,
+    ) -> Result<Secret, ConfigError> {
+        let secret = match (file, env) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    file_key,
+                    format!("give either `{file_key}` or `{env_key}`, not both"),
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    file_key,
+                    format!("missing: give `{file_key}` or `{env_key}`"),
+                ))
+            }
+            (Some(path), None) => {
+                let path = expand_credentials_dir(path).map_err(|m| self.err(file_key, m))?;
+                let path = resolve(base, &path);
+                Secret::from_file(&path).map_err(|e| {
+                    self.err(file_key, format!("cannot read {}: {e}", path.display()))
+                })?
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(value) => Secret::new(value),
+                Err(_) => {
+                    return Err(
+                        self.err(env_key, format!("environment variable `{var}` is not set"))
+                    )
+                }
+            },
+        };
+        if secret.is_empty() {
+            let key = if file.is_some() { file_key } else { env_key };
+            return Err(self.err(key, "the secret is empty"));
+        }
+        Ok(secret)
+    }
+}
+
+fn expand_credentials_dir(path: &Path) -> Result<PathBuf, String> {
+    let Ok(rest) = path.strip_prefix("$CREDENTIALS_DIRECTORY") else {
+        return Ok(path.to_path_buf());
+    };
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => Ok(PathBuf::from(dir).join(rest)),
+        None => Err("the path uses $CREDENTIALS_DIRECTORY but it is not set (is LoadCredential= in the unit?)".into()),
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("ldap.pw"), "secret\n").unwrap();
+            std::fs::write(dir.path().join("token"), "syt_abc\n").unwrap();
+            Fixture { dir }
+        }
+
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::parse(&self.dir.path().join("config.toml"), text)
+        }
+    }
+
+    const GOOD: &str = r#"
+[directory]
+urls = ["ldap://127.0.0.1:3890"]
+bind_dn = "cn=sync,dc=example,dc=org"
+bind_password_file = "ldap.pw"
+base_dns = ["ou=people,dc=example,dc=org"]
+
+[homeserver]
+url = "http://127.0.0.1:8008"
+server_name = "example.org"
+access_token_file = "token"
+
+[state]
+directory = "state"
+
+[mapping]
+file = "mappings/openldap.toml"
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults_and_relative_paths() {
+        let f = Fixture::new();
+        let c = f.parse(GOOD).unwrap();
+        assert_eq!(c.directory.page_size, 500);
+        assert_eq!(c.directory.bind_password.expose(), "secret");
+        assert_eq!(c.homeserver.access_token.expose(), "syt_abc");
+        assert_eq!(c.homeserver.concurrency, 8);
+        assert_eq!(c.state_dir, f.dir.path().join("state"));
+        assert_eq!(c.mapping_file, f.dir.path().join("mappings/openldap.toml"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let f = Fixture::new();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "urls = [\"ldap://127.0.0.1:3890\"]",
+                "urls = [\"http://x\"]",
+                "directory.urls[0]",
+            ),
+            (
+                "page_size",
+                "page_size = 0\nx_page_size",
+                "directory.page_size",
+            ),
+            (
+                "bind_password_file = \"ldap.pw\"",
+                "bind_password_file = \"nope.pw\"",
+                "directory.bind_password_file",
+            ),
+            (
+                "access_token_file = \"token\"",
+                "",
+                "homeserver.access_token_file",
+            ),
+            (
+                "server_name = \"example.org\"",
+                "server_name = \"@bad\"",
+                "homeserver.server_name",
+            ),
+            (
+                "access_token_file = \"token\"",
+                "access_token_file = \"token\"\nconcurrency = 0",
+                "homeserver.concurrency",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = if from == &"page_size" {
+                GOOD.replace("base_dns", "page_size = 0\nbase_dns")
+            } else {
+                GOOD.replace(from, to)
+            };
+            let err = f.parse(&text).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(*key), "case {to}: {err}");
+            assert!(err.to_string().contains("config.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_reported_with_their_names() {
+        let f = Fixture::new();
+        let err = f
+            .parse(&GOOD.replace("starttls", "x").replace("bind_dn", "bind_dm"))
+            .unwrap_err();
+        assert!(err.message.contains("bind_dm"), "{err}");
+        let err = f
+            .parse(&GOOD.replace("[state]\ndirectory = \"state\"", ""))
+            .unwrap_err();
+        assert!(err.message.contains("state"), "{err}");
+    }
+
+    #[test]
+    fn secret_from_env_and_both_sources_refused() {
+        let f = Fixture::new();
+        std::env::set_var("MLS_TEST_TOKEN_1", "tok");
+        let c = f
+            .parse(&GOOD.replace(
+                "access_token_file = \"token\"",
+                "access_token_env = \"MLS_TEST_TOKEN_1\"",
+            ))
+            .unwrap();
+        assert_eq!(c.homeserver.access_token.expose(), "tok");
+        let err = f
+            .parse(&GOOD.replace(
+                "access_token_file = \"token\"",
+                "access_token_file = \"token\"\naccess_token_env = \"X\"",
+            ))
+            .unwrap_err();
+        assert!(err.message.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn starttls_with_ldaps_is_refused() {
+        let f = Fixture::new();
+        let text = GOOD
+            .replace("ldap://127.0.0.1:3890", "ldaps://127.0.0.1:6360")
+            .replace("bind_dn", "starttls = true\nbind_dn");
+        assert_eq!(
+            f.parse(&text).unwrap_err().key.as_deref(),
+            Some("directory.starttls")
+        );
+    }
+}

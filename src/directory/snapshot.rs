@@ -1,0 +1,78 @@
+//! The Snapshot: every agent entry read from the directory, complete or not at all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The stable identity of an agent: `entryUUID` text, or an AD `objectGUID` in its canonical
+/// string form (see [`super::guid`]). Never the DN, never the login.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StableId(pub String);
+
+impl fmt::Display for StableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One directory entry. Attribute names are lowercased (LDAP names are case-insensitive);
+/// values keep their order. Values that are not UTF-8 are in `binary`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Entry {
+    pub dn: String,
+    pub id: StableId,
+    pub attrs: BTreeMap<String, Vec<String>>,
+    pub binary: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+impl Entry {
+    /// All text values of an attribute (any case of its name), empty if absent.
+    pub fn values(&self, attr: &str) -> &[String] {
+        self.attrs
+            .get(&attr.to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The first text value of an attribute.
+    pub fn first(&self, attr: &str) -> Option<&str> {
+        self.values(attr).first().map(String::as_str)
+    }
+}
+
+/// An entry the directory returned but that cannot be an agent (e.g. no stable id).
+/// It is reported and skipped; it never causes an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEntry {
+    pub dn: String,
+    pub reason: String,
+}
+
+/// Every agent entry under the configured bases that matched the agent filter.
+///
+/// Completeness is the type's promise: the directory module builds one only after every page
+/// of every search ended with result code success. Code that builds one by hand (tests,
+/// benchmarks) takes on that promise.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub entries: Vec<Entry>,
+    pub skipped: Vec<SkippedEntry>,
+    /// The directory URL that answered.
+    pub server: String,
+}
+
+impl Snapshot {
+    pub fn complete(
+        entries: Vec<Entry>,
+        skipped: Vec<SkippedEntry>,
+        server: impl Into<String>,
+    ) -> Self {
+        Snapshot {
+            entries,
+            skipped,
+            server: server.into(),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The homeserver side: a [`Homeserver`] trait, and its Synapse admin API client.
+//! It knows nothing of LDAP.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+pub mod synapse;
+
+pub use synapse::SynapseClient;
+
+/// An account as the homeserver reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteUser {
+    pub mxid: String,
+    pub displayname: Option<String>,
+    /// E-mail addresses (threepids of medium `email`).
+    pub emails: Vec<String>,
+    pub admin: bool,
+    pub deactivated: bool,
+    pub locked: bool,
+}
+
+/// What to set on an account. `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct UserChanges {
+    pub displayname: Option<String>,
+    /// Replaces the account's e-mail threepids with exactly these.
+    pub emails: Option<Vec<String>>,
+}
+
+/// Whether a PUT created the account or changed an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    Updated,
+}
+
+/// A homeserver request that failed for good (after the retries the client allows).
+#[derive(Debug, thiserror::Error)]
+pub enum HomeserverError {
+    /// The homeserver answered with an error status.
+    #[error("{method} {endpoint}: HTTP {status}{}: {message}", errcode.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Status {
+        method: String,
+        endpoint: String,
+        status: u16,
+        errcode: Option<String>,
+        message: String,
+    },
+    /// No usable answer: connection refused or cut, timeout, TLS failure.
+    #[error("{method} {endpoint}: {message}")]
+    Transport {
+        method: String,
+        endpoint: String,
+        message: String,
+    },
+    /// An answer that is not what the API documents.
+    #[error("{method} {endpoint}: unexpected reply: {message}")]
+    BadReply {
+        method: String,
+        endpoint: String,
+        message: String,
+    },
+}
+
+impl HomeserverError {
+    /// True for an HTTP 401/403: the token is wrong or not an admin's.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            HomeserverError::Status {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+}
+
+/// The operations the sync needs from a homeserver. Implementations bound their own
+/// concurrency and retry 429s / 5xx / transport errors before returning an error.
+pub trait Homeserver: Send + Sync {
+    /// The mxid the access token belongs to (`GET /_matrix/client/v3/account/whoami`).
+    fn whoami(&self) -> impl Future<Output = Result<String, HomeserverError>> + Send;
+
+    /// Proves the token can use the admin API (e.g. `GET /_synapse/admin/v1/server_version`
+    /// plus an admin-only read); returns the server's version string.
+    fn check_admin(&self) -> impl Future<Output = Result<String, HomeserverError>> + Send;
+
+    /// One account, or `None` if the homeserver has no such user.
+    fn get_user(
+        &self,
+        mxid: &str,
+    ) -> impl Future<Output = Result<Option<RemoteUser>, HomeserverError>> + Send;
+
+    /// Creates the account (without a password) or updates it.
+    fn upsert_user(
+        &self,
+        mxid: &str,
+        changes: &UserChanges,
+    ) -> impl Future<Output = Result<Upserted, HomeserverError>> + Send;
+
+    /// Every local account, deactivated and locked ones included (paginated).
+    fn list_users(&self) -> impl Future<Output = Result<Vec<RemoteUser>, HomeserverError>> + Send;
+}

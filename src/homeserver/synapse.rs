@@ -1,0 +1,4 @@
+//! Synapse admin API client (placeholder until implemented).
+
+/// Synapse admin API client.
+pub struct SynapseClient;
