@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod homeserver;

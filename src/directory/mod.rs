@@ -3,3 +3,6 @@
 mod snapshot;
 
 pub use snapshot::{Entry, SkippedEntry, Snapshot, StableId};
+
+mod api_stub;
+pub use api_stub::{read_snapshot, AgentQuery, Directory, DirectoryError, IdFormat};

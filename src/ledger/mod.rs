@@ -49,6 +49,11 @@ pub struct LedgerView {
 }
 
 impl Ledger {
+    /// True if `dir` holds a ledger.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("ledger").exists()
+    }
+
     /// Opens (or creates) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
         let path = dir.join("ledger");

@@ -46,7 +46,7 @@ pub struct AuditEntry {
 }
 
 /// One run of `sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub started_at: i64,
     pub finished_at: i64,

@@ -212,4 +212,18 @@ emails = ["{mail?}"]
         let err = parse(&GOOD.replace("display_name", "displayname")).unwrap_err();
         assert!(err.message.contains("displayname"), "{err}");
     }
+
+    #[test]
+    fn shipped_presets_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Rules::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                count += 1;
+            }
+        }
+        assert!(count >= 3, "presets found: {count}");
+    }
 }

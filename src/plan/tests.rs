@@ -78,7 +78,8 @@ fn new_agents_are_created_with_their_profile_and_a_reason() {
 
 #[test]
 fn collisions_are_resolved_in_stable_id_order_and_explained() {
-    let cases: &[(&[(&str, &str)], &[(&str, &str)], &[(&str, &str)])] = &[
+    type Pairs = &'static [(&'static str, &'static str)];
+    let cases: &[(Pairs, Pairs, Pairs)] = &[
         // (in ledger: id, localpart), (new: id, wanted localpart), expected (id, mxid)
         (
             &[],
