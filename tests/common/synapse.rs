@@ -53,6 +53,7 @@ impl Synapse {
         let python = venv.join("python");
         require_installed(&python, "Synapse venv (.testbed/venv)");
         let python = python.to_string_lossy().into_owned();
+        let began = Instant::now();
         let dir = scratch_dir("synapse");
         let d = dir.path();
         let server_name = "example.org";
@@ -75,6 +76,7 @@ impl Synapse {
             ],
             None,
         )?;
+        let generated = began.elapsed();
         let log_config = d.join("testbed.log.config");
         std::fs::write(&log_config, log_config_yaml(&log))
             .map_err(|e| format!("write log config: {e}"))?;
@@ -113,6 +115,7 @@ impl Synapse {
                     continue;
                 }
             };
+            let serving = began.elapsed();
             let admin_password = "admin-password".to_string();
             run(
                 &[
@@ -142,6 +145,12 @@ impl Synapse {
                 .as_str()
                 .ok_or_else(|| format!("admin login: no access_token in {login}"))?
                 .to_string();
+            eprintln!(
+                "testbed: Synapse on {url} ready in {:.2?} (config generated {generated:.2?}, \
+                 serving {serving:.2?}, admin logged in) ({})",
+                began.elapsed(),
+                d.display()
+            );
             return Ok(Synapse {
                 url,
                 port,
