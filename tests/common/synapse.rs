@@ -14,6 +14,17 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const SHARED_SECRET: &str = "testbed-registration-secret";
 
+/// One HTTP agent with timeouts, so a hung Synapse fails a test instead of hanging it.
+fn http() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+    })
+}
+
 pub struct Synapse {
     /// `http://127.0.0.1:<port>`
     pub url: String,
@@ -97,7 +108,7 @@ impl Synapse {
                 overrides.to_string_lossy().into_owned(),
             ];
             let health = format!("{url}/health");
-            let ready = move || ureq::get(&health).call().is_ok();
+            let ready = move || http().get(&health).call().is_ok();
             let server = match Server::start(
                 "synapse",
                 argv,
@@ -132,7 +143,8 @@ impl Synapse {
                 None,
             )
             .map_err(|e| server.failure(&format!("admin registration: {e}")))?;
-            let login = ureq::post(&format!("{url}/_matrix/client/v3/login"))
+            let login = http()
+                .post(&format!("{url}/_matrix/client/v3/login"))
                 .send_json(json!({
                     "type": "m.login.password",
                     "identifier": {"type": "m.id.user", "user": "admin"},
@@ -170,7 +182,8 @@ impl Synapse {
     /// A request with the admin token: returns (status, JSON body or Null). Never panics on
     /// an HTTP status; panics on a transport error.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{path}", self.url))
+        let req = http()
+            .request(method, &format!("{}{path}", self.url))
             .set("Authorization", &format!("Bearer {}", self.admin_token));
         let result = match body {
             Some(b) => req.send_json(b.clone()),
@@ -223,8 +236,10 @@ impl Synapse {
     /// request of its own to reach the log, so requests answered before the call are in.
     pub fn requests_since(&self, mark: u64) -> Vec<(String, String)> {
         let sentinel = unique("testbed-sentinel");
-        let _ = ureq::get(&format!("{}/_matrix/client/versions?{sentinel}", self.url)).call();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let _ = http()
+            .get(&format!("{}/_matrix/client/versions?{sentinel}", self.url))
+            .call();
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = read_from(&self.log, mark);
             if text.contains(&sentinel) {
