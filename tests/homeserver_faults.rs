@@ -778,3 +778,26 @@ async fn list_users_refuses_a_next_token_that_does_not_advance() {
     assert!(matches!(err, HomeserverError::BadReply { .. }), "{err:?}");
     assert!(stub.count() <= 2);
 }
+
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let stub = Stub::start(|_, _| Action::Respond {
+        status: 302,
+        headers: vec![("Location", "/elsewhere".into())],
+        body: String::new(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let err = stub
+        .client(3)
+        .upsert_user("@fay:example.org", &UserChanges::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HomeserverError::Status { status: 302, .. }),
+        "{err:?}"
+    );
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "PUT");
+}

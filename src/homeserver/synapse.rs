@@ -104,6 +104,9 @@ impl SynapseClient {
             .pool_max_idle_per_host(concurrency)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(60))
+            // The admin API does not redirect; following one could turn a PUT into a GET
+            // (301/302) and report it as done. A 3xx is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| HomeserverError::Config {
                 message: format!("cannot build the HTTP client: {}", chain(&e)),
@@ -592,6 +595,56 @@ impl Homeserver for SynapseClient {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let cfg = HomeserverConfig {
+            url: Url::parse("https://matrix.example.org/").unwrap(),
+            server_name: "example.org".into(),
+            access_token: crate::secret::Secret::new("syt_very_secret"),
+            concurrency: 2,
+            timeout: Duration::from_secs(5),
+            max_retries: 1,
+        };
+        let client = SynapseClient::new(&cfg).unwrap();
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("syt_very_secret"), "{debug}");
+        assert!(debug.contains("matrix.example.org"), "{debug}");
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_a_config_error_without_the_token() {
+        let cfg = HomeserverConfig {
+            url: Url::parse("https://matrix.example.org/").unwrap(),
+            server_name: "example.org".into(),
+            access_token: crate::secret::Secret::new("syt_line\nbreak"),
+            concurrency: 2,
+            timeout: Duration::from_secs(5),
+            max_retries: 1,
+        };
+        let err = SynapseClient::new(&cfg).unwrap_err();
+        assert!(matches!(err, HomeserverError::Config { .. }), "{err:?}");
+        assert!(!err.to_string().contains("syt_line"), "{err}");
+    }
+
+    #[test]
+    fn paths_keep_a_base_url_prefix() {
+        let cfg = HomeserverConfig {
+            url: Url::parse("https://example.org/matrix/?x=1").unwrap(),
+            server_name: "example.org".into(),
+            access_token: crate::secret::Secret::new("t"),
+            concurrency: 1,
+            timeout: Duration::from_secs(5),
+            max_retries: 0,
+        };
+        let client = SynapseClient::new(&cfg).unwrap();
+        let (endpoint, path) = SynapseClient::user_path("@a:example.org");
+        let req = client.request(Method::Get, endpoint, &path, &[("limit", "1")], None);
+        assert_eq!(
+            req.url.as_str(),
+            "https://example.org/matrix/_synapse/admin/v2/users/%40a%3Aexample.org?limit=1"
+        );
+    }
 
     #[test]
     fn mxids_are_percent_encoded_in_paths() {
