@@ -5,8 +5,10 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub mod retry;
 pub mod synapse;
 
+pub use retry::Backoff;
 pub use synapse::SynapseClient;
 
 /// An account as the homeserver reports it.
@@ -62,6 +64,9 @@ pub enum HomeserverError {
         endpoint: String,
         message: String,
     },
+    /// The client could not be set up from its config (never a network problem).
+    #[error("homeserver client: {message}")]
+    Config { message: String },
 }
 
 impl HomeserverError {
