@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need: OpenLDAP (slapd + ldap-utils, from Debian, with no
+# system instance configured or started) and Synapse (from PyPI, into .testbed/venv in the repo).
+# Idempotent, and fast (well under a second) when everything is already there.
+#
+# Usage: scripts/install-testbed.sh
+# Env:   SYNAPSE_VERSION  pin a Synapse version (default: newest from PyPI)
+#        PYTHON           interpreter for the venv (default: /usr/bin/python3, else python3)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.testbed/venv"
+start=$SECONDS
+
+say() { echo "install-testbed: $*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt-get update only when the package lists do not know the packages, or when an install from
+# stale lists fails (a 404 on a superseded .deb).
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    local pkg
+    for pkg in "$@"; do
+        if ! apt-cache show "$pkg" >/dev/null 2>&1; then
+            say "apt lists do not know $pkg: apt-get update"
+            as_root apt-get update -q
+            break
+        fi
+    done
+    if ! as_root apt-get install -y -q --no-install-recommends "$@"; then
+        say "apt-get install failed; apt-get update and trying again"
+        as_root apt-get update -q
+        as_root apt-get install -y -q --no-install-recommends "$@"
+    fi
+}
+
+# --- OpenLDAP ---------------------------------------------------------------------------------
+need_apt=()
+command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || need_apt+=(slapd)
+command -v ldapadd >/dev/null 2>&1 || need_apt+=(ldap-utils)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    say "installing ${need_apt[*]} from Debian (no system slapd instance)"
+    echo "slapd slapd/no_configuration boolean true" | as_root debconf-set-selections
+    apt_install "${need_apt[@]}"
+else
+    say "slapd and ldap-utils already installed"
+fi
+for m in back_mdb syncprov; do
+    [ -e "/usr/lib/ldap/$m.so" ] || [ -e "/usr/lib/ldap/$m.la" ] \
+        || { say "missing slapd module /usr/lib/ldap/$m"; exit 1; }
+done
+say "$(/usr/sbin/slapd -VV 2>&1 | sed -n 's/^.*\(slapd [0-9][^ ]*\).*$/\1/p' | head -n1)"
+
+# --- Synapse ----------------------------------------------------------------------------------
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+    if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        python=/usr/bin/python3
+    else
+        python=python3
+    fi
+fi
+spec="matrix-synapse${SYNAPSE_VERSION:+==$SYNAPSE_VERSION}"
+synapse_version() {
+    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("matrix-synapse"))' 2>/dev/null
+}
+have="$( [ -x "$venv/bin/python" ] && synapse_version || true)"
+if [ -n "$have" ] && { [ -z "${SYNAPSE_VERSION:-}" ] || [ "$have" = "$SYNAPSE_VERSION" ]; }; then
+    say "Synapse $have already in $venv"
+else
+    if ! "$python" -c 'import venv, ensurepip' 2>/dev/null; then
+        say "installing python3-venv from Debian"
+        apt_install python3-venv
+        python=/usr/bin/python3
+    fi
+    say "creating $venv with $python and installing $spec from PyPI"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$spec"
+    "$venv/bin/python" -c 'import synapse.app.homeserver' \
+        || { say "Synapse installed but does not import"; exit 1; }
+    say "installed Synapse $(synapse_version)"
+fi
+say "done in $((SECONDS - start)) s"

@@ -1,0 +1,373 @@
+//! A real Synapse (from PyPI, in `.testbed/venv`) on a loopback port: server name
+//! `example.org`, SQLite, a client listener only, rate limits out of the way, an admin user
+//! with an access token, and its access log at INFO so tests can count the requests a client
+//! sent.
+
+use super::process::{run, scratch_dir, Server};
+use super::{free_port, repo_root, require_installed, unique};
+use serde_json::{json, Value};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+const SHARED_SECRET: &str = "testbed-registration-secret";
+
+pub struct Synapse {
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    pub port: u16,
+    /// `example.org`
+    pub server_name: String,
+    /// `@admin:example.org`
+    pub admin_mxid: String,
+    pub admin_password: String,
+    pub admin_token: String,
+    /// The `registration_shared_secret`.
+    pub registration_shared_secret: String,
+    /// `homeserver.log`: the whole Synapse log, access lines included, written line by line.
+    pub log: PathBuf,
+    server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl Synapse {
+    /// The instance shared by all tests of this test binary (started on first use). Tests
+    /// sharing it run in parallel: use `unique()` names and filter requests by them.
+    pub fn shared() -> &'static Synapse {
+        static SHARED: OnceLock<Result<Synapse, String>> = OnceLock::new();
+        match SHARED.get_or_init(Synapse::try_start) {
+            Ok(synapse) => synapse,
+            Err(e) => panic!("shared Synapse could not start: {e}"),
+        }
+    }
+
+    /// An instance of its own (killed and removed on drop). Costs a few seconds.
+    pub fn start() -> Synapse {
+        Synapse::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start() -> Result<Synapse, String> {
+        let venv = repo_root().join(".testbed/venv/bin");
+        let python = venv.join("python");
+        require_installed(&python, "Synapse venv (.testbed/venv)");
+        let python = python.to_string_lossy().into_owned();
+        let dir = scratch_dir("synapse");
+        let d = dir.path();
+        let server_name = "example.org";
+        let config = d.join("homeserver.yaml");
+        let overrides = d.join("testbed.yaml");
+        let log = d.join("homeserver.log");
+        run(
+            &[
+                &python,
+                "-m",
+                "synapse.app.homeserver",
+                "--generate-config",
+                "--server-name",
+                server_name,
+                "--config-path",
+                &config.to_string_lossy(),
+                "--data-directory",
+                &d.to_string_lossy(),
+                "--report-stats=no",
+            ],
+            None,
+        )?;
+        let log_config = d.join("testbed.log.config");
+        std::fs::write(&log_config, log_config_yaml(&log))
+            .map_err(|e| format!("write log config: {e}"))?;
+
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            std::fs::write(&overrides, overrides_yaml(port, &log_config))
+                .map_err(|e| format!("write {}: {e}", overrides.display()))?;
+            let url = format!("http://127.0.0.1:{port}");
+            let argv = vec![
+                python.clone(),
+                "-m".into(),
+                "synapse.app.homeserver".into(),
+                "-c".into(),
+                config.to_string_lossy().into_owned(),
+                "-c".into(),
+                overrides.to_string_lossy().into_owned(),
+            ];
+            let health = format!("{url}/health");
+            let ready = move || ureq::get(&health).call().is_ok();
+            let server = match Server::start(
+                "synapse",
+                argv,
+                d,
+                &d.join("stdio.log"),
+                START_TIMEOUT,
+                ready,
+            ) {
+                Ok(server) => server,
+                Err(e) => {
+                    last_error = format!(
+                        "{e}\n--- homeserver.log ---\n{}",
+                        super::process::tail(&log, 30)
+                    );
+                    continue;
+                }
+            };
+            let admin_password = "admin-password".to_string();
+            run(
+                &[
+                    &venv.join("register_new_matrix_user").to_string_lossy(),
+                    "-k",
+                    SHARED_SECRET,
+                    "-u",
+                    "admin",
+                    "-p",
+                    &admin_password,
+                    "-a",
+                    &url,
+                ],
+                None,
+            )
+            .map_err(|e| server.failure(&format!("admin registration: {e}")))?;
+            let login = ureq::post(&format!("{url}/_matrix/client/v3/login"))
+                .send_json(json!({
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": "admin"},
+                    "password": admin_password,
+                }))
+                .map_err(|e| server.failure(&format!("admin login: {e}")))?
+                .into_json::<Value>()
+                .map_err(|e| format!("admin login: {e}"))?;
+            let admin_token = login["access_token"]
+                .as_str()
+                .ok_or_else(|| format!("admin login: no access_token in {login}"))?
+                .to_string();
+            return Ok(Synapse {
+                url,
+                port,
+                server_name: server_name.into(),
+                admin_mxid: format!("@admin:{server_name}"),
+                admin_password,
+                admin_token,
+                registration_shared_secret: SHARED_SECRET.into(),
+                log,
+                server,
+                dir,
+            });
+        }
+        Err(last_error)
+    }
+
+    /// A request with the admin token: returns (status, JSON body or Null). Never panics on
+    /// an HTTP status; panics on a transport error.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let req = ureq::request(method, &format!("{}{path}", self.url))
+            .set("Authorization", &format!("Bearer {}", self.admin_token));
+        let result = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{}", self.server.failure(&format!("{method} {path}: {e}"))),
+        };
+        let status = resp.status();
+        (status, resp.into_json().unwrap_or(Value::Null))
+    }
+
+    /// The admin API's view of a user, or None if it does not exist (404).
+    pub fn get_user(&self, mxid: &str) -> Option<Value> {
+        match self.request("GET", &format!("/_synapse/admin/v2/users/{mxid}"), None) {
+            (200, v) => Some(v),
+            (404, _) => None,
+            (s, v) => panic!("GET user {mxid}: {s} {v}"),
+        }
+    }
+
+    /// Creates (or updates) a user through the admin API, outside any daemon (an unmanaged
+    /// or to-be-adopted account). Returns its mxid.
+    pub fn create_user(&self, localpart: &str, displayname: Option<&str>) -> String {
+        let mxid = format!("@{localpart}:{}", self.server_name);
+        let mut body = json!({ "admin": false });
+        if let Some(name) = displayname {
+            body["displayname"] = json!(name);
+        }
+        match self.request(
+            "PUT",
+            &format!("/_synapse/admin/v2/users/{mxid}"),
+            Some(&body),
+        ) {
+            (200 | 201, _) => mxid,
+            (s, v) => panic!("PUT user {mxid}: {s} {v}"),
+        }
+    }
+
+    /// A position in the log; pass it to `requests_since`.
+    pub fn log_mark(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Every request Synapse finished since `mark`, as (method, path with query), the path
+    /// percent-decoded (`/_synapse/admin/v2/users/@a-1-2:example.org`). On the shared instance
+    /// this includes other tests' requests: filter by your unique names. Waits for a sentinel
+    /// request of its own to reach the log, so requests answered before the call are in.
+    pub fn requests_since(&self, mark: u64) -> Vec<(String, String)> {
+        let sentinel = unique("testbed-sentinel");
+        let _ = ureq::get(&format!("{}/_matrix/client/versions?{sentinel}", self.url)).call();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = read_from(&self.log, mark);
+            if text.contains(&sentinel) {
+                return text
+                    .lines()
+                    .filter_map(parse_access_line)
+                    .filter(|(_, path)| !path.contains(&sentinel))
+                    .collect();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}",
+                    self.server
+                        .failure("sentinel request never reached the log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Only the writes (PUT, POST, DELETE) among `requests_since(mark)`.
+    pub fn writes_since(&self, mark: u64) -> Vec<(String, String)> {
+        self.requests_since(mark)
+            .into_iter()
+            .filter(|(m, _)| m != "GET" && m != "HEAD" && m != "OPTIONS")
+            .collect()
+    }
+}
+
+fn read_from(path: &Path, mark: u64) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.seek(SeekFrom::Start(mark));
+        let _ = f.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `... Processed request: ... 200 "PUT /_synapse/admin/v2/users/@x:example.org HTTP/1.1" ...`
+fn parse_access_line(line: &str) -> Option<(String, String)> {
+    let rest = &line[line.find("Processed request:")?..];
+    let quoted = rest.split('"').nth(1)?;
+    let mut parts = quoted.split(' ');
+    let method = parts.next()?.to_string();
+    let path = parts.next()?;
+    Some((method, percent_decode(path)))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Plain file handler at INFO, no buffering (the generated config buffers up to 5 s).
+fn log_config_yaml(log: &Path) -> String {
+    format!(
+        r#"version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: {log}
+    encoding: utf8
+root:
+  level: INFO
+  handlers: [file]
+loggers:
+  synapse.storage.SQL:
+    level: WARNING
+  synapse.access:
+    level: INFO
+disable_existing_loggers: false
+"#,
+        log = log.display()
+    )
+}
+
+fn overrides_yaml(port: u16, log_config: &Path) -> String {
+    let unlimited = "{per_second: 100000, burst_count: 1000000}";
+    format!(
+        r#"listeners:
+  - port: {port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    x_forwarded: false
+    resources:
+      - names: [client]
+        compress: false
+log_config: {log_config}
+trusted_key_servers: []
+suppress_key_server_warning: true
+report_stats: false
+bcrypt_rounds: 4
+enable_registration: false
+registration_shared_secret: {SHARED_SECRET}
+presence:
+  enabled: false
+url_preview_enabled: false
+background_updates:
+  sleep_enabled: false
+  min_batch_size: 1000
+  default_batch_size: 1000
+rc_message: {unlimited}
+rc_registration: {unlimited}
+rc_registration_token_validity: {unlimited}
+rc_login:
+  address: {unlimited}
+  account: {unlimited}
+  failed_attempts: {unlimited}
+rc_admin_redaction: {unlimited}
+rc_joins:
+  local: {unlimited}
+  remote: {unlimited}
+rc_joins_per_room: {unlimited}
+rc_3pid_validation: {unlimited}
+rc_invites:
+  per_room: {unlimited}
+  per_user: {unlimited}
+  per_issuer: {unlimited}
+rc_third_party_invite: {unlimited}
+rc_media_create: {unlimited}
+rc_presence:
+  per_user: {unlimited}
+rc_delayed_event_mgmt: {unlimited}
+rc_room_creation: {unlimited}
+rc_reports: {unlimited}
+rc_user_directory: {unlimited}
+rc_profile: {unlimited}
+rc_key_requests: {unlimited}
+"#,
+        log_config = log_config.display()
+    )
+}
