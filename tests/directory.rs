@@ -237,6 +237,7 @@ async fn size_limit_is_an_error_not_a_short_snapshot() {
             other => panic!("page size {page_size}: expected a search error, got {other:?}"),
         }
         let msg = err.to_string();
+        eprintln!("error shown: {msg}");
         assert!(msg.contains("sizeLimitExceeded"), "{msg}");
     }
 }
@@ -252,6 +253,7 @@ async fn wrong_password_is_invalid_credentials() {
         "{err:?}"
     );
     let msg = err.to_string();
+    eprintln!("error shown: {msg}");
     assert!(
         msg.contains(&format!("invalid credentials for {}", slapd.sync_dn)),
         "{msg}"
@@ -277,6 +279,7 @@ async fn wrong_base_dn_names_the_base() {
         "{err:?}"
     );
     let msg = err.to_string();
+    eprintln!("error shown: {msg}");
     assert!(
         msg.contains(&format!("`{missing}` does not exist")),
         "{msg}"
@@ -307,6 +310,7 @@ async fn failover_to_the_next_url() {
     cfg.urls = vec![Url::parse(&dead).unwrap(), Url::parse(&dead2).unwrap()];
     let err = Directory::connect(&cfg).await.unwrap_err();
     let msg = err.to_string();
+    eprintln!("error shown: {msg}");
     assert!(
         matches!(err, DirectoryError::AllServersFailed { ref failures } if failures.len() == 2),
         "{err:?}"
@@ -393,6 +397,7 @@ async fn a_stopped_server_is_a_connect_error() {
     let err = read_snapshot(&cfg, &people()).await.unwrap_err();
     assert!(matches!(err, DirectoryError::Connect { .. }), "{err:?}");
     let msg = err.to_string();
+    eprintln!("error shown: {msg}");
     assert!(msg.contains(&slapd.url), "{msg}");
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
 }
@@ -417,4 +422,195 @@ fn b64(text: &str) -> String {
         }
     }
     out
+}
+
+/// A test CA, a server certificate it signed for `IP:127.0.0.1` only, and an unrelated CA.
+struct TestPki {
+    ca: std::path::PathBuf,
+    other_ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl TestPki {
+    fn new(dir: &std::path::Path) -> TestPki {
+        let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let ca_ext = [
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        for (name, cn) in [
+            ("ca", "matrix-ldap-sync test CA"),
+            ("other-ca", "unrelated CA"),
+        ] {
+            let (key, pem, subj) = (
+                p(&format!("{name}.key")),
+                p(&format!("{name}.pem")),
+                format!("/CN={cn}"),
+            );
+            let mut argv = vec![
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-subj",
+                &subj,
+            ];
+            argv.extend_from_slice(&ca_ext);
+            common::process::run(&argv, None).unwrap();
+        }
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let (key, csr, pem) = (p("server.key"), p("server.csr"), p("server.pem"));
+        common::process::run(
+            &[
+                "openssl",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            None,
+        )
+        .unwrap();
+        common::process::run(
+            &[
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &p("server.ext"),
+            ],
+            None,
+        )
+        .unwrap();
+        TestPki {
+            ca: dir.join("ca.pem"),
+            other_ca: dir.join("other-ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
+}
+
+/// Gives a running slapd a certificate (cn=config at run time), so StartTLS works.
+fn enable_tls(slapd: &Slapd, pki: &TestPki) {
+    let ldif = format!(
+        "dn: cn=config\nchangetype: modify\nreplace: olcTLSCACertificateFile\nolcTLSCACertificateFile: {}\n-\n\
+         replace: olcTLSCertificateFile\nolcTLSCertificateFile: {}\n-\n\
+         replace: olcTLSCertificateKeyFile\nolcTLSCertificateKeyFile: {}\n",
+        pki.ca.display(),
+        pki.cert.display(),
+        pki.key.display()
+    );
+    common::process::run(
+        &[
+            "ldapmodify",
+            "-x",
+            "-H",
+            &slapd.url,
+            "-D",
+            "cn=admin,cn=config",
+            "-w",
+            "admin-secret",
+        ],
+        Some(&ldif),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn starttls_with_a_ca_file_and_plain_tls_errors() {
+    let slapd = Slapd::start();
+    let pki = TestPki::new(slapd.dir.path());
+    enable_tls(&slapd, &pki);
+    let ou = slapd.new_ou("tls");
+    add_people(&slapd, &ou, "t", 3, "");
+    let mut cfg = config(&slapd, &ou);
+    cfg.starttls = true;
+    cfg.ca_file = Some(pki.ca.clone());
+
+    // Trusted CA, certificate names 127.0.0.1: works.
+    let snap = read_snapshot(&cfg, &people()).await.unwrap();
+    assert_eq!(snap.entries.len(), 3);
+
+    // Same server by a name the certificate does not carry.
+    let mut by_name = cfg.clone();
+    by_name.urls = vec![Url::parse(&format!("ldap://localhost:{}", slapd.port)).unwrap()];
+    let err = Directory::connect(&by_name).await.unwrap_err();
+    assert!(matches!(err, DirectoryError::Tls { .. }), "{err:?}");
+    let msg = err.to_string();
+    eprintln!("error shown: {msg}");
+    assert!(msg.contains("not valid for the name `localhost`"), "{msg}");
+
+    // A CA file that did not issue the certificate, and the system roots: untrusted.
+    let mut other = cfg.clone();
+    other.ca_file = Some(pki.other_ca.clone());
+    let mut system = cfg.clone();
+    system.ca_file = None;
+    for cfg in [other, system] {
+        let err = Directory::connect(&cfg).await.unwrap_err();
+        assert!(matches!(err, DirectoryError::Tls { .. }), "{err:?}");
+        let msg = err.to_string();
+        eprintln!("error shown: {msg}");
+        assert!(msg.contains("is not trusted"), "{msg}");
+        assert!(msg.contains("directory.ca_file"), "{msg}");
+    }
+
+    // A server that refuses simple binds without TLS: the admin is told what to change.
+    common::process::run(
+        &["ldapmodify", "-x", "-H", &slapd.url, "-D", "cn=admin,cn=config", "-w", "admin-secret"],
+        Some("dn: cn=config\nchangetype: modify\nreplace: olcSecurity\nolcSecurity: simple_bind=128\n"),
+    )
+    .unwrap();
+    let mut plain = cfg.clone();
+    plain.starttls = false;
+    let err = Directory::connect(&plain).await.unwrap_err();
+    assert!(
+        matches!(err, DirectoryError::Bind { code: 8 | 13, .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    eprintln!("error shown: {msg}");
+    assert!(
+        msg.contains("use an ldaps:// URL or set `directory.starttls = true`"),
+        "{msg}"
+    );
+    let snap = read_snapshot(&cfg, &people()).await.unwrap();
+    assert_eq!(snap.entries.len(), 3);
 }
