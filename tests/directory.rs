@@ -614,3 +614,33 @@ async fn starttls_with_a_ca_file_and_plain_tls_errors() {
     let snap = read_snapshot(&cfg, &people()).await.unwrap();
     assert_eq!(snap.entries.len(), 3);
 }
+
+#[tokio::test]
+async fn continuation_references_are_ignored_but_a_referral_result_is_an_error() {
+    let slapd = Slapd::shared();
+    let ou = slapd.new_ou("refs");
+    add_people(slapd, &ou, "r", 2, "");
+    let elsewhere = format!("ou=elsewhere,{ou}");
+    slapd.add_ldif(&format!(
+        "dn: {elsewhere}\nobjectClass: referral\nobjectClass: extensibleObject\nou: elsewhere\n\
+         ref: ldap://other.example.org/ou=elsewhere,dc=example,dc=org\n"
+    ));
+
+    // A subtree search over the referral object gets a search result *reference*: ignored.
+    let snap = read_snapshot(&config(slapd, &ou), &people()).await.unwrap();
+    assert_eq!(snap.entries.len(), 2);
+    assert!(snap.skipped.is_empty(), "{:?}", snap.skipped);
+
+    // Searching *at* the referral object: result code referral (10), never followed.
+    let err = read_snapshot(&config(slapd, &elsewhere), &people())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DirectoryError::Search { code: 10, .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    eprintln!("error shown: {msg}");
+    assert!(msg.contains("ldap://other.example.org/"), "{msg}");
+    assert!(msg.contains("not followed"), "{msg}");
+}
