@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::directory::{self, AgentQuery, DirectoryError};
 use crate::homeserver::{Homeserver, HomeserverError};
 use crate::ledger::{Ledger, LedgerError, LedgerView, RunRecord};
-use crate::mapping::{self, IdFormat, Rules};
+use crate::mapping::{self, Rules};
 use crate::plan::{self, Plan};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +43,7 @@ pub fn agent_query(rules: &Rules) -> AgentQuery {
         filter: rules.agent.filter.clone(),
         attributes: rules.attributes(),
         id_attribute: rules.agent.id_attribute.clone(),
-        id_format: match rules.agent.id_format {
-            IdFormat::Text => directory::IdFormat::Text,
-            IdFormat::Guid => directory::IdFormat::Guid,
-        },
+        id_format: rules.agent.id_format,
     }
 }
 

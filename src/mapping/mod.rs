@@ -6,7 +6,7 @@ mod rules;
 mod template;
 
 pub use normalize::{strip_accents, to_localpart};
-pub use rules::{AccountRules, AgentRules, IdFormat, Rules};
+pub use rules::{AccountRules, AgentRules, Rules};
 pub use template::{MissingAttribute, Template, TemplateError};
 
 use serde::Serialize;

@@ -6,16 +6,7 @@ use serde::Deserialize;
 
 use super::template::Template;
 use crate::config::ConfigError;
-
-/// How the stable id attribute is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdFormat {
-    /// A text value, e.g. OpenLDAP / 389-DS `entryUUID`, FreeIPA `ipaUniqueID`.
-    Text,
-    /// Active Directory's binary `objectGUID`.
-    Guid,
-}
+use crate::directory::IdFormat;
 
 #[derive(Debug, Clone)]
 pub struct Rules {
