@@ -34,7 +34,13 @@ impl Site {
         let synapse = Synapse::shared();
         let ou = slapd.new_ou(name);
         let tag = unique("t");
-        let site = Site { slapd, synapse, ou, tag, dir: tempfile::tempdir().unwrap() };
+        let site = Site {
+            slapd,
+            synapse,
+            ou,
+            tag,
+            dir: tempfile::tempdir().unwrap(),
+        };
         site.write_config(&slapd.sync_dn, &slapd.sync_password, "");
         site
     }
@@ -95,7 +101,10 @@ file = "{mapping}"
 
     /// The mxid an agent gets from the preset's `{givenName}.{sn}` localpart.
     fn mxid(&self, localpart_prefix: &str) -> String {
-        format!("@{localpart_prefix}-{}:{}", self.tag, self.synapse.server_name)
+        format!(
+            "@{localpart_prefix}-{}:{}",
+            self.tag, self.synapse.server_name
+        )
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -121,12 +130,17 @@ file = "{mapping}"
 
     /// Homeserver writes since `mark` that concern this test's accounts.
     fn writes_since(&self, mark: u64) -> Vec<(String, String)> {
-        self.synapse.writes_since(mark).into_iter().filter(|(_, path)| path.contains(&self.tag)).collect()
+        self.synapse
+            .writes_since(mark)
+            .into_iter()
+            .filter(|(_, path)| path.contains(&self.tag))
+            .collect()
     }
 
     fn plan_json(&self) -> (i32, Value) {
         let run = self.run(&["plan", "--json"]);
-        let json = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+        let json = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
         (run.code, json)
     }
 }
@@ -142,46 +156,90 @@ fn emails(user: &Value) -> Vec<String> {
 }
 
 fn display_name(synapse: &Synapse, mxid: &str) -> String {
-    let user = synapse.get_user(mxid).unwrap_or_else(|| panic!("{mxid} does not exist"));
+    let user = synapse
+        .get_user(mxid)
+        .unwrap_or_else(|| panic!("{mxid} does not exist"));
     user["displayname"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]
 fn first_sync_creates_accounts_with_names_emails_and_distinct_localparts() {
     let site = Site::new("first");
-    site.add_agent("edupre", "Élodie", "Dupré", "DSI", Some("elodie.dupre@example.org"));
-    site.add_agent("jmartin1", "Jean", "Martin", "RH", Some("jean.martin@example.org"));
-    site.add_agent("jmartin2", "Jean", "Martin", "Finances", Some("jean.martin2@example.org"));
+    site.add_agent(
+        "edupre",
+        "Élodie",
+        "Dupré",
+        "DSI",
+        Some("elodie.dupre@example.org"),
+    );
+    site.add_agent(
+        "jmartin1",
+        "Jean",
+        "Martin",
+        "RH",
+        Some("jean.martin@example.org"),
+    );
+    site.add_agent(
+        "jmartin2",
+        "Jean",
+        "Martin",
+        "Finances",
+        Some("jean.martin2@example.org"),
+    );
     site.add_agent("pyves", "Pierre-Yves", "L'Hôte", "Juridique", None);
 
     let (code, plan) = site.plan_json();
     assert_eq!(code, 2, "plan must say changes are pending: {plan}");
     assert_eq!(plan["counts"]["create_account"], 4, "{plan}");
-    assert!(!Path::new(&site.dir.path().join("state")).exists(), "a dry run must not create the ledger");
+    assert!(
+        !Path::new(&site.dir.path().join("state")).exists(),
+        "a dry run must not create the ledger"
+    );
 
     let run = site.sync_ok();
     assert!(run.stdout.contains("4 applied"), "{}", run.stdout);
 
-    let elodie = site.synapse.get_user(&site.mxid("elodie.dupre")).expect("Élodie's account");
-    assert_eq!(elodie["displayname"], format!("Élodie Dupré {} [DSI]", site.tag));
+    let elodie = site
+        .synapse
+        .get_user(&site.mxid("elodie.dupre"))
+        .expect("Élodie's account");
+    assert_eq!(
+        elodie["displayname"],
+        format!("Élodie Dupré {} [DSI]", site.tag)
+    );
     assert_eq!(emails(&elodie), vec!["elodie.dupre@example.org"]);
     assert_eq!(elodie["deactivated"], false);
 
     // Two Jean Martins: two accounts, and which is which is recorded, not guessed again.
     let jean1 = display_name(site.synapse, &site.mxid("jean.martin"));
-    let jean2 = display_name(site.synapse, &format!("@jean.martin-{}2:{}", site.tag, site.synapse.server_name));
+    let jean2 = display_name(
+        site.synapse,
+        &format!("@jean.martin-{}2:{}", site.tag, site.synapse.server_name),
+    );
     let mut depts = vec![jean1, jean2];
     depts.sort();
     assert_eq!(
         depts,
-        vec![format!("Jean Martin {} [Finances]", site.tag), format!("Jean Martin {} [RH]", site.tag)]
+        vec![
+            format!("Jean Martin {} [Finances]", site.tag),
+            format!("Jean Martin {} [RH]", site.tag)
+        ]
     );
 
-    let pierre = site.synapse.get_user(&site.mxid("pierre-yves.lhote")).expect("Pierre-Yves's account");
+    let pierre = site
+        .synapse
+        .get_user(&site.mxid("pierre-yves.lhote"))
+        .expect("Pierre-Yves's account");
     assert!(emails(&pierre).is_empty());
 
     let status = site.run(&["status"]);
-    assert!(status.stdout.contains("Managed accounts: 4 (4 created, 0 adopted)"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("Managed accounts: 4 (4 created, 0 adopted)"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
@@ -193,16 +251,34 @@ fn second_sync_writes_nothing() {
 
     let mark = site.synapse.log_mark();
     let (code, plan) = site.plan_json();
-    assert_eq!((code, plan["changes_pending"].as_bool()), (0, Some(false)), "{plan}");
+    assert_eq!(
+        (code, plan["changes_pending"].as_bool()),
+        (0, Some(false)),
+        "{plan}"
+    );
     let run = site.sync_ok();
-    assert!(run.stdout.contains("0 planned, 0 applied"), "{}", run.stdout);
-    assert_eq!(site.writes_since(mark), vec![], "a sync with nothing changed wrote to the homeserver");
+    assert!(
+        run.stdout.contains("0 planned, 0 applied"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        site.writes_since(mark),
+        vec![],
+        "a sync with nothing changed wrote to the homeserver"
+    );
 }
 
 #[test]
 fn a_display_name_change_in_ldap_reaches_the_homeserver() {
     let site = Site::new("rename");
-    site.add_agent("anais", "Anaïs", "Côté", "Communication", Some("anais@example.org"));
+    site.add_agent(
+        "anais",
+        "Anaïs",
+        "Côté",
+        "Communication",
+        Some("anais@example.org"),
+    );
     site.sync_ok();
     let mxid = site.mxid("anais.cote");
 
@@ -212,15 +288,30 @@ fn a_display_name_change_in_ldap_reaches_the_homeserver() {
     ));
     let plan = site.run(&["plan"]);
     assert_eq!(plan.code, 2, "{}", plan.stdout);
-    assert!(plan.stdout.contains("Update account (1)"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("[Communication]\" → \""), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("Update account (1)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("[Communication]\" → \""),
+        "{}",
+        plan.stdout
+    );
 
     let mark = site.synapse.log_mark();
     site.sync_ok();
     let user = site.synapse.get_user(&mxid).unwrap();
-    assert_eq!(user["displayname"], format!("Anaïs Côté {} [DSI]", site.tag));
+    assert_eq!(
+        user["displayname"],
+        format!("Anaïs Côté {} [DSI]", site.tag)
+    );
     assert_eq!(emails(&user), vec!["anais.cote@example.org"]);
-    assert_eq!(site.writes_since(mark).len(), 1, "one PUT for one changed account");
+    assert_eq!(
+        site.writes_since(mark).len(),
+        1,
+        "one PUT for one changed account"
+    );
 }
 
 #[test]
@@ -232,30 +323,55 @@ fn a_renamed_or_moved_entry_keeps_its_account() {
     assert!(site.synapse.get_user(&mxid).is_some());
 
     // New RDN (uid changes) and a move into a sub-OU of the same base: same entryUUID.
-    site.slapd.add_ldif(&format!("dn: ou=archive,{}\nobjectClass: organizationalUnit\nou: archive\n", site.ou));
+    site.slapd.add_ldif(&format!(
+        "dn: ou=archive,{}\nobjectClass: organizationalUnit\nou: archive\n",
+        site.ou
+    ));
     site.slapd.modify_ldif(&format!(
         "dn: uid=zoe,{ou}\nchangetype: modrdn\nnewrdn: uid=zfaure\ndeleteoldrdn: 1\nnewsuperior: ou=archive,{ou}\n",
         ou = site.ou
     ));
     let mark = site.synapse.log_mark();
     let (code, plan) = site.plan_json();
-    assert_eq!(code, 0, "a move alone changes nothing on the homeserver: {plan}");
-    assert_eq!(plan["moves"][0]["to_dn"], format!("uid=zfaure,ou=archive,{}", site.ou), "{plan}");
+    assert_eq!(
+        code, 0,
+        "a move alone changes nothing on the homeserver: {plan}"
+    );
+    assert_eq!(
+        plan["moves"][0]["to_dn"],
+        format!("uid=zfaure,ou=archive,{}", site.ou),
+        "{plan}"
+    );
     site.sync_ok();
     assert_eq!(site.writes_since(mark), vec![]);
     let status = site.run(&["status"]);
-    assert!(status.stdout.contains("Managed accounts: 1 "), "{}", status.stdout);
-    assert!(site.synapse.get_user(&format!("@zoe.faure-{}2:{}", site.tag, site.synapse.server_name)).is_none());
+    assert!(
+        status.stdout.contains("Managed accounts: 1 "),
+        "{}",
+        status.stdout
+    );
+    assert!(site
+        .synapse
+        .get_user(&format!(
+            "@zoe.faure-{}2:{}",
+            site.tag, site.synapse.server_name
+        ))
+        .is_none());
 }
 
 #[test]
 fn an_existing_account_with_the_same_mxid_is_adopted() {
     let site = Site::new("adopt");
     site.add_agent("marc", "Marc", "Roux", "DSI", None);
-    let mxid = site.synapse.create_user(&format!("marc.roux-{}", site.tag), Some("Old name"));
+    let mxid = site
+        .synapse
+        .create_user(&format!("marc.roux-{}", site.tag), Some("Old name"));
     let run = site.sync_ok();
     assert!(run.stdout.contains("(1 adopted)"), "{}", run.stdout);
-    assert_eq!(display_name(site.synapse, &mxid), format!("Marc Roux {} [DSI]", site.tag));
+    assert_eq!(
+        display_name(site.synapse, &mxid),
+        format!("Marc Roux {} [DSI]", site.tag)
+    );
     let history = site.run(&["status", "--json"]);
     let status: Value = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(status["adopted"], 1);
@@ -272,7 +388,14 @@ fn an_agent_missing_an_attribute_is_skipped_and_the_rest_synced() {
         tag = site.tag
     ));
     let plan = site.run(&["plan"]);
-    assert!(plan.stdout.contains(&format!("uid=nogiven,{}: localpart: attribute `givenName` is missing", site.ou)), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains(&format!(
+            "uid=nogiven,{}: localpart: attribute `givenName` is missing",
+            site.ou
+        )),
+        "{}",
+        plan.stdout
+    );
     site.sync_ok();
     assert!(site.synapse.get_user(&site.mxid("gaelle.morel")).is_some());
 }
@@ -287,9 +410,15 @@ fn a_bad_bind_password_is_a_clear_error_and_changes_nothing() {
         let run = site.run(args);
         assert_eq!(run.code, 1, "{args:?}: {}\n{}", run.stdout, run.stderr);
         let text = format!("{}{}", run.stdout, run.stderr);
-        assert!(text.to_lowercase().contains("invalid credentials"), "{args:?}: {text}");
+        assert!(
+            text.to_lowercase().contains("invalid credentials"),
+            "{args:?}: {text}"
+        );
         assert!(text.contains(&site.slapd.sync_dn), "{args:?}: {text}");
-        assert!(!text.contains("wrong-password-123"), "the password leaked: {text}");
+        assert!(
+            !text.contains("wrong-password-123"),
+            "the password leaked: {text}"
+        );
     }
     assert_eq!(site.writes_since(mark), vec![]);
 }
@@ -305,10 +434,22 @@ fn a_directory_that_fails_mid_read_aborts_the_run_with_no_action() {
     let mark = site.synapse.log_mark();
     let run = site.run(&["sync"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.to_lowercase().contains("size limit"), "{}", run.stderr);
-    assert_eq!(site.writes_since(mark), vec![], "a partial directory read must not lead to any write");
+    assert!(
+        run.stderr.to_lowercase().contains("size limit"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        site.writes_since(mark),
+        vec![],
+        "a partial directory read must not lead to any write"
+    );
     let status = site.run(&["status"]);
-    assert!(status.stdout.contains("failed: directory"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("failed: directory"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
@@ -325,13 +466,21 @@ fn a_directory_that_stops_answering_aborts_the_run_with_no_action() {
     let run = site.run(&["sync"]);
     slapd.resume();
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.to_lowercase().contains("timed out") || run.stderr.to_lowercase().contains("timeout"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did not answer within 3s"),
+        "{}",
+        run.stderr
+    );
 
     // Gone: connection refused.
     slapd.stop();
     let run2 = site.run(&["sync"]);
     assert_eq!(run2.code, 1, "{}\n{}", run2.stdout, run2.stderr);
-    assert!(run2.stderr.contains(&slapd.url), "the error names the directory: {}", run2.stderr);
+    assert!(
+        run2.stderr.contains(&slapd.url),
+        "the error names the directory: {}",
+        run2.stderr
+    );
     assert_eq!(site.writes_since(mark), vec![]);
 
     // Back: the pending agent is created, the existing one untouched.
@@ -347,25 +496,58 @@ fn check_reports_each_step() {
     site.add_agent("c", "Chloé", "Henry", "DSI", None);
     let run = site.run(&["check"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    for step in ["config", "mapping", "directory bind", "directory search", "homeserver token", "homeserver admin API"] {
-        assert!(run.stdout.contains(&format!("OK      {step}")), "{step}: {}", run.stdout);
+    for step in [
+        "config",
+        "mapping",
+        "directory bind",
+        "directory search",
+        "homeserver token",
+        "homeserver admin API",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("OK      {step}")),
+            "{step}: {}",
+            run.stdout
+        );
     }
     assert!(run.stdout.contains("1 agents"), "{}", run.stdout);
 
-    std::fs::write(site.config(), std::fs::read_to_string(site.config()).unwrap().replace("access_token_file = \"token\"", "access_token_file = \"token2\"")).unwrap();
+    std::fs::write(
+        site.config(),
+        std::fs::read_to_string(site.config()).unwrap().replace(
+            "access_token_file = \"token\"",
+            "access_token_file = \"token2\"",
+        ),
+    )
+    .unwrap();
     write_secret(site.dir.path(), "token2", "syt_not_a_real_token");
     let run = site.run(&["check"]);
     assert_eq!(run.code, 1);
-    assert!(run.stdout.contains("FAILED  homeserver token"), "{}", run.stdout);
-    assert!(!run.stdout.contains("syt_not_a_real_token"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("FAILED  homeserver token"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("syt_not_a_real_token"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
 fn a_config_error_names_the_file_and_key() {
     let site = Site::new("badcfg");
-    let text = std::fs::read_to_string(site.config()).unwrap().replace("page_size = 2", "page_size = 0");
+    let text = std::fs::read_to_string(site.config())
+        .unwrap()
+        .replace("page_size = 2", "page_size = 0");
     std::fs::write(site.config(), text).unwrap();
     let run = site.run(&["plan"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("config.toml: key `directory.page_size`"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("config.toml: key `directory.page_size`"),
+        "{}",
+        run.stderr
+    );
 }
