@@ -111,7 +111,7 @@ pub struct Move {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    /// In the order they run: creations, then updates; each kind sorted by mxid.
+    /// In the order they run: creations, then updates; each kind sorted by localpart.
     pub actions: Vec<Action>,
     /// DN changes the ledger records; they need no homeserver write.
     pub moves: Vec<Move>,
@@ -186,12 +186,20 @@ pub fn plan(desired: &Desired, ledger: &LedgerView, server_name: &str) -> Plan {
         .filter(|r| !seen.contains(&r.id))
         .map(|r| r.mxid.clone())
         .collect();
-    result
-        .actions
-        .sort_by(|a, b| (a.kind(), a.mxid()).cmp(&(b.kind(), b.mxid())));
+    result.actions.sort_by(|a, b| {
+        (a.kind(), localpart_of(a.mxid())).cmp(&(b.kind(), localpart_of(b.mxid())))
+    });
     result.moves.sort_by(|a, b| a.mxid.cmp(&b.mxid));
     result.not_in_directory.sort();
     result
+}
+
+/// `alice` of `@alice:example.org`, so `jean.martin` sorts before `jean.martin2`.
+fn localpart_of(mxid: &str) -> &str {
+    mxid.trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or(mxid)
 }
 
 fn update_for(

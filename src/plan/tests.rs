@@ -239,7 +239,7 @@ fn managed_accounts_missing_from_the_directory_are_listed_not_acted_on() {
 }
 
 #[test]
-fn creations_run_before_updates_each_sorted_by_mxid() {
+fn creations_run_before_updates_each_sorted_by_localpart() {
     let old = want("o", "zed", "Zed");
     let mut renamed = old.clone();
     renamed.display_name = "Zed Z".into();
@@ -248,6 +248,7 @@ fn creations_run_before_updates_each_sorted_by_mxid() {
             want("n2", "bea", "B"),
             renamed,
             want("n1", "anna", "A"),
+            want("n3", "anna2", "A"),
         ]),
         &ledger(vec![applied(&old, "zed")]),
         "example.org",
@@ -257,6 +258,7 @@ fn creations_run_before_updates_each_sorted_by_mxid() {
         order,
         vec![
             (ActionKind::CreateAccount, "@anna:example.org"),
+            (ActionKind::CreateAccount, "@anna2:example.org"),
             (ActionKind::CreateAccount, "@bea:example.org"),
             (ActionKind::UpdateAccount, "@zed:example.org")
         ]
