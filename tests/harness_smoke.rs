@@ -141,3 +141,38 @@ fn synapse_log_shows_the_writes() {
         .collect();
     assert_eq!(writes.len(), 1, "{writes:?}");
 }
+
+#[test]
+fn sample_directory_loads() {
+    let ldap = Slapd::start();
+    let path = common::repo_root().join("scripts/sample-directory.ldif");
+    ldap.add_ldif(&std::fs::read_to_string(path).unwrap());
+    let people = format!("ou=people,{}", ldap.base_dn);
+    let search = |filter: &str| {
+        let (code, out) = ldap.search_as(
+            &ldap.sync_dn,
+            &ldap.sync_password,
+            &["-E", "pr=10/noprompt", "-b", &people, filter, "uid"],
+        );
+        assert_eq!(code, 0, "{out}");
+        out.matches("\nuid: ").count() + usize::from(out.starts_with("uid: "))
+    };
+    assert_eq!(search("(objectClass=inetOrgPerson)"), 36);
+    assert_eq!(search("(cn=Jean Martin)"), 2);
+    assert_eq!(search("(&(objectClass=inetOrgPerson)(!(mail=*)))"), 1);
+    let (code, out) = ldap.search_as(
+        &ldap.sync_dn,
+        &ldap.sync_password,
+        &[
+            "-b",
+            &format!("ou=groups,{}", ldap.base_dn),
+            "(cn=encadrement)",
+            "member",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("member: cn=comite-de-direction,ou=groups,dc=example,dc=org"),
+        "{out}"
+    );
+}

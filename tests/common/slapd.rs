@@ -51,6 +51,7 @@ impl Slapd {
     fn try_start() -> Result<Slapd, String> {
         require_installed(SLAPD.as_ref(), "slapd");
         require_installed("/usr/bin/ldapadd".as_ref(), "ldapadd (ldap-utils)");
+        let began = std::time::Instant::now();
         let dir = scratch_dir("slapd");
         let base_dn = "dc=example,dc=org".to_string();
         let path = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
@@ -108,6 +109,11 @@ impl Slapd {
                 ready,
             ) {
                 Ok(server) => {
+                    eprintln!(
+                        "testbed: slapd on {url} ready in {:.2?} ({})",
+                        began.elapsed(),
+                        dir.path().display()
+                    );
                     return Ok(Slapd {
                         url,
                         port,
@@ -120,7 +126,7 @@ impl Slapd {
                         base_dn,
                         server,
                         dir,
-                    })
+                    });
                 }
                 Err(e) => last_error = e,
             }

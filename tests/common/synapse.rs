@@ -14,6 +14,17 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const SHARED_SECRET: &str = "testbed-registration-secret";
 
+/// One HTTP agent with timeouts, so a hung Synapse fails a test instead of hanging it.
+fn http() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+    })
+}
+
 pub struct Synapse {
     /// `http://127.0.0.1:<port>`
     pub url: String,
@@ -53,6 +64,7 @@ impl Synapse {
         let python = venv.join("python");
         require_installed(&python, "Synapse venv (.testbed/venv)");
         let python = python.to_string_lossy().into_owned();
+        let began = Instant::now();
         let dir = scratch_dir("synapse");
         let d = dir.path();
         let server_name = "example.org";
@@ -75,6 +87,7 @@ impl Synapse {
             ],
             None,
         )?;
+        let generated = began.elapsed();
         let log_config = d.join("testbed.log.config");
         std::fs::write(&log_config, log_config_yaml(&log))
             .map_err(|e| format!("write log config: {e}"))?;
@@ -95,7 +108,7 @@ impl Synapse {
                 overrides.to_string_lossy().into_owned(),
             ];
             let health = format!("{url}/health");
-            let ready = move || ureq::get(&health).call().is_ok();
+            let ready = move || http().get(&health).call().is_ok();
             let server = match Server::start(
                 "synapse",
                 argv,
@@ -113,6 +126,7 @@ impl Synapse {
                     continue;
                 }
             };
+            let serving = began.elapsed();
             let admin_password = "admin-password".to_string();
             run(
                 &[
@@ -129,7 +143,8 @@ impl Synapse {
                 None,
             )
             .map_err(|e| server.failure(&format!("admin registration: {e}")))?;
-            let login = ureq::post(&format!("{url}/_matrix/client/v3/login"))
+            let login = http()
+                .post(&format!("{url}/_matrix/client/v3/login"))
                 .send_json(json!({
                     "type": "m.login.password",
                     "identifier": {"type": "m.id.user", "user": "admin"},
@@ -142,6 +157,12 @@ impl Synapse {
                 .as_str()
                 .ok_or_else(|| format!("admin login: no access_token in {login}"))?
                 .to_string();
+            eprintln!(
+                "testbed: Synapse on {url} ready in {:.2?} (config generated {generated:.2?}, \
+                 serving {serving:.2?}, admin logged in) ({})",
+                began.elapsed(),
+                d.display()
+            );
             return Ok(Synapse {
                 url,
                 port,
@@ -161,7 +182,8 @@ impl Synapse {
     /// A request with the admin token: returns (status, JSON body or Null). Never panics on
     /// an HTTP status; panics on a transport error.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{path}", self.url))
+        let req = http()
+            .request(method, &format!("{}{path}", self.url))
             .set("Authorization", &format!("Bearer {}", self.admin_token));
         let result = match body {
             Some(b) => req.send_json(b.clone()),
@@ -214,8 +236,10 @@ impl Synapse {
     /// request of its own to reach the log, so requests answered before the call are in.
     pub fn requests_since(&self, mark: u64) -> Vec<(String, String)> {
         let sentinel = unique("testbed-sentinel");
-        let _ = ureq::get(&format!("{}/_matrix/client/versions?{sentinel}", self.url)).call();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let _ = http()
+            .get(&format!("{}/_matrix/client/versions?{sentinel}", self.url))
+            .call();
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = read_from(&self.log, mark);
             if text.contains(&sentinel) {
