@@ -809,3 +809,49 @@ async fn a_redirect_is_not_followed() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].method, "PUT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_holds_back_the_clients_other_requests_too() {
+    let stub = Stub::start(|i, _| match i {
+        0 => json(
+            429,
+            r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too Many Requests","retry_after_ms":600}"#,
+        ),
+        _ => json(200, r#"{"user_id":"@admin:example.org"}"#),
+    })
+    .await;
+    let client = Arc::new(stub.client(3));
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.whoami().await })
+    };
+    // Let the 429 arrive, then start more requests while the pause is in force.
+    while stub.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let others: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.whoami().await })
+        })
+        .collect();
+    first.await.unwrap().unwrap();
+    for o in others {
+        o.await.unwrap().unwrap();
+    }
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 6, "one 429, its retry, four others");
+    for later in &seen[1..] {
+        let gap = later.at - seen[0].at;
+        assert!(
+            gap >= Duration::from_millis(600),
+            "a request went out {gap:?} after the 429"
+        );
+    }
+    assert_eq!(
+        client.retries(),
+        1,
+        "the others waited instead of being refused"
+    );
+}

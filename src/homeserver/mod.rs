@@ -16,7 +16,9 @@ pub use synapse::SynapseClient;
 pub struct RemoteUser {
     pub mxid: String,
     pub displayname: Option<String>,
-    /// E-mail addresses (threepids of medium `email`).
+    /// E-mail addresses (threepids of medium `email`), as Synapse stores them: lowercased.
+    /// Always empty in [`Homeserver::list_users`] results (Synapse's list does not report
+    /// threepids); [`Homeserver::get_user`] gives them.
     pub emails: Vec<String>,
     pub admin: bool,
     pub deactivated: bool,
@@ -105,6 +107,7 @@ pub trait Homeserver: Send + Sync {
         changes: &UserChanges,
     ) -> impl Future<Output = Result<Upserted, HomeserverError>> + Send;
 
-    /// Every local account, deactivated and locked ones included (paginated).
+    /// Every local account, deactivated and locked ones included (paginated). `emails` is
+    /// empty in what it returns: see [`RemoteUser::emails`].
     fn list_users(&self) -> impl Future<Output = Result<Vec<RemoteUser>, HomeserverError>> + Send;
 }

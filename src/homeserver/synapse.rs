@@ -8,6 +8,9 @@
 //!   backoff with jitter;
 //! - any other status is final.
 //!
+//! A 429 also pauses the client's other requests for the time asked (Synapse rate-limits per
+//! user, so they would be refused too).
+//!
 //! Retries are bounded by `max_retries` (so a request is sent at most `max_retries + 1`
 //! times). Only idempotent requests (GET, PUT) can be sent at all, which is what makes
 //! retrying them safe. One consequence: a PUT that created an account but whose answer was
@@ -15,12 +18,14 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use serde::{Deserialize, Deserializer};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 use url::Url;
 
 use super::retry::{self, Backoff, Verdict};
@@ -49,6 +54,9 @@ pub struct SynapseClient {
     backoff: Backoff,
     page_size: u32,
     retries: AtomicU64,
+    /// Set by a 429: no request of this client starts before then. Synapse rate-limits per
+    /// user, so when one request is told to wait, all of the daemon's requests are.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 /// The methods the client may send: idempotent ones only, since any request may be retried.
@@ -130,6 +138,7 @@ impl SynapseClient {
             backoff: Backoff::default(),
             page_size: DEFAULT_PAGE_SIZE,
             retries: AtomicU64::new(0),
+            paused_until: Mutex::new(None),
         })
     }
 
@@ -211,6 +220,9 @@ impl SynapseClient {
             };
             match verdict {
                 Verdict::Retry { wait, reason } => {
+                    if matches!(outcome, Attempt::Answer { status: 429, .. }) {
+                        self.pause_for(wait);
+                    }
                     retry += 1;
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -228,9 +240,43 @@ impl SynapseClient {
         }
     }
 
+    /// Holds back every request of this client for `wait` (or longer, if already paused).
+    fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        let paused = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        paused.filter(|until| *until > Instant::now())
+    }
+
+    /// A concurrency permit, once no 429 pause is in force.
+    async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+        loop {
+            if let Some(until) = self.paused_until() {
+                tokio::time::sleep_until(until).await;
+            }
+            let permit = self.in_flight.acquire().await.ok()?;
+            // A 429 may have come while this request queued for its permit.
+            if self.paused_until().is_none() {
+                return Some(permit);
+            }
+        }
+    }
+
     /// One attempt, holding a concurrency permit from sending until the body is read.
     async fn attempt(&self, req: &Request<'_>) -> Attempt {
-        let Ok(_permit) = self.in_flight.acquire().await else {
+        let Some(_permit) = self.permit().await else {
             return Attempt::NoAnswer("the client is shutting down".to_string());
         };
         let builder = match req.method {
