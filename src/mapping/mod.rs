@@ -67,7 +67,32 @@ pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules) -> Desired {
         }
     }
     desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+    keep_emails_unique(&mut desired);
     desired
+}
+
+/// An e-mail address can belong to one account only: the homeserver moves it to whichever
+/// account was written last, so two agents sharing one would take it from each other on every
+/// run. The agent first in stable-id order keeps it; the others go without, with a warning.
+fn keep_emails_unique(desired: &mut Desired) {
+    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for account in &mut desired.accounts {
+        account.emails.retain(|address| match owner.get(address) {
+            None => {
+                owner.insert(address.clone(), account.dn.clone());
+                true
+            }
+            Some(first) => {
+                let note = format!(
+                    "{}: e-mail `{address}` is also {first}'s, left to them",
+                    account.dn
+                );
+                tracing::warn!("{note}");
+                desired.warnings.push(note);
+                false
+            }
+        });
+    }
 }
 
 fn map_entry(
@@ -248,6 +273,37 @@ emails = ["{mail?}"]
             d.skipped[1].reason.contains("no character allowed"),
             "{}",
             d.skipped[1].reason
+        );
+    }
+
+    #[test]
+    fn a_shared_email_stays_with_the_first_agent_only() {
+        let d = map_snapshot(
+            &snapshot(vec![
+                entry(
+                    "b",
+                    &[
+                        ("givenName", "Bea"),
+                        ("sn", "X"),
+                        ("mail", "team@x.org"),
+                        ("mail", "bea@x.org"),
+                    ],
+                ),
+                entry(
+                    "a",
+                    &[("givenName", "Ann"), ("sn", "X"), ("mail", "Team@x.org")],
+                ),
+            ]),
+            &rules(),
+        );
+        assert_eq!(d.accounts[0].emails, vec!["team@x.org"]);
+        assert_eq!(d.accounts[1].emails, vec!["bea@x.org"]);
+        assert_eq!(d.warnings.len(), 1);
+        assert!(
+            d.warnings[0]
+                .contains("uid=b,ou=people,dc=example,dc=org: e-mail `team@x.org` is also uid=a"),
+            "{:?}",
+            d.warnings
         );
     }
 
