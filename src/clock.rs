@@ -15,6 +15,16 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock stopped at one time (`--now`, tests).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub i64);
+
+impl Clock for FixedClock {
+    fn now(&self) -> i64 {
+        self.0
+    }
+}
+
 /// Formats Unix seconds as RFC 3339 UTC, for people.
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)

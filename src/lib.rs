@@ -7,6 +7,7 @@
 //! Only the two ends talk to the network; the middle is pure.
 
 pub mod apply;
+pub mod brake;
 pub mod cli;
 pub mod clock;
 pub mod config;

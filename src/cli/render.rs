@@ -1,12 +1,10 @@
-//! What the commands print: readable text for people, JSON for scripts.
+//! What `plan` and `sync` print: readable text for people, JSON for scripts.
 
 use std::fmt::Write;
-use std::path::Path;
 
 use serde_json::json;
 
 use crate::clock::format_time;
-use crate::ledger::{LedgerView, Origin, RunRecord};
 use crate::pipeline::{Preview, SyncResult};
 use crate::plan::{Action, ActionKind, Plan};
 
@@ -21,6 +19,13 @@ pub fn plan_text(preview: &Preview) -> String {
         plan.skipped.len()
     );
     let _ = writeln!(out, "{}\n", summary_line(plan));
+    if let Some(why) = &preview.brake {
+        let _ = writeln!(
+            out,
+            "BRAKE: `sync` will hold back the {} departure(s) below: {why}.\n       Review them, then run `sync --allow-mass-changes` to apply them once, or change the limits.\n",
+            plan.departures()
+        );
+    }
     for kind in ActionKind::ALL {
         let actions: Vec<_> = plan.actions.iter().filter(|a| a.kind() == kind).collect();
         if actions.is_empty() {
@@ -33,43 +38,51 @@ pub fn plan_text(preview: &Preview) -> String {
         }
         out.push('\n');
     }
-    if !plan.moves.is_empty() {
-        let _ = writeln!(
-            out,
-            "Moved in the directory, same account ({}; recorded in the ledger only)",
-            plan.moves.len()
-        );
-        for m in &plan.moves {
-            let _ = writeln!(out, "  {}  {} → {}", m.mxid, m.from_dn, m.to_dn);
-        }
-        out.push('\n');
-    }
-    if !plan.not_in_directory.is_empty() {
-        let _ = writeln!(
-            out,
-            "Managed accounts not in the directory ({}; left as they are)",
-            plan.not_in_directory.len()
-        );
-        for mxid in &plan.not_in_directory {
-            let _ = writeln!(out, "  {mxid}");
-        }
-        out.push('\n');
-    }
-    if !plan.skipped.is_empty() {
-        let _ = writeln!(
-            out,
-            "Skipped agents ({}; nothing is done for them)",
-            plan.skipped.len()
-        );
-        for s in &plan.skipped {
-            let _ = writeln!(out, "  {}: {}", s.dn, s.reason);
-        }
-        out.push('\n');
-    }
+    section(
+        &mut out,
+        "Waiting (nothing to do yet)",
+        &plan.pending,
+        |p| format!("{}  {} on {}", p.mxid, p.what, format_time(p.at)),
+    );
+    section(
+        &mut out,
+        "Protected (left as they are)",
+        &plan.protected,
+        |p| format!("{}: would act on: {}", p.mxid, p.reason),
+    );
+    section(
+        &mut out,
+        "Moved in the directory, same account (recorded in the ledger only)",
+        &plan.moves,
+        |m| format!("{}  {} → {}", m.mxid, m.from_dn, m.to_dn),
+    );
+    section(
+        &mut out,
+        "Already gone, no account created",
+        &plan.not_created,
+        |s| format!("{}: {}", s.dn, s.reason),
+    );
+    section(
+        &mut out,
+        "Skipped agents (nothing is done for them)",
+        &plan.skipped,
+        |s| format!("{}: {}", s.dn, s.reason),
+    );
     for w in &plan.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{title} ({})", items.len());
+    for item in items {
+        let _ = writeln!(out, "  {}", line(item));
+    }
+    out.push('\n');
 }
 
 fn summary_line(plan: &Plan) -> String {
@@ -80,7 +93,7 @@ fn summary_line(plan: &Plan) -> String {
         .iter()
         .map(|k| (k, plan.count(*k)))
         .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{n} {}", k.title().to_lowercase()))
+        .map(|(k, n)| format!("{n} {}", k.name().replace('_', " ")))
         .collect();
     format!(
         "Plan: {} ({} accounts unchanged).",
@@ -96,6 +109,12 @@ fn describe(action: &Action) -> String {
             display_name,
             emails,
             ..
+        }
+        | Action::ReactivateAccount {
+            mxid,
+            display_name,
+            emails,
+            ..
         } => {
             let mut s = format!("{mxid}  \"{display_name}\"");
             if !emails.is_empty() {
@@ -104,7 +123,7 @@ fn describe(action: &Action) -> String {
             s
         }
         // The reason says what changes.
-        Action::UpdateAccount { mxid, .. } => mxid.clone(),
+        other => other.mxid().to_string(),
     }
 }
 
@@ -118,11 +137,14 @@ pub fn plan_json(preview: &Preview) -> String {
         "server": preview.server,
         "agents": preview.agents,
         "changes_pending": plan.has_changes(),
+        "brake": preview.brake,
         "counts": counts,
         "unchanged": plan.unchanged,
         "actions": plan.actions,
+        "pending": plan.pending,
+        "protected": plan.protected,
         "moves": plan.moves,
-        "not_in_directory": plan.not_in_directory,
+        "not_created": plan.not_created,
         "skipped": plan.skipped,
         "warnings": plan.warnings,
     })
@@ -154,11 +176,24 @@ pub fn sync_text(result: &SyncResult) -> String {
             r.not_tried
         );
     }
+    if result.held_back > 0 {
+        let _ = writeln!(
+            out,
+            "BRAKE: {} departure(s) held back: {}.\nReview them with `plan`, then run `sync --allow-mass-changes` to apply them once.",
+            result.held_back,
+            result.preview.brake.as_deref().unwrap_or("limits exceeded")
+        );
+    }
     out
 }
 
 pub fn sync_json(result: &SyncResult) -> String {
     let r = &result.report;
+    let failed: Vec<_> = r
+        .failed
+        .iter()
+        .map(|(mxid, kind, error)| json!({"mxid": mxid, "kind": kind, "error": error}))
+        .collect();
     json!({
         "server": result.preview.server,
         "agents": result.preview.agents,
@@ -167,65 +202,11 @@ pub fn sync_json(result: &SyncResult) -> String {
         "applied": r.applied,
         "adopted": r.adopted,
         "moved": r.moved,
-        "failed": r.failed.iter().map(|(mxid, kind, error)| json!({"mxid": mxid, "kind": kind, "error": error})).collect::<Vec<_>>(),
+        "failed": failed,
         "not_tried": r.not_tried,
         "aborted": r.aborted,
-    })
-    .to_string()
-}
-
-pub fn status_text(path: &Path, view: &LedgerView, last_run: Option<&RunRecord>) -> String {
-    let adopted = view
-        .accounts
-        .values()
-        .filter(|a| a.origin == Origin::Adopted)
-        .count();
-    let mut out = String::new();
-    let _ = writeln!(out, "Ledger: {}", path.display());
-    let _ = writeln!(
-        out,
-        "Managed accounts: {} ({} created, {} adopted)",
-        view.accounts.len(),
-        view.accounts.len() - adopted,
-        adopted
-    );
-    match last_run {
-        None => {
-            let _ = writeln!(out, "Last run: none yet");
-        }
-        Some(run) => {
-            let _ = writeln!(
-                out,
-                "Last run: {} ({}s) from {}: {}",
-                format_time(run.started_at),
-                run.finished_at - run.started_at,
-                if run.server.is_empty() {
-                    "-"
-                } else {
-                    &run.server
-                },
-                run.outcome
-            );
-            let _ = writeln!(
-                out,
-                "  {} agents, {} skipped, {} planned, {} applied, {} failed",
-                run.agents, run.skipped, run.planned, run.applied, run.failed
-            );
-        }
-    }
-    out
-}
-
-pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
-    let adopted = view
-        .accounts
-        .values()
-        .filter(|a| a.origin == Origin::Adopted)
-        .count();
-    json!({
-        "managed_accounts": view.accounts.len(),
-        "adopted": adopted,
-        "last_run": last_run,
+        "brake": result.preview.brake,
+        "held_back": result.held_back,
     })
     .to_string()
 }

@@ -23,6 +23,9 @@ pub struct RemoteUser {
     pub admin: bool,
     pub deactivated: bool,
     pub locked: bool,
+    /// Only [`Homeserver::get_user`] reports it; `false` in list results.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// What to set on an account. `None` leaves a field as it is.
@@ -110,4 +113,37 @@ pub trait Homeserver: Send + Sync {
     /// Every local account, deactivated and locked ones included (paginated). `emails` is
     /// empty in what it returns: see [`RemoteUser::emails`].
     fn list_users(&self) -> impl Future<Output = Result<Vec<RemoteUser>, HomeserverError>> + Send;
+
+    /// Suspends (`true`) or unsuspends an account. A suspended user can still log in and
+    /// read, but not send: reversible.
+    fn set_suspended(
+        &self,
+        mxid: &str,
+        suspended: bool,
+    ) -> impl Future<Output = Result<(), HomeserverError>> + Send;
+
+    /// Locks (`true`) or unlocks an account. A locked user cannot use the account: reversible.
+    fn set_locked(
+        &self,
+        mxid: &str,
+        locked: bool,
+    ) -> impl Future<Output = Result<(), HomeserverError>> + Send;
+
+    /// Logs out every device (access token) of the account; returns how many there were.
+    fn logout_devices(
+        &self,
+        mxid: &str,
+    ) -> impl Future<Output = Result<usize, HomeserverError>> + Send;
+
+    /// Deactivates the account: it leaves its rooms and loses its e-mails; with `erase`, its
+    /// messages are hidden from future members too. The mxid is never given to anyone else.
+    fn deactivate(
+        &self,
+        mxid: &str,
+        erase: bool,
+    ) -> impl Future<Output = Result<(), HomeserverError>> + Send;
+
+    /// Reactivates a deactivated account (same mxid). It gets no usable password: people log
+    /// in through SSO. Rooms and e-mails are not restored by the homeserver.
+    fn reactivate(&self, mxid: &str) -> impl Future<Output = Result<(), HomeserverError>> + Send;
 }

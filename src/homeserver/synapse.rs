@@ -64,6 +64,8 @@ pub struct SynapseClient {
 enum Method {
     Get,
     Put,
+    /// Only for requests whose repetition does no harm (deactivate, delete devices).
+    Post,
 }
 
 impl Method {
@@ -71,6 +73,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Put => "PUT",
+            Method::Post => "POST",
         }
     }
 }
@@ -184,13 +187,28 @@ impl SynapseClient {
 
     /// `/_synapse/admin/v2/users/<mxid>`, as (readable endpoint, encoded path).
     fn user_path(mxid: &str) -> (String, String) {
+        Self::admin_path("/_synapse/admin/v2/users/", mxid, "")
+    }
+
+    /// `<prefix><mxid><suffix>`, as (readable endpoint, path with the mxid encoded).
+    fn admin_path(prefix: &str, mxid: &str, suffix: &str) -> (String, String) {
+        let encoded = percent_encoding::utf8_percent_encode(mxid, SEGMENT);
         (
-            format!("/_synapse/admin/v2/users/{mxid}"),
-            format!(
-                "/_synapse/admin/v2/users/{}",
-                percent_encoding::utf8_percent_encode(mxid, SEGMENT)
-            ),
+            format!("{prefix}{mxid}{suffix}"),
+            format!("{prefix}{encoded}{suffix}"),
         )
+    }
+
+    /// Sends a JSON body to an admin endpoint about one user; the answer's body is not needed.
+    async fn send_about_user(
+        &self,
+        method: Method,
+        (endpoint, path): (String, String),
+        body: &serde_json::Value,
+    ) -> Result<(), HomeserverError> {
+        let req = self.request(method, endpoint, &path, &[], Some(body));
+        self.send(&req).await.map_err(explain_auth)?;
+        Ok(())
     }
 
     /// Sends `req`, retrying as the module documentation says. Returns a 2xx answer, or the
@@ -282,6 +300,7 @@ impl SynapseClient {
         let builder = match req.method {
             Method::Get => self.http.get(req.url.clone()),
             Method::Put => self.http.put(req.url.clone()),
+            Method::Post => self.http.post(req.url.clone()),
         };
         let builder = match req.body {
             Some(body) => builder.json(body),
@@ -472,6 +491,8 @@ struct WireUser {
     deactivated: bool,
     #[serde(default, deserialize_with = "flag")]
     locked: bool,
+    #[serde(default, deserialize_with = "flag")]
+    suspended: bool,
 }
 
 impl From<WireUser> for RemoteUser {
@@ -489,8 +510,29 @@ impl From<WireUser> for RemoteUser {
             admin: u.admin,
             deactivated: u.deactivated,
             locked: u.locked,
+            suspended: u.suspended,
         }
     }
+}
+
+#[derive(Deserialize)]
+struct Device {
+    device_id: String,
+}
+
+#[derive(Deserialize)]
+struct DeviceList {
+    devices: Vec<Device>,
+}
+
+/// A password nobody knows, for a reactivation the homeserver refuses without one: the
+/// account stays usable through SSO only.
+fn unusable_password() -> Result<String, HomeserverError> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| HomeserverError::Config {
+        message: format!("no randomness for a placeholder password: {e}"),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[derive(Deserialize)]
@@ -583,6 +625,72 @@ impl Homeserver for SynapseClient {
                 endpoint: req.endpoint.clone(),
                 message: format!("HTTP {other}, expected 200 or 201"),
             }),
+        }
+    }
+
+    async fn set_suspended(&self, mxid: &str, suspended: bool) -> Result<(), HomeserverError> {
+        let path = Self::admin_path("/_synapse/admin/v1/suspend/", mxid, "");
+        self.send_about_user(
+            Method::Put,
+            path,
+            &serde_json::json!({ "suspend": suspended }),
+        )
+        .await
+    }
+
+    async fn set_locked(&self, mxid: &str, locked: bool) -> Result<(), HomeserverError> {
+        self.send_about_user(
+            Method::Put,
+            Self::user_path(mxid),
+            &serde_json::json!({ "locked": locked }),
+        )
+        .await
+    }
+
+    async fn logout_devices(&self, mxid: &str) -> Result<usize, HomeserverError> {
+        let (endpoint, path) = Self::admin_path("/_synapse/admin/v2/users/", mxid, "/devices");
+        let req = self.request(Method::Get, endpoint, &path, &[], None);
+        let list: DeviceList = self.get_json(&req).await.map_err(explain_auth)?;
+        if list.devices.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = list.devices.iter().map(|d| d.device_id.as_str()).collect();
+        let path = Self::admin_path("/_synapse/admin/v2/users/", mxid, "/delete_devices");
+        self.send_about_user(Method::Post, path, &serde_json::json!({ "devices": ids }))
+            .await?;
+        Ok(ids.len())
+    }
+
+    async fn deactivate(&self, mxid: &str, erase: bool) -> Result<(), HomeserverError> {
+        let path = Self::admin_path("/_synapse/admin/v1/deactivate/", mxid, "");
+        self.send_about_user(Method::Post, path, &serde_json::json!({ "erase": erase }))
+            .await
+    }
+
+    async fn reactivate(&self, mxid: &str) -> Result<(), HomeserverError> {
+        let first = self
+            .send_about_user(
+                Method::Put,
+                Self::user_path(mxid),
+                &serde_json::json!({ "deactivated": false }),
+            )
+            .await;
+        match first {
+            // Where local passwords are enabled, Synapse wants one to reactivate.
+            Err(HomeserverError::Status {
+                status: 400,
+                message,
+                ..
+            }) if message.to_lowercase().contains("password") => {
+                let body = serde_json::json!({
+                    "deactivated": false,
+                    "password": unusable_password()?,
+                    "logout_devices": true,
+                });
+                self.send_about_user(Method::Put, Self::user_path(mxid), &body)
+                    .await
+            }
+            other => other,
         }
     }
 

@@ -7,7 +7,7 @@
 
 mod records;
 
-pub use records::{AccountRecord, AuditEntry, Origin, RunRecord};
+pub use records::{AccountRecord, AccountStatus, AuditEntry, Origin, RunRecord};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use crate::directory::StableId;
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const LAST_GOOD_KEY: &[u8] = b"last_good_run";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -36,10 +37,21 @@ pub enum LedgerError {
 pub struct Ledger {
     path: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
     accounts: sled::Tree,
     localparts: sled::Tree,
     audit: sled::Tree,
     runs: sled::Tree,
+}
+
+/// The last run that was not held back by the brake.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastGood {
+    /// Agent entries the directory returned.
+    pub agents: usize,
+    /// Fingerprint of what defines the agents (filter, bases, id attribute).
+    pub scope: String,
+    pub at: i64,
 }
 
 /// The managed accounts, read once at the start of a run (what `plan` diffs against).
@@ -81,6 +93,7 @@ impl Ledger {
             }
         }
         Ok(Ledger {
+            meta,
             accounts: db.open_tree("accounts")?,
             localparts: db.open_tree("localparts")?,
             audit: db.open_tree("audit")?,
@@ -175,6 +188,20 @@ impl Ledger {
 
     pub fn last_run(&self) -> Result<Option<RunRecord>, LedgerError> {
         self.runs.last()?.map(|(_, v)| decode(&v)).transpose()
+    }
+
+    /// What the last run that was not held back by the brake saw (for the shrink check and
+    /// to notice a changed scope).
+    pub fn last_good(&self) -> Result<Option<LastGood>, LedgerError> {
+        self.meta
+            .get(LAST_GOOD_KEY)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    pub fn set_last_good(&self, last: &LastGood) -> Result<(), LedgerError> {
+        self.meta.insert(LAST_GOOD_KEY, encode(last)?)?;
+        Ok(())
     }
 
     pub fn account_count(&self) -> usize {

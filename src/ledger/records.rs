@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ReversibleStep;
 use crate::directory::StableId;
 
 /// How the daemon came to manage an account.
@@ -29,6 +30,27 @@ pub struct AccountRecord {
     /// Unix seconds.
     pub created_at: i64,
     pub updated_at: i64,
+    #[serde(default)]
+    pub status: AccountStatus,
+}
+
+/// Where a managed account is in its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AccountStatus {
+    #[default]
+    Active,
+    /// The agent left: the reversible step (suspend or lock) was taken at `since`; the grace
+    /// period runs from then.
+    Departing {
+        since: i64,
+        reason: String,
+        step: ReversibleStep,
+    },
+    Deactivated {
+        at: i64,
+        reason: String,
+    },
 }
 
 /// One applied (or failed) action.
@@ -58,4 +80,10 @@ pub struct RunRecord {
     pub failed: usize,
     /// `ok`, or why the run stopped.
     pub outcome: String,
+    /// Why the brake held departures back, if it did.
+    #[serde(default)]
+    pub brake: Option<String>,
+    /// How many actions the brake held back.
+    #[serde(default)]
+    pub held_back: usize,
 }

@@ -11,6 +11,7 @@ fn record(id: &str, localpart: &str) -> AccountRecord {
         origin: Origin::Created,
         created_at: 1,
         updated_at: 1,
+        status: AccountStatus::Active,
     }
 }
 
@@ -122,6 +123,7 @@ fn last_run_is_the_newest() {
                 applied: 0,
                 failed: 0,
                 outcome: "ok".into(),
+                ..RunRecord::default()
             })
             .unwrap();
     }

@@ -1,10 +1,12 @@
 //! Turns a [`Snapshot`] and the mapping [`Rules`] into the [`Desired`] state: which accounts
 //! should exist and what their profiles should say. Pure: no LDAP, no homeserver, no ledger.
 
+mod departure;
 mod normalize;
 mod rules;
 mod template;
 
+pub use departure::{AgentState, DepartureRules, DisabledSignal, ExpiryFormat, ExpirySignal};
 pub use normalize::{strip_accents, to_localpart};
 pub use rules::{AccountRules, AgentRules, Rules};
 pub use template::{MissingAttribute, Template, TemplateError};
@@ -23,11 +25,18 @@ pub struct DesiredAccount {
     pub display_name: String,
     /// Sorted, without duplicates.
     pub emails: Vec<String>,
+    /// Active, leaving on a set date, or gone.
+    pub state: AgentState,
+    /// The value of the rules' login attribute, if any.
+    pub login: Option<String>,
 }
 
 /// An agent entry that cannot become an account this run; it is left alone, never acted on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SkippedAgent {
+    /// Known when the entry had a stable id: such an agent is left exactly as it is (never
+    /// taken for gone).
+    pub id: Option<StableId>,
     pub dn: String,
     pub reason: String,
 }
@@ -41,13 +50,15 @@ pub struct Desired {
     pub warnings: Vec<String>,
 }
 
-/// Maps every entry of the snapshot; a bad entry is skipped with its reason, the rest goes on.
-pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules) -> Desired {
+/// Maps every entry of the snapshot as of `now` (Unix seconds, for expiry dates); a bad entry
+/// is skipped with its reason, the rest goes on.
+pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules, now: i64) -> Desired {
     let mut desired = Desired {
         skipped: snapshot
             .skipped
             .iter()
             .map(|s| SkippedAgent {
+                id: None,
                 dn: s.dn.clone(),
                 reason: s.reason.clone(),
             })
@@ -55,11 +66,12 @@ pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules) -> Desired {
         ..Desired::default()
     };
     for entry in &snapshot.entries {
-        match map_entry(entry, &rules.account, &mut desired.warnings) {
+        match map_entry(entry, rules, now, &mut desired.warnings) {
             Ok(account) => desired.accounts.push(account),
             Err(reason) => {
                 tracing::warn!(dn = %entry.dn, %reason, "agent skipped");
                 desired.skipped.push(SkippedAgent {
+                    id: Some(entry.id.clone()),
                     dn: entry.dn.clone(),
                     reason,
                 });
@@ -97,9 +109,15 @@ fn keep_emails_unique(desired: &mut Desired) {
 
 fn map_entry(
     entry: &Entry,
-    rules: &AccountRules,
+    all: &Rules,
+    now: i64,
     warnings: &mut Vec<String>,
 ) -> Result<DesiredAccount, String> {
+    let rules = &all.account;
+    let state = all
+        .departure
+        .evaluate(entry, now)
+        .map_err(|e| format!("departure: {e}"))?;
     let missing = |what: &str, MissingAttribute(attr): MissingAttribute| {
         format!("{what}: attribute `{attr}` is missing")
     };
@@ -144,6 +162,13 @@ fn map_entry(
         localpart,
         display_name,
         emails,
+        state,
+        login: all
+            .agent
+            .login_attribute
+            .as_deref()
+            .and_then(|a| entry.first(a))
+            .map(str::to_string),
     })
 }
 
@@ -232,6 +257,7 @@ emails = ["{mail?}"]
             let d = map_snapshot(
                 &snapshot(vec![entry(&format!("id{i}"), case.attrs)]),
                 &rules(),
+                0,
             );
             assert_eq!(d.skipped, vec![], "case {i}");
             let a = &d.accounts[0];
@@ -254,6 +280,7 @@ emails = ["{mail?}"]
                 entry("d", &[("givenName", "Zoë"), ("sn", "Faure")]),
             ]),
             &rules(),
+            0,
         );
         assert_eq!(
             d.accounts
@@ -295,6 +322,7 @@ emails = ["{mail?}"]
                 ),
             ]),
             &rules(),
+            0,
         );
         assert_eq!(d.accounts[0].emails, vec!["team@x.org"]);
         assert_eq!(d.accounts[1].emails, vec!["bea@x.org"]);
@@ -315,8 +343,9 @@ emails = ["{mail?}"]
             reason: "no entryUUID".into(),
         });
         assert_eq!(
-            map_snapshot(&s, &rules()).skipped,
+            map_snapshot(&s, &rules(), 0).skipped,
             vec![SkippedAgent {
+                id: None,
                 dn: "cn=x".into(),
                 reason: "no entryUUID".into()
             }]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::departure::DepartureRules;
 use super::template::Template;
 use crate::config::ConfigError;
 use crate::directory::IdFormat;
@@ -14,6 +15,7 @@ pub struct Rules {
     pub source: PathBuf,
     pub agent: AgentRules,
     pub account: AccountRules,
+    pub departure: DepartureRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub struct AgentRules {
     pub filter: String,
     pub id_attribute: String,
     pub id_format: IdFormat,
+    /// What people call their login (`uid`, `sAMAccountName`): `explain` finds agents by it.
+    pub login_attribute: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +41,8 @@ pub struct AccountRules {
 struct RawRules {
     agent: RawAgent,
     account: RawAccount,
+    #[serde(default)]
+    departure: DepartureRules,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +51,7 @@ struct RawAgent {
     filter: String,
     id_attribute: String,
     id_format: IdFormat,
+    login_attribute: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -104,18 +111,23 @@ impl Rules {
             .enumerate()
             .map(|(i, s)| template(&format!("account.emails[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        raw.departure
+            .validate()
+            .map_err(|(key, message)| err(&key, message))?;
         Ok(Rules {
             source: path.to_path_buf(),
             agent: AgentRules {
                 filter: raw.agent.filter,
                 id_attribute: id_attribute.to_string(),
                 id_format: raw.agent.id_format,
+                login_attribute: raw.agent.login_attribute,
             },
             account: AccountRules {
                 localpart: template("account.localpart", &raw.account.localpart)?,
                 display_name: template("account.display_name", &raw.account.display_name)?,
                 emails,
             },
+            departure: raw.departure,
         })
     }
 
@@ -125,6 +137,8 @@ impl Rules {
             .chain(self.account.localpart.attributes())
             .chain(self.account.display_name.attributes())
             .chain(self.account.emails.iter().flat_map(Template::attributes))
+            .chain(self.departure.attributes())
+            .chain(self.agent.login_attribute.as_deref())
             .map(str::to_string)
             .collect();
         attrs.sort_by_key(|a| a.to_ascii_lowercase());

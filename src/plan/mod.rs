@@ -1,102 +1,33 @@
 //! The plan: a pure diff of the [`Desired`] state against the ledger into ordered actions,
 //! each with a reason an admin can read. Nothing here talks to the network.
 
+mod actions;
+mod lifecycle;
 mod localparts;
+
+pub use actions::{Action, ActionKind, Change};
 
 use serde::Serialize;
 
+use crate::config::ReversibleStep;
 use crate::directory::StableId;
-use crate::ledger::LedgerView;
-use crate::mapping::{Desired, DesiredAccount, SkippedAgent};
+use crate::ledger::{AccountRecord, AccountStatus, LedgerView};
+use crate::mapping::{AgentState, Desired, DesiredAccount, SkippedAgent};
 
+use lifecycle::Lifecycle;
 use localparts::LocalpartAllocator;
 
-/// A value before and after.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Change<T> {
-    pub from: T,
-    pub to: T,
-}
-
-/// One change to make on the homeserver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Action {
-    /// Create the account (or adopt an existing one with the same mxid) with this profile.
-    CreateAccount {
-        id: StableId,
-        mxid: String,
-        localpart: String,
-        dn: String,
-        display_name: String,
-        emails: Vec<String>,
-        reason: String,
-    },
-    /// Bring a managed account's profile in line with the directory.
-    UpdateAccount {
-        id: StableId,
-        mxid: String,
-        dn: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        display_name: Option<Change<String>>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        emails: Option<Change<Vec<String>>>,
-        reason: String,
-    },
-}
-
-impl Action {
-    pub fn kind(&self) -> ActionKind {
-        match self {
-            Action::CreateAccount { .. } => ActionKind::CreateAccount,
-            Action::UpdateAccount { .. } => ActionKind::UpdateAccount,
-        }
-    }
-
-    pub fn mxid(&self) -> &str {
-        match self {
-            Action::CreateAccount { mxid, .. } | Action::UpdateAccount { mxid, .. } => mxid,
-        }
-    }
-
-    pub fn id(&self) -> &StableId {
-        match self {
-            Action::CreateAccount { id, .. } | Action::UpdateAccount { id, .. } => id,
-        }
-    }
-
-    pub fn reason(&self) -> &str {
-        match self {
-            Action::CreateAccount { reason, .. } | Action::UpdateAccount { reason, .. } => reason,
-        }
-    }
-}
-
-/// Action kinds, in the order a plan runs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionKind {
-    CreateAccount,
-    UpdateAccount,
-}
-
-impl ActionKind {
-    pub const ALL: [ActionKind; 2] = [ActionKind::CreateAccount, ActionKind::UpdateAccount];
-
-    /// The name used in the audit trail, logs and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            ActionKind::CreateAccount => "create_account",
-            ActionKind::UpdateAccount => "update_account",
-        }
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            ActionKind::CreateAccount => "Create account",
-            ActionKind::UpdateAccount => "Update account",
-        }
-    }
+/// What the plan needs besides the desired state and the ledger.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub server_name: String,
+    /// Unix seconds.
+    pub now: i64,
+    /// Seconds between the reversible step of a departure and the deactivation; 0: at once.
+    pub grace: i64,
+    pub step: ReversibleStep,
+    /// mxid patterns (`*` wildcards) never suspended, locked or deactivated.
+    pub protected: Vec<String>,
 }
 
 /// A managed agent whose DN changed (renamed or moved) while its id stayed: the ledger notes
@@ -109,22 +40,43 @@ pub struct Move {
     pub to_dn: String,
 }
 
+/// Something the plan is waiting for: a departure in its grace period, or a departure date
+/// set in advance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    pub mxid: String,
+    /// When something will happen (Unix seconds).
+    pub at: i64,
+    pub what: String,
+}
+
+/// A departure the plan would act on but may not: the account is protected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Protected {
+    pub mxid: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    /// In the order they run: creations, then updates; each kind sorted by localpart.
+    /// In the order they run (see [`ActionKind`]); each kind sorted by localpart.
     pub actions: Vec<Action>,
     /// DN changes the ledger records; they need no homeserver write.
     pub moves: Vec<Move>,
-    /// Agents in the directory whose account needs nothing.
+    /// Managed agents whose account needs nothing.
     pub unchanged: usize,
-    /// Managed accounts whose agent is not in this snapshot (departures are not acted on yet).
-    pub not_in_directory: Vec<String>,
+    /// Departures in their grace period (deactivation due at `at`) and departures scheduled
+    /// by the directory (the reversible step due at `at`).
+    pub pending: Vec<Pending>,
+    pub protected: Vec<Protected>,
+    /// Agents that already left and never had an account: none is created.
+    pub not_created: Vec<SkippedAgent>,
     pub skipped: Vec<SkippedAgent>,
     pub warnings: Vec<String>,
 }
 
 impl Plan {
-    /// True when applying would write nothing to the homeserver.
+    /// True when applying would write to the homeserver.
     pub fn has_changes(&self) -> bool {
         !self.actions.is_empty()
     }
@@ -132,66 +84,157 @@ impl Plan {
     pub fn count(&self, kind: ActionKind) -> usize {
         self.actions.iter().filter(|a| a.kind() == kind).count()
     }
+
+    /// Actions that take something away (suspend, lock, deactivate): what the brake counts.
+    pub fn departures(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| a.kind().is_departure())
+            .count()
+    }
 }
 
 /// Diffs what the directory wants against what the ledger says was applied.
-pub fn plan(desired: &Desired, ledger: &LedgerView, server_name: &str) -> Plan {
-    let mut result = Plan {
+pub fn plan(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Plan {
+    let mut plan = Plan {
         skipped: desired.skipped.clone(),
         warnings: desired.warnings.clone(),
         ..Plan::default()
     };
     let mut allocator = LocalpartAllocator::new(ledger);
-    let mut seen = std::collections::HashSet::with_capacity(desired.accounts.len());
+    let lifecycle = Lifecycle::new(policy);
+    // Agents the directory returned, mapped or not: none of them is gone.
+    let mut present: std::collections::HashSet<&StableId> = desired
+        .skipped
+        .iter()
+        .filter_map(|s| s.id.as_ref())
+        .collect();
     for want in &desired.accounts {
-        seen.insert(&want.id);
+        present.insert(&want.id);
         match ledger.accounts.get(&want.id) {
-            Some(record) => {
-                if record.dn != want.dn {
-                    result.moves.push(Move {
-                        id: want.id.clone(),
-                        mxid: record.mxid.clone(),
-                        from_dn: record.dn.clone(),
-                        to_dn: want.dn.clone(),
-                    });
-                }
-                match update_for(want, &record.mxid, &record.display_name, &record.emails) {
-                    Some(action) => result.actions.push(action),
-                    None => result.unchanged += 1,
-                }
+            Some(record) => plan_managed(&mut plan, &lifecycle, want, record),
+            None => plan_new(&mut plan, &mut allocator, policy, want),
+        }
+    }
+    for record in ledger
+        .accounts
+        .values()
+        .filter(|r| !present.contains(&r.id))
+    {
+        let reason = format!("no longer in the directory (last seen as {})", record.dn);
+        if lifecycle.departed(&mut plan, record, &reason) {
+            plan.unchanged += 1;
+        }
+    }
+    plan.actions.sort_by(|a, b| {
+        (a.kind(), localpart_of(a.mxid())).cmp(&(b.kind(), localpart_of(b.mxid())))
+    });
+    plan.moves.sort_by(|a, b| a.mxid.cmp(&b.mxid));
+    plan.pending
+        .sort_by(|a, b| (a.at, &a.mxid).cmp(&(b.at, &b.mxid)));
+    plan
+}
+
+fn plan_managed(
+    plan: &mut Plan,
+    lifecycle: &Lifecycle,
+    want: &DesiredAccount,
+    record: &AccountRecord,
+) {
+    if record.dn != want.dn {
+        plan.moves.push(Move {
+            id: want.id.clone(),
+            mxid: record.mxid.clone(),
+            from_dn: record.dn.clone(),
+            to_dn: want.dn.clone(),
+        });
+    }
+    let scheduled = match &want.state {
+        AgentState::Departed { reason, .. } => {
+            if lifecycle.departed(plan, record, reason) {
+                plan.unchanged += 1;
             }
-            None => {
-                let (localpart, note) = allocator.allocate(want);
-                let mxid = format!("@{localpart}:{server_name}");
-                let mut reason = format!("new agent {}", want.dn);
-                if let Some(note) = note {
-                    reason.push_str("; ");
-                    reason.push_str(&note);
-                }
-                result.actions.push(Action::CreateAccount {
-                    id: want.id.clone(),
-                    mxid,
-                    localpart,
-                    dn: want.dn.clone(),
-                    display_name: want.display_name.clone(),
-                    emails: want.emails.clone(),
-                    reason,
-                });
+            return;
+        }
+        AgentState::Scheduled { at, reason } => Some(Pending {
+            mxid: record.mxid.clone(),
+            at: *at,
+            what: reason.clone(),
+        }),
+        AgentState::Active => None,
+    };
+    plan.pending.extend(scheduled);
+    match &record.status {
+        AccountStatus::Deactivated { reason, .. } => plan.actions.push(Action::ReactivateAccount {
+            id: want.id.clone(),
+            mxid: record.mxid.clone(),
+            display_name: want.display_name.clone(),
+            emails: want.emails.clone(),
+            reason: format!(
+                "back in the directory ({}); was deactivated: {reason}",
+                want.dn
+            ),
+        }),
+        AccountStatus::Departing { step, reason, .. } => {
+            plan.actions.push(Action::ReinstateAccount {
+                id: want.id.clone(),
+                mxid: record.mxid.clone(),
+                step: *step,
+                reason: format!("back in the directory ({}); had left: {reason}", want.dn),
+            });
+            plan.actions.extend(update_for(
+                want,
+                &record.mxid,
+                &record.display_name,
+                &record.emails,
+            ));
+        }
+        AccountStatus::Active => {
+            match update_for(want, &record.mxid, &record.display_name, &record.emails) {
+                Some(action) => plan.actions.push(action),
+                None => plan.unchanged += 1,
             }
         }
     }
-    result.not_in_directory = ledger
-        .accounts
-        .values()
-        .filter(|r| !seen.contains(&r.id))
-        .map(|r| r.mxid.clone())
-        .collect();
-    result.actions.sort_by(|a, b| {
-        (a.kind(), localpart_of(a.mxid())).cmp(&(b.kind(), localpart_of(b.mxid())))
+}
+
+fn plan_new(
+    plan: &mut Plan,
+    allocator: &mut LocalpartAllocator,
+    policy: &Policy,
+    want: &DesiredAccount,
+) {
+    if let AgentState::Departed { reason, .. } = &want.state {
+        plan.not_created.push(SkippedAgent {
+            id: Some(want.id.clone()),
+            dn: want.dn.clone(),
+            reason: reason.clone(),
+        });
+        return;
+    }
+    let (localpart, note) = allocator.allocate(want);
+    let mxid = format!("@{localpart}:{}", policy.server_name);
+    if let AgentState::Scheduled { at, reason } = &want.state {
+        plan.pending.push(Pending {
+            mxid: mxid.clone(),
+            at: *at,
+            what: reason.clone(),
+        });
+    }
+    let mut reason = format!("new agent {}", want.dn);
+    if let Some(note) = note {
+        reason.push_str("; ");
+        reason.push_str(&note);
+    }
+    plan.actions.push(Action::CreateAccount {
+        id: want.id.clone(),
+        mxid,
+        localpart,
+        dn: want.dn.clone(),
+        display_name: want.display_name.clone(),
+        emails: want.emails.clone(),
+        reason,
     });
-    result.moves.sort_by(|a, b| a.mxid.cmp(&b.mxid));
-    result.not_in_directory.sort();
-    result
 }
 
 /// `alice` of `@alice:example.org`, so `jean.martin` sorts before `jean.martin2`.

@@ -1,7 +1,21 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::ledger::{AccountRecord, Origin};
+use crate::config::ReversibleStep;
+use crate::ledger::{AccountRecord, AccountStatus, Origin};
+
+const DAY: i64 = 86_400;
+const NOW: i64 = 1_795_000_000;
+
+fn policy() -> Policy {
+    Policy {
+        server_name: "example.org".into(),
+        now: NOW,
+        grace: 7 * DAY,
+        step: ReversibleStep::Suspend,
+        protected: vec!["@boss:example.org".into(), "@*-bot:example.org".into()],
+    }
+}
 
 fn want(id: &str, localpart: &str, name: &str) -> DesiredAccount {
     DesiredAccount {
@@ -10,6 +24,8 @@ fn want(id: &str, localpart: &str, name: &str) -> DesiredAccount {
         localpart: localpart.into(),
         display_name: name.into(),
         emails: vec![format!("{id}@example.org")],
+        state: AgentState::Active,
+        login: None,
     }
 }
 
@@ -24,6 +40,7 @@ fn applied(a: &DesiredAccount, localpart: &str) -> AccountRecord {
         origin: Origin::Created,
         created_at: 0,
         updated_at: 0,
+        status: AccountStatus::Active,
     }
 }
 
@@ -60,7 +77,7 @@ fn new_agents_are_created_with_their_profile_and_a_reason() {
     let p = plan(
         &desired(vec![want("u1", "elodie.dupre", "Élodie Dupré [DSI]")]),
         &ledger(vec![]),
-        "example.org",
+        &policy(),
     );
     assert_eq!(
         p.actions,
@@ -119,7 +136,7 @@ fn collisions_are_resolved_in_stable_id_order_and_explained() {
             .collect();
         let mut accounts: Vec<_> = held.iter().map(|(id, lp)| want(id, lp, "X")).collect();
         accounts.extend(new.iter().map(|(id, lp)| want(id, lp, "X")));
-        let p = plan(&desired(accounts), &ledger(records), "example.org");
+        let p = plan(&desired(accounts), &ledger(records), &policy());
         let mut got = created(&p);
         got.sort();
         assert_eq!(got, expected.to_vec(), "case {i}");
@@ -130,7 +147,7 @@ fn collisions_are_resolved_in_stable_id_order_and_explained() {
             want("b", "jean.martin", "J"),
         ]),
         &ledger(vec![]),
-        "example.org",
+        &policy(),
     );
     let second = p
         .actions
@@ -154,8 +171,8 @@ fn same_directory_same_plan() {
         want("c", "y", "C"),
     ]);
     assert_eq!(
-        plan(&d, &ledger(vec![]), "s"),
-        plan(&d, &ledger(vec![]), "s")
+        plan(&d, &ledger(vec![]), &policy()),
+        plan(&d, &ledger(vec![]), &policy())
     );
 }
 
@@ -165,7 +182,7 @@ fn nothing_changed_means_an_empty_plan() {
     let p = plan(
         &desired(vec![a.clone()]),
         &ledger(vec![applied(&a, "alice")]),
-        "example.org",
+        &policy(),
     );
     assert!(!p.has_changes());
     assert_eq!((p.unchanged, p.moves.len()), (1, 0));
@@ -182,7 +199,7 @@ fn profile_changes_become_one_update_with_both_changes() {
     let p = plan(
         &desired(vec![after]),
         &ledger(vec![applied(&before, "alice")]),
-        "example.org",
+        &policy(),
     );
     assert_eq!(p.actions.len(), 1);
     let Action::UpdateAccount {
@@ -218,24 +235,242 @@ fn a_renamed_dn_with_the_same_id_is_a_move_not_a_new_account() {
     let p = plan(
         &desired(vec![after]),
         &ledger(vec![applied(&before, "alice")]),
-        "example.org",
+        &policy(),
     );
     assert!(!p.has_changes(), "{:?}", p.actions);
     assert_eq!(p.moves[0].to_dn, "uid=alice,ou=finances,dc=example,dc=org");
     assert_eq!(p.moves[0].mxid, "@alice:example.org");
 }
 
+/// One managed agent `a` (@alice) through the departure lifecycle: (directory state, or None
+/// when gone; ledger status) → (action kind, or None; reason contains; pending?).
 #[test]
-fn managed_accounts_missing_from_the_directory_are_listed_not_acted_on() {
-    let a = want("a", "alice", "Alice");
-    let b = want("b", "bob", "Bob");
-    let p = plan(
-        &desired(vec![a.clone()]),
-        &ledger(vec![applied(&a, "alice"), applied(&b, "bob")]),
-        "example.org",
+fn departure_lifecycle_table() {
+    let departing = |days_ago: i64| AccountStatus::Departing {
+        since: NOW - days_ago * DAY,
+        reason: "departed: disabled: nsAccountLock=TRUE".into(),
+        step: ReversibleStep::Suspend,
+    };
+    let deactivated = AccountStatus::Deactivated {
+        at: NOW - 100 * DAY,
+        reason: "grace ended".into(),
+    };
+    let disabled = AgentState::Departed {
+        reason: "disabled: nsAccountLock=TRUE".into(),
+        since: None,
+    };
+    let scheduled = AgentState::Scheduled {
+        at: NOW + 3 * DAY,
+        reason: "expires: departureDate".into(),
+    };
+    type Case = (
+        Option<AgentState>,
+        AccountStatus,
+        Option<ActionKind>,
+        &'static str,
+        bool,
     );
-    assert!(!p.has_changes());
-    assert_eq!(p.not_in_directory, vec!["@bob:example.org"]);
+    let cases: Vec<Case> = vec![
+        (
+            None,
+            AccountStatus::Active,
+            Some(ActionKind::SuspendAccount),
+            "departed: no longer in the directory (last seen as uid=a,",
+            false,
+        ),
+        (
+            Some(disabled.clone()),
+            AccountStatus::Active,
+            Some(ActionKind::SuspendAccount),
+            "departed: disabled: nsAccountLock=TRUE",
+            false,
+        ),
+        (Some(disabled.clone()), departing(3), None, "", true),
+        (None, departing(3), None, "", true),
+        (
+            Some(disabled.clone()),
+            departing(8),
+            Some(ActionKind::DeactivateAccount),
+            "grace 7days ended",
+            false,
+        ),
+        (
+            None,
+            departing(7),
+            Some(ActionKind::DeactivateAccount),
+            "since 2026-11-11",
+            false,
+        ),
+        (Some(disabled.clone()), deactivated.clone(), None, "", false),
+        (None, deactivated.clone(), None, "", false),
+        (
+            Some(AgentState::Active),
+            departing(3),
+            Some(ActionKind::ReinstateAccount),
+            "back in the directory",
+            false,
+        ),
+        (
+            Some(AgentState::Active),
+            deactivated.clone(),
+            Some(ActionKind::ReactivateAccount),
+            "was deactivated: grace ended",
+            false,
+        ),
+        (
+            Some(scheduled.clone()),
+            AccountStatus::Active,
+            None,
+            "",
+            true,
+        ),
+        (
+            Some(AgentState::Active),
+            AccountStatus::Active,
+            None,
+            "",
+            false,
+        ),
+    ];
+    for (i, (state, status, kind, reason, pending)) in cases.into_iter().enumerate() {
+        let mut a = want("a", "alice", "Alice");
+        let mut record = applied(&a, "alice");
+        record.status = status;
+        let wanted = match state {
+            Some(s) => {
+                a.state = s;
+                vec![a]
+            }
+            None => vec![],
+        };
+        let p = plan(&desired(wanted), &ledger(vec![record]), &policy());
+        assert_eq!(
+            p.actions.first().map(|a| a.kind()),
+            kind,
+            "case {i}: {:?}",
+            p.actions
+        );
+        assert!(p.actions.len() <= 1, "case {i}: {:?}", p.actions);
+        if let Some(action) = p.actions.first() {
+            assert!(
+                action.reason().contains(reason),
+                "case {i}: {}",
+                action.reason()
+            );
+        }
+        assert_eq!(!p.pending.is_empty(), pending, "case {i}: {:?}", p.pending);
+    }
+}
+
+#[test]
+fn a_departure_in_grace_says_when_deactivation_is_due() {
+    let a = want("a", "alice", "Alice");
+    let mut record = applied(&a, "alice");
+    record.status = AccountStatus::Departing {
+        since: NOW - DAY,
+        reason: "left".into(),
+        step: ReversibleStep::Lock,
+    };
+    let p = plan(&desired(vec![]), &ledger(vec![record]), &policy());
+    assert_eq!(p.pending[0].at, NOW + 6 * DAY);
+    assert!(
+        p.pending[0]
+            .what
+            .starts_with("deactivation (left; grace 7days)"),
+        "{:?}",
+        p.pending
+    );
+}
+
+#[test]
+fn a_return_after_suspension_also_brings_the_profile_up_to_date() {
+    let before = want("a", "alice", "Alice [DSI]");
+    let mut record = applied(&before, "alice");
+    record.status = AccountStatus::Departing {
+        since: NOW,
+        reason: "left".into(),
+        step: ReversibleStep::Lock,
+    };
+    let mut back = before.clone();
+    back.display_name = "Alice [RH]".into();
+    let p = plan(&desired(vec![back]), &ledger(vec![record]), &policy());
+    let kinds: Vec<_> = p.actions.iter().map(|a| a.kind()).collect();
+    assert_eq!(
+        kinds,
+        vec![ActionKind::ReinstateAccount, ActionKind::UpdateAccount]
+    );
+    assert!(matches!(
+        p.actions[0],
+        Action::ReinstateAccount {
+            step: ReversibleStep::Lock,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn skipped_agents_with_an_id_are_never_taken_for_gone() {
+    let a = want("a", "alice", "Alice");
+    let mut d = desired(vec![]);
+    d.skipped.push(SkippedAgent {
+        id: Some(a.id.clone()),
+        dn: a.dn.clone(),
+        reason: "departure: bad value".into(),
+    });
+    let p = plan(&d, &ledger(vec![applied(&a, "alice")]), &policy());
+    assert!(!p.has_changes(), "{:?}", p.actions);
+}
+
+#[test]
+fn protected_accounts_are_listed_instead_of_acted_on() {
+    let boss = want("b", "boss", "Boss");
+    let bot = want("c", "deploy-bot", "Bot");
+    let p = plan(
+        &desired(vec![]),
+        &ledger(vec![applied(&boss, "boss"), applied(&bot, "deploy-bot")]),
+        &policy(),
+    );
+    assert!(!p.has_changes(), "{:?}", p.actions);
+    let protected: Vec<_> = p.protected.iter().map(|p| p.mxid.as_str()).collect();
+    assert_eq!(
+        protected,
+        vec!["@boss:example.org", "@deploy-bot:example.org"]
+    );
+}
+
+#[test]
+fn no_grace_deactivates_at_once_and_the_lock_step_is_a_lock() {
+    let a = want("a", "alice", "Alice");
+    let mut no_grace = policy();
+    no_grace.grace = 0;
+    let p = plan(
+        &desired(vec![]),
+        &ledger(vec![applied(&a, "alice")]),
+        &no_grace,
+    );
+    assert_eq!(p.actions[0].kind(), ActionKind::DeactivateAccount);
+    let mut lock = policy();
+    lock.step = ReversibleStep::Lock;
+    let p = plan(&desired(vec![]), &ledger(vec![applied(&a, "alice")]), &lock);
+    assert_eq!(p.actions[0].kind(), ActionKind::LockAccount);
+}
+
+#[test]
+fn agents_already_gone_get_no_account_and_scheduled_ones_get_one() {
+    let mut gone = want("g", "gone", "Gone");
+    gone.state = AgentState::Departed {
+        reason: "disabled".into(),
+        since: None,
+    };
+    let mut leaving = want("l", "leaving", "Leaving");
+    leaving.state = AgentState::Scheduled {
+        at: NOW + DAY,
+        reason: "expires".into(),
+    };
+    let p = plan(&desired(vec![gone, leaving]), &ledger(vec![]), &policy());
+    assert_eq!(created(&p), vec![("l", "@leaving:example.org")]);
+    assert_eq!(p.not_created[0].dn, "uid=g,ou=people,dc=example,dc=org");
+    assert_eq!(p.pending[0].mxid, "@leaving:example.org");
 }
 
 #[test]
@@ -251,7 +486,7 @@ fn creations_run_before_updates_each_sorted_by_localpart() {
             want("n3", "anna2", "A"),
         ]),
         &ledger(vec![applied(&old, "zed")]),
-        "example.org",
+        &policy(),
     );
     let order: Vec<_> = p.actions.iter().map(|a| (a.kind(), a.mxid())).collect();
     assert_eq!(
