@@ -17,7 +17,7 @@ use common::{write_secret, Slapd, Synapse};
 fn main() {
     let keep = std::env::args().any(|a| a == "--keep");
     let root = common::repo_root();
-    let bin = sibling_binary("matrix-ldap-sync");
+    let bin = common::binary();
     let demo = root.join(".demo");
     let _ = std::fs::remove_dir_all(&demo);
     std::fs::create_dir_all(&demo).unwrap();
@@ -72,18 +72,6 @@ fn main() {
             std::thread::park();
         }
     }
-}
-
-/// The binary built next to this example (`target/<profile>/matrix-ldap-sync`).
-fn sibling_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build` first (scripts/demo.sh does)",
-        bin.display()
-    );
-    bin
 }
 
 fn write_config(demo: &Path, root: &Path, slapd: &Slapd, synapse: &Synapse) -> PathBuf {

@@ -3,147 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{unique, write_secret, Slapd, Synapse};
+use common::site::{Settings, Site};
+use common::{write_secret, Slapd, Synapse};
 use serde_json::Value;
-
-/// One test's corner of the shared servers: its own OU, its own name tag (so its localparts
-/// are its own), its own config and ledger.
-struct Site {
-    slapd: &'static Slapd,
-    synapse: &'static Synapse,
-    ou: String,
-    tag: String,
-    dir: tempfile::TempDir,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Site {
-    fn new(name: &str) -> Site {
-        Site::on(Slapd::shared(), name)
-    }
-
-    fn on(slapd: &'static Slapd, name: &str) -> Site {
-        let synapse = Synapse::shared();
-        let ou = slapd.new_ou(name);
-        let tag = unique("t");
-        let site = Site {
-            slapd,
-            synapse,
-            ou,
-            tag,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        site.write_config(&slapd.sync_dn, &slapd.sync_password, "");
-        site
-    }
-
-    fn write_config(&self, bind_dn: &str, password: &str, extra_directory: &str) {
-        let dir = self.dir.path();
-        write_secret(dir, "ldap.pw", password);
-        write_secret(dir, "token", &self.synapse.admin_token);
-        let mapping = common::repo_root().join("mappings/openldap.toml");
-        let config = format!(
-            r#"
-[directory]
-urls = ["{url}"]
-bind_dn = "{bind_dn}"
-bind_password_file = "ldap.pw"
-base_dns = ["{ou}"]
-page_size = 2
-timeout_secs = 3
-{extra_directory}
-
-[homeserver]
-url = "{hs}"
-server_name = "{server_name}"
-access_token_file = "token"
-max_retries = 1
-
-[state]
-directory = "state"
-
-[mapping]
-file = "{mapping}"
-"#,
-            url = self.slapd.url,
-            ou = self.ou,
-            hs = self.synapse.url,
-            server_name = self.synapse.server_name,
-            mapping = mapping.display(),
-        );
-        std::fs::write(self.config(), config).unwrap();
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
-    }
-
-    /// Adds an inetOrgPerson agent; its surname carries the test's tag.
-    fn add_agent(&self, uid: &str, given: &str, sn: &str, dept: &str, mail: Option<&str>) {
-        let mut ldif = format!(
-            "dn: uid={uid},{ou}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {given} {sn}\ngivenName: {given}\nsn: {sn} {tag}\nou: {dept}\n",
-            ou = self.ou,
-            tag = self.tag
-        );
-        if let Some(mail) = mail {
-            ldif.push_str(&format!("mail: {mail}\n"));
-        }
-        self.slapd.add_ldif(&ldif);
-    }
-
-    /// The mxid an agent gets from the preset's `{givenName}.{sn}` localpart.
-    fn mxid(&self, localpart_prefix: &str) -> String {
-        format!(
-            "@{localpart_prefix}-{}:{}",
-            self.tag, self.synapse.server_name
-        )
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_matrix-ldap-sync"))
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn sync_ok(&self) -> Run {
-        let run = self.run(&["sync"]);
-        assert_eq!(run.code, 0, "sync failed:\n{}\n{}", run.stdout, run.stderr);
-        run
-    }
-
-    /// Homeserver writes since `mark` that concern this test's accounts.
-    fn writes_since(&self, mark: u64) -> Vec<(String, String)> {
-        self.synapse
-            .writes_since(mark)
-            .into_iter()
-            .filter(|(_, path)| path.contains(&self.tag))
-            .collect()
-    }
-
-    fn plan_json(&self) -> (i32, Value) {
-        let run = self.run(&["plan", "--json"]);
-        let json = serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
-        (run.code, json)
-    }
-}
 
 fn emails(user: &Value) -> Vec<String> {
     user["threepids"]
@@ -404,7 +268,10 @@ fn an_agent_missing_an_attribute_is_skipped_and_the_rest_synced() {
 fn a_bad_bind_password_is_a_clear_error_and_changes_nothing() {
     let site = Site::new("badpw");
     site.add_agent("x", "Xavier", "Blanc", "DSI", None);
-    site.write_config(&site.slapd.sync_dn, "wrong-password-123", "");
+    site.configure(&Settings {
+        bind: Some((site.slapd.sync_dn.clone(), "wrong-password-123".into())),
+        ..Settings::default()
+    });
     let mark = site.synapse.log_mark();
     for args in [&["sync"][..], &["plan"][..], &["check"][..]] {
         let run = site.run(args);
@@ -430,7 +297,13 @@ fn a_directory_that_fails_mid_read_aborts_the_run_with_no_action() {
     for i in 0..5 {
         site.add_agent(&format!("p{i}"), "Paul", &format!("Nombre{i}"), "DSI", None);
     }
-    site.write_config(&site.slapd.limited_dn, &site.slapd.limited_password, "");
+    site.configure(&Settings {
+        bind: Some((
+            site.slapd.limited_dn.clone(),
+            site.slapd.limited_password.clone(),
+        )),
+        ..Settings::default()
+    });
     let mark = site.synapse.log_mark();
     let run = site.run(&["sync"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);

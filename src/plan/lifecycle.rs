@@ -61,7 +61,7 @@ impl<'a> Lifecycle<'a> {
                     id,
                     mxid,
                     reason: format!(
-                        "departed: {first_reason}, since {}; grace {grace} ended",
+                        "{first_reason}, since {}; grace {grace} ended",
                         format_time(*stepped_at)
                     ),
                 }
