@@ -70,6 +70,12 @@ impl Site {
                 &format!("filter = \"{filter}\""),
             );
         }
+        // A `[departure]` section of the test's replaces the preset's.
+        if settings.mapping_extra.contains("[departure]") {
+            if let Some(at) = mapping.find("\n[departure]") {
+                mapping.truncate(at + 1);
+            }
+        }
         mapping.push_str(&settings.mapping_extra);
         std::fs::write(dir.join("mapping.toml"), mapping).unwrap();
         let config = format!(
