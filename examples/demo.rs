@@ -49,17 +49,22 @@ fn main() {
     banner("matrix-ldap-sync plan   (again: the directory has not changed)");
     cli(&["plan"]);
 
-    banner("HR moves Élodie Dupré to RH, and Jean Martin (DSI) gets a new e-mail");
+    banner("HR moves Élodie Dupré to RH, Jean Martin (DSI) gets a new e-mail, Marc Roux leaves");
     slapd.modify_ldif(
         "dn: uid=edupre,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: ou\nou: RH\n\n\
-         dn: uid=jmartin,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: mail\nmail: jean.martin@dsi.example.org\n",
+         dn: uid=jmartin,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: mail\nmail: jean.martin@dsi.example.org\n\n\
+         dn: uid=mroux,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: employeeType\nemployeeType: departed\n",
     );
     banner("matrix-ldap-sync plan");
     cli(&["plan"]);
     banner("matrix-ldap-sync sync");
     cli(&["sync"]);
-    banner("matrix-ldap-sync status");
+    banner(
+        "matrix-ldap-sync status   (Marc Roux is suspended; deactivation after the grace period)",
+    );
     cli(&["status"]);
+    banner("matrix-ldap-sync explain mroux");
+    cli(&["explain", "mroux"]);
 
     if keep {
         banner("Servers keep running; press Ctrl-C to stop them");

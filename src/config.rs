@@ -50,6 +50,16 @@ pub enum ReversibleStep {
     Lock,
 }
 
+impl ReversibleStep {
+    /// "suspended" or "locked".
+    pub fn done(self) -> &'static str {
+        match self {
+            ReversibleStep::Suspend => "suspended",
+            ReversibleStep::Lock => "locked",
+        }
+    }
+}
+
 /// Limits that stop a plan which looks like an accident.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrakeConfig {

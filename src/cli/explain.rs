@@ -121,7 +121,7 @@ pub async fn run(config: &Config, who: &str, now: i64) -> Result<ExitCode, Strin
                         reason,
                         step,
                     } => {
-                        format!("{step:?} since {} ({reason})", format_time(*since)).to_lowercase()
+                        format!("{} since {} ({reason})", step.done(), format_time(*since))
                     }
                     AccountStatus::Deactivated { at, reason } => {
                         format!("deactivated on {} ({reason})", format_time(*at))
