@@ -404,3 +404,53 @@ fn a_filter_that_matches_nobody_never_suspends_anyone() {
     );
     assert_eq!(site.writes_since(mark), vec![]);
 }
+
+#[test]
+fn logout_devices_at_the_reversible_step_when_configured() {
+    let site = hr_site("logout", NO_BRAKE);
+    let mut settings = hr_settings(&site, NO_BRAKE);
+    settings.config_extra = settings
+        .config_extra
+        .replace("grace = \"7d\"", "grace = \"7d\"\nlogout_devices = true");
+    site.configure(&settings);
+    site.add_agent("dev", "Denis", "Appareil", "DSI", None);
+    site.add_agent("other", "Odile", "Reste", "DSI", None);
+    site.sync_ok_with(&["--now", &at(T0)]);
+    let mxid = site.mxid("denis.appareil");
+
+    // Give the agent a device: a password (test only) and a real login.
+    let (status, _) = site.synapse.request(
+        "PUT",
+        &format!("/_synapse/admin/v2/users/{mxid}"),
+        Some(&serde_json::json!({ "password": "device-test-pw", "logout_devices": false })),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = site.synapse.request(
+        "POST",
+        "/_matrix/client/v3/login",
+        Some(&serde_json::json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": mxid },
+            "password": "device-test-pw",
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let devices = |site: &Site| {
+        let (_, list) = site.synapse.request(
+            "GET",
+            &format!("/_synapse/admin/v2/users/{mxid}/devices"),
+            None,
+        );
+        list["devices"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    assert_eq!(devices(&site), 1);
+
+    site.set_attr("dev", "employeeType", &["departed"]);
+    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    assert!(flag(&user(&site, &mxid), "suspended"));
+    assert_eq!(
+        devices(&site),
+        0,
+        "the departing agent's devices were logged out"
+    );
+}
