@@ -1,0 +1,393 @@
+//! Scale benchmark: a generated directory of N agents (500 groups, 200 departments) bulk-loaded
+//! into a real slapd, then, on the same machine in one run:
+//! 1. directory read: our Snapshot vs `ldapsearch -E pr=1000/noprompt` (same filter, attributes);
+//! 2. map + plan against a full ledger, and a whole `plan` run's wall time and peak RSS;
+//! 3. a no-op `sync` (nothing changed): zero homeserver writes, time vs the directory read;
+//! 4. apply: account creations through `sync` on a real Synapse vs a plain HTTP loop sending
+//!    the same admin requests at the same concurrency.
+//!
+//! It prints figures and ratios; it asserts nothing about speed.
+//!
+//! `scripts/bench.sh` (= `cargo bench --bench scale`). Env: BENCH_SIZES (default
+//! "10000,100000"), BENCH_APPLY (accounts for step 4, default 10000; 0 skips it),
+//! BENCH_CONCURRENCY (default "8,16").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[allow(unused_imports)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{binary, repo_root, unique, write_secret, Slapd, Synapse};
+use matrix_ldap_sync::config::Config;
+use matrix_ldap_sync::directory;
+use matrix_ldap_sync::ledger::{AccountRecord, AccountStatus, AuditEntry, Ledger, Origin};
+use matrix_ldap_sync::mapping::{self, Rules};
+use matrix_ldap_sync::pipeline::{self, State};
+use matrix_ldap_sync::plan::{self, Action};
+
+const FILTER: &str = "(&(objectClass=inetOrgPerson)(uid=*))";
+const ATTRS: &[&str] = &[
+    "entryUUID",
+    "givenName",
+    "sn",
+    "ou",
+    "mail",
+    "uid",
+    "employeeType",
+    "shadowExpire",
+];
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let sizes: Vec<usize> = env_list("BENCH_SIZES", "10000,100000");
+    let apply_n: usize = std::env::var("BENCH_APPLY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    println!("machine: {} cores, {}", cores(), memory());
+    println!();
+    println!("| agents | slapadd s | ldapsearch s | our read s | read ratio | ledger fill s | ledger on disk MB | ledger open s | map+plan s | `plan` run s | `plan` peak RSS MB | `status` s | no-op `sync` s | no-op / read | no-op writes |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        directory_and_plan(n);
+    }
+    if apply_n > 0 {
+        println!();
+        apply(apply_n, &env_list("BENCH_CONCURRENCY", "8,16"));
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn memory() -> String {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb: u64 = info
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    format!("{:.0} GiB RAM", kb as f64 / 1024.0 / 1024.0)
+}
+
+/// Writes N agents in `ou=people` (200 departments) and 500 groups of ~N/50 members each.
+fn generate(n: usize, prefix: &str, path: &Path) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(
+        out,
+        "dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "dn: ou=groups,dc=example,dc=org\nobjectClass: organizationalUnit\nou: groups\n"
+    )
+    .unwrap();
+    for i in 0..n {
+        writeln!(
+            out,
+            "dn: uid={prefix}{i},ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: {prefix}{i}\ncn: Agent {i}\n\
+             givenName: Agent\nsn: {prefix}{i}\nou: dept{}\nmail: {prefix}{i}@example.org\n",
+            i % 200
+        )
+        .unwrap();
+    }
+    for g in 0..500 {
+        writeln!(
+            out,
+            "dn: cn=group{g},ou=groups,dc=example,dc=org\nobjectClass: groupOfNames\ncn: group{g}"
+        )
+        .unwrap();
+        for i in (g % 50..n).step_by(50).take(n / 50 + 1) {
+            writeln!(out, "member: uid={prefix}{i},ou=people,dc=example,dc=org").unwrap();
+        }
+        writeln!(out).unwrap();
+    }
+}
+
+fn best_of<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut best = None::<(Duration, T)>;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let value = f();
+        let took = start.elapsed();
+        if best.as_ref().is_none_or(|(b, _)| took < *b) {
+            best = Some((took, value));
+        }
+    }
+    best.unwrap()
+}
+
+/// A config for the bench: the shared testbed accounts, the OpenLDAP preset.
+fn write_config(
+    dir: &Path,
+    slapd: &Slapd,
+    homeserver: &str,
+    token: &str,
+    concurrency: usize,
+) -> std::path::PathBuf {
+    write_secret(dir, "ldap.pw", &slapd.sync_password);
+    write_secret(dir, "token", token);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[directory]\nurls = [\"{}\"]\nbind_dn = \"{}\"\nbind_password_file = \"ldap.pw\"\nbase_dns = [\"ou=people,dc=example,dc=org\"]\npage_size = 1000\n\n\
+             [homeserver]\nurl = \"{homeserver}\"\nserver_name = \"example.org\"\naccess_token_file = \"token\"\nconcurrency = {concurrency}\ntimeout_secs = 60\n\n\
+             [state]\ndirectory = \"state\"\n\n[mapping]\nfile = \"{}\"\n\n[brake]\nmax_departures_percent = 100.0\n",
+            slapd.url,
+            slapd.sync_dn,
+            repo_root().join("mappings/openldap.toml").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Runs the binary under GNU time: (wall seconds, peak RSS in MB, stdout).
+fn timed_run(config: &Path, args: &[&str]) -> (f64, f64, String) {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "TIME %e %M"])
+        .arg(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--quiet")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("/usr/bin/time (Debian package `time`)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("TIME "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let mut parts = line.split_whitespace().skip(1);
+    let secs: f64 = parts.next().unwrap().parse().unwrap();
+    let kb: f64 = parts.next().unwrap().parse().unwrap();
+    (
+        secs,
+        kb / 1024.0,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn directory_and_plan(n: usize) {
+    let slapd = Slapd::start();
+    let work = tempfile::tempdir().unwrap();
+    let ldif = work.path().join("agents.ldif");
+    generate(n, "a", &ldif);
+    let (slapadd, _) = best_of(1, || slapd.bulk_load(&ldif));
+
+    let (ldapsearch, count) = best_of(3, || {
+        let out = Command::new("ldapsearch")
+            .args([
+                "-x",
+                "-LLL",
+                "-H",
+                &slapd.url,
+                "-D",
+                &slapd.sync_dn,
+                "-w",
+                &slapd.sync_password,
+            ])
+            .args([
+                "-b",
+                "ou=people,dc=example,dc=org",
+                "-E",
+                "pr=1000/noprompt",
+                FILTER,
+            ])
+            .args(ATTRS)
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap();
+        out.stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(b"dn: "))
+            .count()
+    });
+    assert_eq!(count, n, "ldapsearch saw {count} agents");
+
+    let config_path = write_config(work.path(), &slapd, "http://127.0.0.1:9", "unused-token", 8);
+    let config = Config::load(&config_path).unwrap();
+    let rules = Rules::load(&config.mapping_file).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let query = pipeline::agent_query(&rules);
+    let (ours, snapshot) = best_of(3, || {
+        rt.block_on(directory::read_snapshot(&config.directory, &query))
+            .unwrap()
+    });
+    assert_eq!(snapshot.entries.len(), n);
+
+    // A full ledger: every agent managed, as after a first sync.
+    let now = 1_800_000_000;
+    let (fill, _) = best_of(1, || {
+        let ledger = Ledger::open(&config.state_dir).unwrap();
+        let desired = mapping::map_snapshot(&snapshot, &rules, now);
+        let first = plan::plan(
+            &desired,
+            &State::default().view,
+            &pipeline::policy(&config, now),
+        );
+        for action in &first.actions {
+            if let Action::CreateAccount {
+                id,
+                mxid,
+                localpart,
+                dn,
+                display_name,
+                emails,
+                reason,
+            } = action
+            {
+                let record = AccountRecord {
+                    id: id.clone(),
+                    mxid: mxid.clone(),
+                    localpart: localpart.clone(),
+                    dn: dn.clone(),
+                    display_name: display_name.clone(),
+                    emails: emails.clone(),
+                    origin: Origin::Created,
+                    created_at: now,
+                    updated_at: now,
+                    status: AccountStatus::Active,
+                };
+                let audit = AuditEntry {
+                    at: now,
+                    mxid: mxid.clone(),
+                    id: id.clone(),
+                    action: "create_account".into(),
+                    reason: reason.clone(),
+                    result: "ok".into(),
+                };
+                ledger.record_account(&record, &audit).unwrap();
+            }
+        }
+        ledger.flush().unwrap();
+    });
+    let ledger_mb = dir_size(&config.state_dir) as f64 / 1e6;
+    let (open, state) = best_of(3, || {
+        let ledger = Ledger::open(&config.state_dir).unwrap();
+        State::read(&ledger).unwrap()
+    });
+    assert_eq!(state.view.accounts.len(), n);
+    let (map_plan, planned) = best_of(3, || {
+        let desired = mapping::map_snapshot(&snapshot, &rules, now);
+        plan::plan(&desired, &state.view, &pipeline::policy(&config, now))
+    });
+    assert!(!planned.has_changes(), "a full ledger plans nothing");
+    drop(state);
+
+    let (plan_secs, plan_rss, _) = timed_run(&config_path, &["plan", "--json"]);
+    let (status_secs, _, _) = timed_run(&config_path, &["status"]);
+    // Nothing changed: the homeserver URL is a closed port, so any write would fail the run.
+    let (noop_secs, _, out) = timed_run(&config_path, &["sync", "--json"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let writes =
+        summary["applied"].as_u64().unwrap() + summary["failed"].as_array().unwrap().len() as u64;
+    println!(
+        "| {n} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.1} | {:.0} | {:.2} | {:.2} | {plan_secs:.2} | {plan_rss:.0} | {status_secs:.2} | {noop_secs:.2} | {:.2}× | {writes} |",
+        slapadd.as_secs_f64(),
+        ldapsearch.as_secs_f64(),
+        ours.as_secs_f64(),
+        ours.as_secs_f64() / ldapsearch.as_secs_f64(),
+        fill.as_secs_f64(),
+        ledger_mb,
+        open.as_secs_f64(),
+        map_plan.as_secs_f64(),
+        noop_secs / ours.as_secs_f64(),
+    );
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dir_size(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// Account creations per second: `sync` (the whole apply path: plan, homeserver, ledger) vs a
+/// plain HTTP loop sending the same PUTs at the same concurrency.
+fn apply(n: usize, concurrencies: &[usize]) {
+    let synapse = Synapse::shared();
+    println!("| accounts | concurrency | plain loop /s | `sync` /s | sync / loop |");
+    println!("|---|---|---|---|---|");
+    for &c in concurrencies {
+        let loop_rate = plain_loop(synapse, n, c);
+        let slapd = Slapd::start();
+        let work = tempfile::tempdir().unwrap();
+        let ldif = work.path().join("agents.ldif");
+        let prefix = unique("bench").replace('-', "x");
+        generate(n, &prefix, &ldif);
+        slapd.bulk_load(&ldif);
+        let config = write_config(work.path(), &slapd, &synapse.url, &synapse.admin_token, c);
+        let (secs, _, out) = timed_run(&config, &["sync", "--json"]);
+        let summary: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(summary["applied"].as_u64(), Some(n as u64), "{summary}");
+        let sync_rate = n as f64 / secs;
+        println!(
+            "| {n} | {c} | {loop_rate:.0} | {sync_rate:.0} | {:.2}× |",
+            sync_rate / loop_rate
+        );
+    }
+}
+
+fn plain_loop(synapse: &Synapse, n: usize, concurrency: usize) -> f64 {
+    use futures::StreamExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let prefix = unique("loop").replace('-', "x");
+    let start = Instant::now();
+    rt.block_on(async {
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let url = format!("{}/_synapse/admin/v2/users/@agent.{prefix}{i}:{}", synapse.url, synapse.server_name);
+                let req = http.put(url).bearer_auth(&synapse.admin_token).json(&serde_json::json!({
+                    "displayname": format!("Agent {prefix}{i} [dept{}]", i % 200),
+                    "threepids": [{"medium": "email", "address": format!("{prefix}{i}@example.org")}],
+                }));
+                async move { req.send().await.unwrap().status().as_u16() }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|status| async move { assert_eq!(status, 201) })
+            .await;
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
