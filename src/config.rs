@@ -24,6 +24,76 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The mapping rules file.
     pub mapping_file: PathBuf,
+    pub departures: DeparturesConfig,
+    pub brake: BrakeConfig,
+}
+
+/// What happens to the account of an agent who left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeparturesConfig {
+    /// How long an account stays in the reversible step before it is deactivated (0: at once).
+    pub grace: Duration,
+    pub reversible_step: ReversibleStep,
+    /// Log out every device when the reversible step is taken.
+    pub logout_devices: bool,
+    /// Deactivate with `erase` (messages hidden from future room members). Off by default.
+    pub erase: bool,
+}
+
+/// The first, reversible step of a departure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReversibleStep {
+    /// Synapse suspension: can log in and read, cannot send.
+    Suspend,
+    /// Synapse lock: cannot use the account at all.
+    Lock,
+}
+
+impl ReversibleStep {
+    /// "suspended" or "locked".
+    pub fn done(self) -> &'static str {
+        match self {
+            ReversibleStep::Suspend => "suspended",
+            ReversibleStep::Lock => "locked",
+        }
+    }
+}
+
+/// Limits that stop a plan which looks like an accident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrakeConfig {
+    /// Most departure actions (suspend, lock, deactivate) one run may apply.
+    pub max_departures: usize,
+    /// Most departure actions one run may apply, in percent of the managed accounts.
+    pub max_departures_percent: f64,
+    /// The brake engages when the directory returns this many percent fewer agents than the
+    /// last good run saw.
+    pub max_shrink_percent: f64,
+    /// mxid patterns (`*` wildcards) never suspended, locked or deactivated.
+    pub protected: Vec<String>,
+}
+
+impl Default for DeparturesConfig {
+    fn default() -> Self {
+        DeparturesConfig {
+            grace: Duration::from_secs(30 * 24 * 3600),
+            reversible_step: ReversibleStep::Suspend,
+            logout_devices: false,
+            erase: false,
+        }
+    }
+}
+
+impl Default for BrakeConfig {
+    fn default() -> Self {
+        BrakeConfig {
+            max_departures: 50,
+            max_departures_percent: 5.0,
+            max_shrink_percent: 10.0,
+            protected: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +162,28 @@ struct RawConfig {
     homeserver: RawHomeserver,
     state: RawState,
     mapping: RawMapping,
+    #[serde(default)]
+    departures: RawDepartures,
+    #[serde(default)]
+    brake: RawBrake,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDepartures {
+    grace: Option<String>,
+    reversible_step: Option<ReversibleStep>,
+    logout_devices: Option<bool>,
+    erase: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBrake {
+    max_departures: Option<usize>,
+    max_departures_percent: Option<f64>,
+    max_shrink_percent: Option<f64>,
+    protected: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +273,8 @@ impl Config {
             homeserver: v.homeserver(raw.homeserver, base)?,
             state_dir: resolve(base, &raw.state.directory),
             mapping_file: resolve(base, &raw.mapping.file),
+            departures: v.departures(raw.departures)?,
+            brake: v.brake(raw.brake)?,
         })
     }
 }
@@ -312,6 +406,59 @@ impl Validator<'_> {
             concurrency: raw.concurrency,
             timeout: self.duration("homeserver.timeout_secs", raw.timeout_secs)?,
             max_retries: raw.max_retries,
+        })
+    }
+
+    fn departures(&self, raw: RawDepartures) -> Result<DeparturesConfig, ConfigError> {
+        let default = DeparturesConfig::default();
+        let grace = match raw.grace {
+            None => default.grace,
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                self.err(
+                    "departures.grace",
+                    format!(
+                        "`{text}` is not a duration ({e}); write e.g. \"30d\", \"12h\" or \"0s\""
+                    ),
+                )
+            })?,
+        };
+        Ok(DeparturesConfig {
+            grace,
+            reversible_step: raw.reversible_step.unwrap_or(default.reversible_step),
+            logout_devices: raw.logout_devices.unwrap_or(default.logout_devices),
+            erase: raw.erase.unwrap_or(default.erase),
+        })
+    }
+
+    fn brake(&self, raw: RawBrake) -> Result<BrakeConfig, ConfigError> {
+        let default = BrakeConfig::default();
+        let percent = |key: &str, value: Option<f64>, default: f64| match value {
+            Some(p) if !(0.0..=100.0).contains(&p) => {
+                Err(self.err(key, format!("{p} is not a percentage (0 to 100)")))
+            }
+            Some(p) => Ok(p),
+            None => Ok(default),
+        };
+        let protected = raw.protected.unwrap_or_default();
+        if let Some(bad) = protected
+            .iter()
+            .find(|p| !p.starts_with('@') || !p.contains(':'))
+        {
+            return Err(self.err("brake.protected", format!("`{bad}` is not an mxid pattern like `@admin:example.org` or `@*-bot:example.org`")));
+        }
+        Ok(BrakeConfig {
+            max_departures: raw.max_departures.unwrap_or(default.max_departures),
+            max_departures_percent: percent(
+                "brake.max_departures_percent",
+                raw.max_departures_percent,
+                default.max_departures_percent,
+            )?,
+            max_shrink_percent: percent(
+                "brake.max_shrink_percent",
+                raw.max_shrink_percent,
+                default.max_shrink_percent,
+            )?,
+            protected,
         })
     }
 
@@ -517,6 +664,31 @@ file = "mappings/openldap.toml"
             ))
             .unwrap_err();
         assert!(err.message.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn departures_and_brake_have_defaults_and_checked_values() {
+        let f = Fixture::new();
+        let c = f.parse(GOOD).unwrap();
+        assert_eq!(c.departures.grace, Duration::from_secs(30 * 86400));
+        assert_eq!(c.brake.max_departures, 50);
+        let text = format!("{GOOD}\n[departures]\ngrace = \"7d\"\nreversible_step = \"lock\"\n[brake]\nprotected = [\"@admin:example.org\"]\n");
+        let c = f.parse(&text).unwrap();
+        assert_eq!(c.departures.grace, Duration::from_secs(7 * 86400));
+        assert_eq!(c.departures.reversible_step, ReversibleStep::Lock);
+        assert_eq!(c.brake.protected, vec!["@admin:example.org"]);
+        let cases = [
+            ("[departures]\ngrace = \"soon\"", "departures.grace"),
+            (
+                "[brake]\nmax_departures_percent = 120.0",
+                "brake.max_departures_percent",
+            ),
+            ("[brake]\nprotected = [\"admin\"]", "brake.protected"),
+        ];
+        for (extra, key) in cases {
+            let err = f.parse(&format!("{GOOD}\n{extra}\n")).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+        }
     }
 
     #[test]

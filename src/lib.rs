@@ -7,7 +7,9 @@
 //! Only the two ends talk to the network; the middle is pure.
 
 pub mod apply;
+pub mod brake;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod homeserver;

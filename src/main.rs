@@ -1,1 +1,3 @@
-fn main() {}
+fn main() -> std::process::ExitCode {
+    matrix_ldap_sync::cli::main()
+}

@@ -1,1 +1,203 @@
-//! pipeline
+//! One sync run, shared by `plan` (stops before applying) and `sync`: directory → snapshot →
+//! mapping → plan (against the ledger) → brake → apply.
+
+use crate::apply::{self, ApplyReport, Observer};
+use crate::brake;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::directory::{self, AgentQuery, DirectoryError};
+use crate::homeserver::{Homeserver, HomeserverError};
+use crate::ledger::{LastGood, Ledger, LedgerError, LedgerView, RunRecord};
+use crate::mapping::{self, Desired, Rules};
+use crate::plan::{self, Plan, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("directory: {0}")]
+    Directory(#[from] DirectoryError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("homeserver: {0}")]
+    Homeserver(#[from] HomeserverError),
+}
+
+/// What the ledger holds that a preview needs.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub view: LedgerView,
+    pub last_good: Option<LastGood>,
+}
+
+impl State {
+    pub fn read(ledger: &Ledger) -> Result<State, LedgerError> {
+        Ok(State {
+            view: ledger.view()?,
+            last_good: ledger.last_good()?,
+        })
+    }
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The directory URL that answered.
+    pub server: String,
+    /// Agent entries in the snapshot (mapped or skipped).
+    pub agents: usize,
+    pub plan: Plan,
+    /// What the directory asked for (for `explain`).
+    pub desired: Desired,
+    /// Why the brake would hold the plan's departures back, if it would.
+    pub brake: Option<String>,
+    scope: String,
+}
+
+/// A finished `sync`.
+#[derive(Debug, Clone)]
+pub struct SyncResult {
+    pub preview: Preview,
+    pub report: ApplyReport,
+    /// Departures the brake held back (not applied).
+    pub held_back: usize,
+}
+
+/// The search the rules ask for.
+pub fn agent_query(rules: &Rules) -> AgentQuery {
+    AgentQuery {
+        filter: rules.agent.filter.clone(),
+        attributes: rules.attributes(),
+        id_attribute: rules.agent.id_attribute.clone(),
+        id_format: rules.agent.id_format,
+    }
+}
+
+/// The plan's policy from the config, at `now`.
+pub fn policy(config: &Config, now: i64) -> Policy {
+    Policy {
+        server_name: config.homeserver.server_name.clone(),
+        now,
+        grace: i64::try_from(config.departures.grace.as_secs()).unwrap_or(i64::MAX),
+        step: config.departures.reversible_step,
+        protected: config.brake.protected.clone(),
+    }
+}
+
+/// Reads the directory and plans against the ledger's state; changes nothing.
+pub async fn preview(
+    config: &Config,
+    rules: &Rules,
+    state: &State,
+    now: i64,
+) -> Result<Preview, RunError> {
+    let snapshot = directory::read_snapshot(&config.directory, &agent_query(rules)).await?;
+    let desired = mapping::map_snapshot(&snapshot, rules, now);
+    let plan = plan::plan(&desired, &state.view, &policy(config, now));
+    let agents = snapshot.entries.len() + snapshot.skipped.len();
+    let scope = brake::scope(config, rules);
+    let context = brake::Context {
+        managed: state.view.accounts.len(),
+        agents,
+        scope: scope.clone(),
+        last_good: state.last_good.clone(),
+    };
+    let brake = brake::check(&plan, &context, &config.brake);
+    Ok(Preview {
+        server: snapshot.server,
+        agents,
+        plan,
+        desired,
+        brake,
+        scope,
+    })
+}
+
+/// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
+/// With the brake engaged, departures are held back unless `allow_mass_changes`.
+pub async fn sync<H: Homeserver>(
+    config: &Config,
+    rules: &Rules,
+    ledger: &Ledger,
+    homeserver: &H,
+    clock: &dyn Clock,
+    allow_mass_changes: bool,
+    observer: &dyn Observer,
+) -> Result<SyncResult, RunError> {
+    let started_at = clock.now();
+    let state = State::read(ledger)?;
+    let preview = match preview(config, rules, &state, started_at).await {
+        Ok(p) => p,
+        Err(e) => {
+            let run = RunRecord {
+                started_at,
+                finished_at: clock.now(),
+                outcome: format!("failed: {e}"),
+                ..RunRecord::default()
+            };
+            ledger.record_run(&run)?;
+            return Err(e);
+        }
+    };
+    let mut plan = preview.plan.clone();
+    let held_back = match (&preview.brake, allow_mass_changes) {
+        (Some(why), false) => {
+            let held = brake::hold_back(&mut plan);
+            tracing::warn!(
+                held_back = held.len(),
+                "brake engaged: {why}; departures held back until `sync --allow-mass-changes`"
+            );
+            held.len()
+        }
+        (Some(why), true) => {
+            tracing::warn!("brake overridden by --allow-mass-changes: {why}");
+            0
+        }
+        (None, _) => 0,
+    };
+    let options = apply::Options {
+        concurrency: config.homeserver.concurrency,
+        departures: config.departures.clone(),
+    };
+    let report = apply::apply(&plan, homeserver, ledger, clock, &options, observer).await?;
+    if held_back == 0 {
+        ledger.set_last_good(&LastGood {
+            agents: preview.agents,
+            scope: preview.scope.clone(),
+            at: started_at,
+        })?;
+    }
+    let outcome = match (&report.aborted, report.failed.len()) {
+        (Some(why), _) => format!("aborted: {why}"),
+        (None, 0) if held_back > 0 => "brake engaged".to_string(),
+        (None, 0) => "ok".to_string(),
+        (None, n) => format!("{n} action(s) failed"),
+    };
+    let run = RunRecord {
+        started_at,
+        finished_at: clock.now(),
+        server: preview.server.clone(),
+        agents: preview.agents,
+        skipped: preview.plan.skipped.len(),
+        planned: preview.plan.actions.len(),
+        applied: report.applied,
+        failed: report.failed.len(),
+        outcome,
+        brake: preview.brake.clone().filter(|_| held_back > 0),
+        held_back,
+    };
+    tracing::info!(
+        agents = run.agents,
+        planned = run.planned,
+        applied = run.applied,
+        failed = run.failed,
+        held_back,
+        outcome = %run.outcome,
+        "sync run finished"
+    );
+    ledger.record_run(&run)?;
+    ledger.flush()?;
+    Ok(SyncResult {
+        preview,
+        report,
+        held_back,
+    })
+}

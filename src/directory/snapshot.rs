@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The stable identity of an agent: `entryUUID` text, or an AD `objectGUID` in its canonical
-/// string form (see [`super::guid`]). Never the DN, never the login.
+/// string form (see [`super::guid_to_string`]). Never the DN, never the login.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StableId(pub String);

@@ -5,8 +5,10 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub mod retry;
 pub mod synapse;
 
+pub use retry::Backoff;
 pub use synapse::SynapseClient;
 
 /// An account as the homeserver reports it.
@@ -14,11 +16,16 @@ pub use synapse::SynapseClient;
 pub struct RemoteUser {
     pub mxid: String,
     pub displayname: Option<String>,
-    /// E-mail addresses (threepids of medium `email`).
+    /// E-mail addresses (threepids of medium `email`), as Synapse stores them: lowercased.
+    /// Always empty in [`Homeserver::list_users`] results (Synapse's list does not report
+    /// threepids); [`Homeserver::get_user`] gives them.
     pub emails: Vec<String>,
     pub admin: bool,
     pub deactivated: bool,
     pub locked: bool,
+    /// Only [`Homeserver::get_user`] reports it; `false` in list results.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// What to set on an account. `None` leaves a field as it is.
@@ -62,6 +69,9 @@ pub enum HomeserverError {
         endpoint: String,
         message: String,
     },
+    /// The client could not be set up from its config (never a network problem).
+    #[error("homeserver client: {message}")]
+    Config { message: String },
 }
 
 impl HomeserverError {
@@ -100,6 +110,40 @@ pub trait Homeserver: Send + Sync {
         changes: &UserChanges,
     ) -> impl Future<Output = Result<Upserted, HomeserverError>> + Send;
 
-    /// Every local account, deactivated and locked ones included (paginated).
+    /// Every local account, deactivated and locked ones included (paginated). `emails` is
+    /// empty in what it returns: see [`RemoteUser::emails`].
     fn list_users(&self) -> impl Future<Output = Result<Vec<RemoteUser>, HomeserverError>> + Send;
+
+    /// Suspends (`true`) or unsuspends an account. A suspended user can still log in and
+    /// read, but not send: reversible.
+    fn set_suspended(
+        &self,
+        mxid: &str,
+        suspended: bool,
+    ) -> impl Future<Output = Result<(), HomeserverError>> + Send;
+
+    /// Locks (`true`) or unlocks an account. A locked user cannot use the account: reversible.
+    fn set_locked(
+        &self,
+        mxid: &str,
+        locked: bool,
+    ) -> impl Future<Output = Result<(), HomeserverError>> + Send;
+
+    /// Logs out every device (access token) of the account; returns how many there were.
+    fn logout_devices(
+        &self,
+        mxid: &str,
+    ) -> impl Future<Output = Result<usize, HomeserverError>> + Send;
+
+    /// Deactivates the account: it leaves its rooms and loses its e-mails; with `erase`, its
+    /// messages are hidden from future members too. The mxid is never given to anyone else.
+    fn deactivate(
+        &self,
+        mxid: &str,
+        erase: bool,
+    ) -> impl Future<Output = Result<(), HomeserverError>> + Send;
+
+    /// Reactivates a deactivated account (same mxid). It gets no usable password: people log
+    /// in through SSO. Rooms and e-mails are not restored by the homeserver.
+    fn reactivate(&self, mxid: &str) -> impl Future<Output = Result<(), HomeserverError>> + Send;
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod process;
+pub mod site;
 pub mod slapd;
 pub mod synapse;
 
@@ -39,6 +40,22 @@ pub fn write_secret(dir: &Path, name: &str, value: &str) -> PathBuf {
     std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
+}
+
+/// The `matrix-ldap-sync` binary: Cargo names it for integration tests; an example or a bench
+/// finds it next to its own folder (`target/<profile>/`).
+pub fn binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_matrix-ldap-sync") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("matrix-ldap-sync");
+    require_installed(&bin, "the matrix-ldap-sync binary (cargo build)");
+    bin
 }
 
 /// The repository root (where Cargo.toml is).

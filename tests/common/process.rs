@@ -254,12 +254,16 @@ pub fn run(argv: &[&str], input: Option<&str>) -> Result<String, String> {
     }
 }
 
-/// A fresh scratch directory `CARGO_TARGET_TMPDIR/testbed/<pid>-<kind>-XXXX`. Directories left
+/// A fresh scratch directory `<CARGO_TARGET_TMPDIR or target/tmp>/testbed/<pid>-<kind>-XXXX`. Directories left
 /// by test binaries that are no longer running are removed first (once per process).
 pub fn scratch_dir(kind: &str) -> tempfile::TempDir {
     static SWEPT: OnceLock<PathBuf> = OnceLock::new();
     let base = SWEPT.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("testbed");
+        // Integration tests get CARGO_TARGET_TMPDIR; the demo (an example) does not.
+        let tmp = option_env!("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp"));
+        let base = tmp.join("testbed");
         std::fs::create_dir_all(&base).expect("create testbed scratch base");
         for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -1,0 +1,264 @@
+//! One account action: the homeserver calls, then the ledger record with its audit entry.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{audit, Options, Outcome, StepError};
+use crate::clock::Clock;
+use crate::config::ReversibleStep;
+use crate::homeserver::{Homeserver, HomeserverError, UserChanges};
+use crate::ledger::{AccountRecord, AccountStatus, Ledger, LedgerError, Origin};
+use crate::plan::{Action, ActionKind};
+
+pub(super) struct Runner<'a, H> {
+    pub(super) homeserver: &'a H,
+    pub(super) ledger: &'a Ledger,
+    pub(super) clock: &'a dyn Clock,
+    pub(super) options: &'a Options,
+    pub(super) stop: &'a AtomicBool,
+}
+
+impl<H: Homeserver> Runner<'_, H> {
+    pub(super) async fn run(&self, action: &Action) -> Result<Outcome, LedgerError> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Ok(Outcome::NotTried);
+        }
+        let result = match action {
+            Action::CreateAccount { .. } => self.create(action).await,
+            Action::ReactivateAccount { .. } => self.reactivate(action).await,
+            Action::ReinstateAccount { step, .. } => self.reinstate(action, *step).await,
+            Action::UpdateAccount { .. } => self.update(action).await,
+            Action::DepartAccount { step, .. } => self.depart(action, *step).await,
+            Action::DeactivateAccount { .. } => self.deactivate(action).await,
+        };
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(StepError::Homeserver(e)) => {
+                if e.is_auth() {
+                    // Every further request would be refused the same way.
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                tracing::warn!(mxid = action.mxid(), action = action.kind().name(), error = %e, "action failed");
+                let entry = audit(
+                    self.clock,
+                    action.mxid(),
+                    action.id(),
+                    action.kind().name(),
+                    action.reason().into(),
+                    &format!("error: {e}"),
+                );
+                self.ledger.record_audit(&entry)?;
+                Ok(Outcome::Failed(e.to_string()))
+            }
+            Err(StepError::Ledger(e)) => Err(e),
+        }
+    }
+
+    /// Records the account as it now is, with the action's audit entry.
+    fn record(
+        &self,
+        record: &mut AccountRecord,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), StepError> {
+        record.updated_at = self.clock.now();
+        let entry = audit(
+            self.clock,
+            &record.mxid,
+            &record.id,
+            kind,
+            reason.to_string(),
+            "ok",
+        );
+        self.ledger.record_account(record, &entry)?;
+        tracing::info!(mxid = %record.mxid, action = kind, %reason, "applied");
+        Ok(())
+    }
+
+    fn managed(&self, action: &Action) -> Result<AccountRecord, StepError> {
+        self.ledger.account(action.id())?.ok_or_else(|| {
+            StepError::Ledger(LedgerError::Corrupt(format!(
+                "{} is planned for {} but is not in the ledger",
+                action.mxid(),
+                action.kind().name()
+            )))
+        })
+    }
+
+    async fn create(&self, action: &Action) -> Result<Outcome, StepError> {
+        let Action::CreateAccount {
+            id,
+            mxid,
+            localpart,
+            dn,
+            display_name,
+            emails,
+            reason,
+        } = action
+        else {
+            return Ok(Outcome::NotTried);
+        };
+        let existing = self.homeserver.get_user(mxid).await?;
+        if existing.as_ref().is_some_and(|u| u.deactivated) {
+            return Err(refused(mxid, "the account exists but is deactivated: not adopted; reactivate it or free the localpart").into());
+        }
+        let changes = UserChanges {
+            displayname: Some(display_name.clone()),
+            emails: Some(emails.clone()),
+        };
+        self.homeserver.upsert_user(mxid, &changes).await?;
+        let (origin, outcome, kind) = match existing {
+            Some(_) => (Origin::Adopted, Outcome::Adopted, "adopt_account"),
+            None => (
+                Origin::Created,
+                Outcome::Done,
+                ActionKind::CreateAccount.name(),
+            ),
+        };
+        let now = self.clock.now();
+        let mut record = AccountRecord {
+            id: id.clone(),
+            mxid: mxid.clone(),
+            localpart: localpart.clone(),
+            dn: dn.clone(),
+            display_name: display_name.clone(),
+            emails: emails.clone(),
+            origin,
+            created_at: now,
+            updated_at: now,
+            status: AccountStatus::Active,
+        };
+        self.record(&mut record, kind, reason)?;
+        Ok(outcome)
+    }
+
+    async fn update(&self, action: &Action) -> Result<Outcome, StepError> {
+        let Action::UpdateAccount {
+            mxid,
+            display_name,
+            emails,
+            reason,
+            ..
+        } = action
+        else {
+            return Ok(Outcome::NotTried);
+        };
+        let mut record = self.managed(action)?;
+        let changes = UserChanges {
+            displayname: display_name.as_ref().map(|c| c.to.clone()),
+            emails: emails.as_ref().map(|c| c.to.clone()),
+        };
+        self.homeserver.upsert_user(mxid, &changes).await?;
+        if let Some(c) = display_name {
+            record.display_name = c.to.clone();
+        }
+        if let Some(c) = emails {
+            record.emails = c.to.clone();
+        }
+        self.record(&mut record, ActionKind::UpdateAccount.name(), reason)?;
+        Ok(Outcome::Done)
+    }
+
+    async fn reactivate(&self, action: &Action) -> Result<Outcome, StepError> {
+        let Action::ReactivateAccount {
+            mxid,
+            display_name,
+            emails,
+            reason,
+            ..
+        } = action
+        else {
+            return Ok(Outcome::NotTried);
+        };
+        let mut record = self.managed(action)?;
+        self.homeserver.reactivate(mxid).await?;
+        // A lock or a suspension outlives deactivation on Synapse: lift both.
+        self.homeserver.set_locked(mxid, false).await?;
+        self.homeserver.set_suspended(mxid, false).await?;
+        // Deactivation dropped the e-mails: restore the whole profile.
+        let changes = UserChanges {
+            displayname: Some(display_name.clone()),
+            emails: Some(emails.clone()),
+        };
+        self.homeserver.upsert_user(mxid, &changes).await?;
+        record.display_name = display_name.clone();
+        record.emails = emails.clone();
+        record.status = AccountStatus::Active;
+        self.record(&mut record, ActionKind::ReactivateAccount.name(), reason)?;
+        Ok(Outcome::Done)
+    }
+
+    async fn reinstate(&self, action: &Action, step: ReversibleStep) -> Result<Outcome, StepError> {
+        let mut record = self.managed(action)?;
+        match step {
+            ReversibleStep::Suspend => self.homeserver.set_suspended(action.mxid(), false).await?,
+            ReversibleStep::Lock => self.homeserver.set_locked(action.mxid(), false).await?,
+        }
+        record.status = AccountStatus::Active;
+        self.record(
+            &mut record,
+            ActionKind::ReinstateAccount.name(),
+            action.reason(),
+        )?;
+        Ok(Outcome::Done)
+    }
+
+    async fn depart(&self, action: &Action, step: ReversibleStep) -> Result<Outcome, StepError> {
+        let mut record = self.managed(action)?;
+        let mxid = action.mxid();
+        self.refuse_server_admin(mxid).await?;
+        match step {
+            ReversibleStep::Suspend => self.homeserver.set_suspended(mxid, true).await?,
+            ReversibleStep::Lock => self.homeserver.set_locked(mxid, true).await?,
+        }
+        if self.options.departures.logout_devices {
+            let n = self.homeserver.logout_devices(mxid).await?;
+            tracing::info!(%mxid, devices = n, "logged out");
+        }
+        record.status = AccountStatus::Departing {
+            since: self.clock.now(),
+            reason: action.reason().to_string(),
+            step,
+        };
+        self.record(&mut record, action.kind().name(), action.reason())?;
+        Ok(Outcome::Done)
+    }
+
+    async fn deactivate(&self, action: &Action) -> Result<Outcome, StepError> {
+        let mut record = self.managed(action)?;
+        let mxid = action.mxid();
+        self.refuse_server_admin(mxid).await?;
+        self.homeserver
+            .deactivate(mxid, self.options.departures.erase)
+            .await?;
+        record.status = AccountStatus::Deactivated {
+            at: self.clock.now(),
+            reason: action.reason().to_string(),
+        };
+        self.record(
+            &mut record,
+            ActionKind::DeactivateAccount.name(),
+            action.reason(),
+        )?;
+        Ok(Outcome::Done)
+    }
+
+    /// A server admin is never taken away by a sync, whatever the directory says.
+    async fn refuse_server_admin(&self, mxid: &str) -> Result<(), StepError> {
+        match self.homeserver.get_user(mxid).await? {
+            Some(user) if user.admin => Err(refused(
+                mxid,
+                "a homeserver admin: never suspended, locked or deactivated by a sync",
+            )
+            .into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn refused(mxid: &str, why: &str) -> HomeserverError {
+    HomeserverError::BadReply {
+        method: "GET".into(),
+        endpoint: format!("/_synapse/admin/v2/users/{mxid}"),
+        message: why.into(),
+    }
+}

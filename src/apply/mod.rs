@@ -1,0 +1,161 @@
+//! Executes a plan against the homeserver, recording each success in the ledger together with
+//! its audit entry. A crash between the homeserver write and the ledger write is safe: the
+//! next plan proposes the same action again, and each action is harmless to repeat (creating
+//! an account that exists adopts it; suspending a suspended account changes nothing).
+//!
+//! Actions run kind by kind in plan order (access restored before access taken away), with
+//! bounded concurrency within a kind. One account has at most one action of each kind, so no
+//! two actions in flight touch the same ledger record.
+
+mod accounts;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::stream::{self, StreamExt};
+
+use crate::clock::Clock;
+use crate::config::DeparturesConfig;
+use crate::homeserver::{Homeserver, HomeserverError};
+use crate::ledger::{AuditEntry, Ledger, LedgerError};
+use crate::plan::{Action, ActionKind, Plan};
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// A create that found the account already there and took it over.
+    Adopted,
+    Failed(String),
+    /// Not tried: an earlier failure showed every request would fail (e.g. a bad token).
+    NotTried,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub applied: usize,
+    pub adopted: usize,
+    pub moved: usize,
+    /// (mxid, action kind, error) of every action that failed.
+    pub failed: Vec<(String, ActionKind, String)>,
+    pub not_tried: usize,
+    /// Why the rest of the plan was not tried, if it was cut short.
+    pub aborted: Option<String>,
+}
+
+/// Told how applying goes, e.g. to show progress.
+pub trait Observer: Sync {
+    fn started(&self, _total: usize) {}
+    fn done(&self, _action: &Action, _outcome: &Outcome) {}
+}
+
+/// Observes nothing.
+pub struct Silent;
+
+impl Observer for Silent {}
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most actions in flight at once.
+    pub concurrency: usize,
+    pub departures: DeparturesConfig,
+}
+
+/// Applies `plan`, telling `observer` of each action. Only a ledger failure is an `Err`: the
+/// homeserver's are counted in the report, and one failed action never stops the others.
+pub async fn apply<H: Homeserver>(
+    plan: &Plan,
+    homeserver: &H,
+    ledger: &Ledger,
+    clock: &dyn Clock,
+    options: &Options,
+    observer: &dyn Observer,
+) -> Result<ApplyReport, LedgerError> {
+    let mut report = ApplyReport::default();
+    observer.started(plan.actions.len());
+    for m in &plan.moves {
+        if let Some(mut record) = ledger.account(&m.id)? {
+            record.dn = m.to_dn.clone();
+            record.updated_at = clock.now();
+            let reason = format!("DN changed from {} to {}", m.from_dn, m.to_dn);
+            ledger.record_account(
+                &record,
+                &audit(clock, &record.mxid, &record.id, "move", reason, "ok"),
+            )?;
+            report.moved += 1;
+        }
+    }
+
+    let stop = AtomicBool::new(false);
+    let runner = &accounts::Runner {
+        homeserver,
+        ledger,
+        clock,
+        options,
+        stop: &stop,
+    };
+    for kind in ActionKind::ALL {
+        let mut results = stream::iter(plan.actions.iter().filter(|a| a.kind() == kind))
+            .map(|action| async move { (action, runner.run(action).await) })
+            .buffer_unordered(options.concurrency.max(1));
+        while let Some((action, outcome)) = results.next().await {
+            let outcome = outcome?;
+            match &outcome {
+                Outcome::Done => report.applied += 1,
+                Outcome::Adopted => {
+                    report.applied += 1;
+                    report.adopted += 1;
+                }
+                Outcome::Failed(error) => {
+                    report
+                        .failed
+                        .push((action.mxid().to_string(), action.kind(), error.clone()));
+                    if stop.load(Ordering::SeqCst) && report.aborted.is_none() {
+                        report.aborted = Some(error.clone());
+                    }
+                }
+                Outcome::NotTried => report.not_tried += 1,
+            }
+            observer.done(action, &outcome);
+        }
+    }
+    ledger.flush()?;
+    Ok(report)
+}
+
+/// Why one action stopped: the homeserver refused (the action fails, the run goes on) or the
+/// ledger could not record (the run stops).
+enum StepError {
+    Homeserver(HomeserverError),
+    Ledger(LedgerError),
+}
+
+impl From<HomeserverError> for StepError {
+    fn from(e: HomeserverError) -> Self {
+        StepError::Homeserver(e)
+    }
+}
+
+impl From<LedgerError> for StepError {
+    fn from(e: LedgerError) -> Self {
+        StepError::Ledger(e)
+    }
+}
+
+fn audit(
+    clock: &dyn Clock,
+    mxid: &str,
+    id: &crate::directory::StableId,
+    action: &str,
+    reason: String,
+    result: &str,
+) -> AuditEntry {
+    AuditEntry {
+        at: clock.now(),
+        mxid: mxid.to_string(),
+        id: id.clone(),
+        action: action.to_string(),
+        reason,
+        result: result.to_string(),
+    }
+}

@@ -1,0 +1,308 @@
+//! The command line: `check`, `plan`, `sync`, `status`, `history`, `explain`.
+
+mod check;
+mod explain;
+mod progress;
+mod render;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::clock::{Clock, FixedClock, SystemClock};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::homeserver::SynapseClient;
+use crate::ledger::Ledger;
+use crate::mapping::Rules;
+use crate::pipeline::{self, State};
+
+/// Exit code of `plan` when changes are pending.
+pub const EXIT_CHANGES_PENDING: u8 = 2;
+/// Exit code of `sync` when the brake held departures back.
+pub const EXIT_BRAKE_ENGAGED: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "matrix-ldap-sync",
+    version,
+    about = "Keeps a Matrix homeserver's accounts in step with an LDAP / Active Directory directory.",
+    long_about = "Keeps a Matrix homeserver's accounts in step with an LDAP / Active Directory directory.\n\n\
+        Reads every agent from the directory, maps each one to an account with the rules in the mapping \
+        file, compares with what it applied before (its ledger) and creates, updates, suspends and \
+        deactivates accounts through the Synapse admin API. Agents who leave are suspended (or locked) \
+        first and deactivated after a grace period; a brake holds back departures when a plan looks \
+        like an accident. `plan` shows what `sync` would do, without doing it.",
+    after_help = "Examples:\n  \
+        matrix-ldap-sync -c /etc/matrix-ldap-sync/config.toml check\n  \
+        matrix-ldap-sync plan                         # dry run; exit 2 if changes are pending\n  \
+        matrix-ldap-sync plan --json | jq .counts     # dry run for scripts\n  \
+        matrix-ldap-sync sync                         # apply once\n  \
+        matrix-ldap-sync sync --allow-mass-changes    # apply departures the brake held back, once\n  \
+        matrix-ldap-sync explain jean.martin          # what the daemon knows and would do about one person\n  \
+        matrix-ldap-sync history --user @jean.martin:example.org"
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, env = "MATRIX_LDAP_SYNC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
+    /// More log detail (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only warnings and errors in the log.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    /// Act as if it were this time (RFC 3339, e.g. 2026-12-31T09:00:00Z): `plan --now …`
+    /// previews when departures and expiry dates fall due. Meant for previews and tests.
+    #[arg(long, global = true, value_parser = parse_time)]
+    now: Option<i64>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the config and mapping, bind to the directory and count agents, reach the homeserver
+    /// with the admin token. Each step says OK or FAILED and why; exit 1 if any failed.
+    Check,
+    /// Dry run: read the directory and show what `sync` would change, and whether the brake
+    /// would hold anything back. Changes nothing. Exit 0: nothing to do; 2: changes pending; 1: error.
+    Plan {
+        /// Print the plan as JSON (for scripts) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the directory and apply the changes once, then print a summary.
+    /// Exit 0: done; 1: an error or a failed action; 3: the brake held departures back.
+    Sync {
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Apply departures even though the brake would hold them back (after reviewing `plan`).
+        /// Applies to this run only.
+        #[arg(long)]
+        allow_mass_changes: bool,
+    },
+    /// Show the ledger: managed accounts, departures in their grace period, the last run and
+    /// whether the brake is engaged.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit trail: every action applied (or failed), when and why.
+    History {
+        /// Only this account (mxid or localpart).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only the newest N entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the daemon knows and would do about one person, and why: their directory entry,
+    /// their account, the planned actions and the recent history. Reads the directory.
+    Explain {
+        /// A login (localpart or the rules' login attribute), an mxid, a DN or an e-mail.
+        who: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("not an RFC 3339 time like 2026-12-31T09:00:00Z: {e}"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let load = || Config::load(&cli.config).map_err(|e| e.to_string());
+    let clock: Box<dyn Clock> = match cli.now {
+        Some(t) => Box::new(FixedClock(t)),
+        None => Box::new(SystemClock),
+    };
+    match cli.command {
+        Command::Check => Ok(check::run(&cli.config).await),
+        Command::Plan { json } => plan(&load()?, clock.as_ref(), json).await,
+        Command::Sync {
+            json,
+            allow_mass_changes,
+        } => sync(&load()?, clock.as_ref(), json, allow_mass_changes).await,
+        Command::Status { json } => status(&load()?, json),
+        Command::History { user, limit, json } => history(&load()?, user.as_deref(), limit, json),
+        Command::Explain { who } => explain::run(&load()?, &who, clock.now()).await,
+    }
+}
+
+/// The ledger's state for a dry run, which must not create state: no ledger yet means
+/// everything is new.
+fn read_state(config: &Config) -> Result<State, String> {
+    if !Ledger::exists(&config.state_dir) {
+        return Ok(State::default());
+    }
+    let ledger = Ledger::open(&config.state_dir).map_err(|e| e.to_string())?;
+    State::read(&ledger).map_err(|e| e.to_string())
+}
+
+fn open_existing(config: &Config) -> Result<Ledger, String> {
+    if !Ledger::exists(&config.state_dir) {
+        return Err(format!(
+            "no ledger in {} yet: run `sync` first",
+            config.state_dir.display()
+        ));
+    }
+    Ledger::open(&config.state_dir).map_err(|e| e.to_string())
+}
+
+async fn plan(config: &Config, clock: &dyn Clock, json: bool) -> Result<ExitCode, String> {
+    let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
+    let state = read_state(config)?;
+    let preview = pipeline::preview(config, &rules, &state, clock.now())
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", render::plan_json(&preview));
+    } else {
+        print!("{}", render::plan_text(&preview));
+    }
+    Ok(if preview.plan.has_changes() {
+        ExitCode::from(EXIT_CHANGES_PENDING)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn sync(
+    config: &Config,
+    clock: &dyn Clock,
+    json: bool,
+    allow_mass_changes: bool,
+) -> Result<ExitCode, String> {
+    let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
+    let ledger = Ledger::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
+    let bar = progress::ProgressBar::default();
+    let result = pipeline::sync(
+        config,
+        &rules,
+        &ledger,
+        &homeserver,
+        clock,
+        allow_mass_changes,
+        &bar,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    bar.finish();
+    if json {
+        println!("{}", render::sync_json(&result));
+    } else {
+        print!("{}", render::sync_text(&result));
+    }
+    if !result.report.failed.is_empty() || result.report.aborted.is_some() {
+        Ok(ExitCode::FAILURE)
+    } else if result.held_back > 0 {
+        Ok(ExitCode::from(EXIT_BRAKE_ENGAGED))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
+    let ledger = open_existing(config)?;
+    let view = ledger.view().map_err(|e| e.to_string())?;
+    let last_run = ledger.last_run().map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", status::status_json(&view, last_run.as_ref()));
+    } else {
+        let grace = pipeline::policy(config, 0).grace;
+        print!(
+            "{}",
+            status::status_text(ledger.path(), &view, last_run.as_ref(), grace)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn history(
+    config: &Config,
+    user: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let ledger = open_existing(config)?;
+    let mxid = user.map(|u| match u.starts_with('@') {
+        true => u.to_string(),
+        false => format!("@{u}:{}", config.homeserver.server_name),
+    });
+    let mut entries = ledger
+        .audit_trail(mxid.as_deref())
+        .map_err(|e| e.to_string())?;
+    let skip = entries.len().saturating_sub(limit);
+    entries.drain(..skip);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&entries).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", status::history_text(&entries));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "matrix_ldap_sync=info,warn",
+        (false, 1) => "matrix_ldap_sync=debug,info",
+        (false, _) => "matrix_ldap_sync=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

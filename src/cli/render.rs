@@ -1,0 +1,212 @@
+//! What `plan` and `sync` print: readable text for people, JSON for scripts.
+
+use std::fmt::Write;
+
+use serde_json::json;
+
+use crate::clock::format_time;
+use crate::pipeline::{Preview, SyncResult};
+use crate::plan::{Action, ActionKind, Plan};
+
+pub fn plan_text(preview: &Preview) -> String {
+    let plan = &preview.plan;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Directory {}: {} agents, {} skipped",
+        preview.server,
+        preview.agents,
+        plan.skipped.len()
+    );
+    let _ = writeln!(out, "{}\n", summary_line(plan));
+    if let Some(why) = &preview.brake {
+        let _ = writeln!(
+            out,
+            "BRAKE: `sync` will hold back the {} departure(s) below: {why}.\n       Review them, then run `sync --allow-mass-changes` to apply them once, or change the limits.\n",
+            plan.departures()
+        );
+    }
+    for kind in ActionKind::ALL {
+        let actions: Vec<_> = plan.actions.iter().filter(|a| a.kind() == kind).collect();
+        if actions.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{} ({})", kind.title(), actions.len());
+        for action in actions {
+            let _ = writeln!(out, "  {}", describe(action));
+            let _ = writeln!(out, "      why: {}", action.reason());
+        }
+        out.push('\n');
+    }
+    section(
+        &mut out,
+        "Waiting (nothing to do yet)",
+        &plan.pending,
+        |p| format!("{}  {} on {}", p.mxid, p.what, format_time(p.at)),
+    );
+    section(
+        &mut out,
+        "Protected (left as they are)",
+        &plan.protected,
+        |p| format!("{}: would act on: {}", p.mxid, p.reason),
+    );
+    section(
+        &mut out,
+        "Moved in the directory, same account (recorded in the ledger only)",
+        &plan.moves,
+        |m| format!("{}  {} → {}", m.mxid, m.from_dn, m.to_dn),
+    );
+    section(
+        &mut out,
+        "Already gone, no account created",
+        &plan.not_created,
+        |s| format!("{}: {}", s.dn, s.reason),
+    );
+    section(
+        &mut out,
+        "Skipped agents (nothing is done for them)",
+        &plan.skipped,
+        |s| format!("{}: {}", s.dn, s.reason),
+    );
+    for w in &plan.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{title} ({})", items.len());
+    for item in items {
+        let _ = writeln!(out, "  {}", line(item));
+    }
+    out.push('\n');
+}
+
+fn summary_line(plan: &Plan) -> String {
+    if !plan.has_changes() {
+        return format!("No changes: {} accounts up to date.", plan.unchanged);
+    }
+    let counts: Vec<String> = ActionKind::ALL
+        .iter()
+        .map(|k| (k, plan.count(*k)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {}", k.name().replace('_', " ")))
+        .collect();
+    format!(
+        "Plan: {} ({} accounts unchanged).",
+        counts.join(", "),
+        plan.unchanged
+    )
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::CreateAccount {
+            mxid,
+            display_name,
+            emails,
+            ..
+        }
+        | Action::ReactivateAccount {
+            mxid,
+            display_name,
+            emails,
+            ..
+        } => {
+            let mut s = format!("{mxid}  \"{display_name}\"");
+            if !emails.is_empty() {
+                let _ = write!(s, "  <{}>", emails.join(">, <"));
+            }
+            s
+        }
+        // The reason says what changes.
+        other => other.mxid().to_string(),
+    }
+}
+
+pub fn plan_json(preview: &Preview) -> String {
+    let plan = &preview.plan;
+    let counts: serde_json::Map<String, serde_json::Value> = ActionKind::ALL
+        .iter()
+        .map(|k| (k.name().to_string(), json!(plan.count(*k))))
+        .collect();
+    json!({
+        "server": preview.server,
+        "agents": preview.agents,
+        "changes_pending": plan.has_changes(),
+        "brake": preview.brake,
+        "counts": counts,
+        "unchanged": plan.unchanged,
+        "actions": plan.actions,
+        "pending": plan.pending,
+        "protected": plan.protected,
+        "moves": plan.moves,
+        "not_created": plan.not_created,
+        "skipped": plan.skipped,
+        "warnings": plan.warnings,
+    })
+    .to_string()
+}
+
+pub fn sync_text(result: &SyncResult) -> String {
+    let r = &result.report;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Sync from {}: {} agents, {} skipped; {} planned, {} applied ({} adopted), {} failed, {} moved.",
+        result.preview.server,
+        result.preview.agents,
+        result.preview.plan.skipped.len(),
+        result.preview.plan.actions.len(),
+        r.applied,
+        r.adopted,
+        r.failed.len(),
+        r.moved
+    );
+    for (mxid, kind, error) in &r.failed {
+        let _ = writeln!(out, "  FAILED {} {mxid}: {error}", kind.name());
+    }
+    if let Some(why) = &r.aborted {
+        let _ = writeln!(
+            out,
+            "Stopped early, {} actions not tried: {why}",
+            r.not_tried
+        );
+    }
+    if result.held_back > 0 {
+        let _ = writeln!(
+            out,
+            "BRAKE: {} departure(s) held back: {}.\nReview them with `plan`, then run `sync --allow-mass-changes` to apply them once.",
+            result.held_back,
+            result.preview.brake.as_deref().unwrap_or("limits exceeded")
+        );
+    }
+    out
+}
+
+pub fn sync_json(result: &SyncResult) -> String {
+    let r = &result.report;
+    let failed: Vec<_> = r
+        .failed
+        .iter()
+        .map(|(mxid, kind, error)| json!({"mxid": mxid, "kind": kind, "error": error}))
+        .collect();
+    json!({
+        "server": result.preview.server,
+        "agents": result.preview.agents,
+        "skipped": result.preview.plan.skipped.len(),
+        "planned": result.preview.plan.actions.len(),
+        "applied": r.applied,
+        "adopted": r.adopted,
+        "moved": r.moved,
+        "failed": failed,
+        "not_tried": r.not_tried,
+        "aborted": r.aborted,
+        "brake": result.preview.brake,
+        "held_back": result.held_back,
+    })
+    .to_string()
+}

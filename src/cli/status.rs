@@ -1,0 +1,145 @@
+//! What `status` and `history` print.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::clock::format_time;
+use crate::ledger::{AccountStatus, AuditEntry, LedgerView, Origin, RunRecord};
+
+/// Counts of managed accounts by origin and state.
+struct Counts {
+    total: usize,
+    adopted: usize,
+    active: usize,
+    departing: usize,
+    deactivated: usize,
+}
+
+fn counts(view: &LedgerView) -> Counts {
+    let mut c = Counts {
+        total: view.accounts.len(),
+        adopted: 0,
+        active: 0,
+        departing: 0,
+        deactivated: 0,
+    };
+    for record in view.accounts.values() {
+        if record.origin == Origin::Adopted {
+            c.adopted += 1;
+        }
+        match record.status {
+            AccountStatus::Active => c.active += 1,
+            AccountStatus::Departing { .. } => c.departing += 1,
+            AccountStatus::Deactivated { .. } => c.deactivated += 1,
+        }
+    }
+    c
+}
+
+pub fn status_text(
+    path: &Path,
+    view: &LedgerView,
+    last_run: Option<&RunRecord>,
+    grace: i64,
+) -> String {
+    let c = counts(view);
+    let mut out = String::new();
+    let _ = writeln!(out, "Ledger: {}", path.display());
+    let _ = writeln!(
+        out,
+        "Managed accounts: {} ({} created, {} adopted)",
+        c.total,
+        c.total - c.adopted,
+        c.adopted
+    );
+    let _ = writeln!(
+        out,
+        "  {} active, {} departing (suspended or locked), {} deactivated",
+        c.active, c.departing, c.deactivated
+    );
+    let mut departing: Vec<_> = view
+        .accounts
+        .values()
+        .filter_map(|r| match &r.status {
+            AccountStatus::Departing { since, reason, .. } => {
+                Some((since.saturating_add(grace), &r.mxid, reason))
+            }
+            _ => None,
+        })
+        .collect();
+    departing.sort();
+    for (due, mxid, reason) in departing {
+        let _ = writeln!(
+            out,
+            "  {mxid}: deactivation due {} ({reason})",
+            format_time(due)
+        );
+    }
+    match last_run {
+        None => {
+            let _ = writeln!(out, "Last run: none yet");
+        }
+        Some(run) => {
+            let _ = writeln!(
+                out,
+                "Last run: {} ({}s) from {}: {}",
+                format_time(run.started_at),
+                run.finished_at - run.started_at,
+                if run.server.is_empty() {
+                    "-"
+                } else {
+                    &run.server
+                },
+                run.outcome
+            );
+            let _ = writeln!(
+                out,
+                "  {} agents, {} skipped, {} planned, {} applied, {} failed",
+                run.agents, run.skipped, run.planned, run.applied, run.failed
+            );
+            if let Some(why) = &run.brake {
+                let _ = writeln!(
+                    out,
+                    "BRAKE ENGAGED: {} departure(s) held back: {why}.\n  Review with `plan`, then `sync --allow-mass-changes`.",
+                    run.held_back
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
+    let c = counts(view);
+    json!({
+        "managed_accounts": c.total,
+        "adopted": c.adopted,
+        "active": c.active,
+        "departing": c.departing,
+        "deactivated": c.deactivated,
+        "last_run": last_run,
+        "brake": last_run.and_then(|r| r.brake.clone()),
+    })
+    .to_string()
+}
+
+pub fn history_text(entries: &[AuditEntry]) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        out.push_str("No recorded actions.\n");
+    }
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{}  {:<20} {}  {}",
+            format_time(e.at),
+            e.action,
+            e.mxid,
+            e.result
+        );
+        let _ = writeln!(out, "      why: {}", e.reason);
+    }
+    out
+}

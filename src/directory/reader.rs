@@ -1,0 +1,609 @@
+//! The connection to the directory and the paged, complete-or-error read of a Snapshot.
+//!
+//! Paging is done here, not with ldap3's `PagedResults` adapter: every page is its own
+//! search whose final result code is checked (ldap3 ends a stream with `Ok(None)` even when
+//! the server ended it with an error), and every step is under its own timeout (a paused
+//! server accepts connections and never answers).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use ldap3::controls::{Control, ControlType, PagedResults};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use super::entry::convert;
+use super::error::DirectoryError;
+use super::snapshot::{Entry, SkippedEntry, Snapshot};
+use super::tls;
+use super::AgentQuery;
+use crate::config::DirectoryConfig;
+
+/// A bound connection to one directory server.
+pub struct Directory {
+    ldap: Ldap,
+    driver: JoinHandle<()>,
+    server: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("server", &self.server)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Directory {
+    fn drop(&mut self) {
+        // The connection task ends when the last `Ldap` handle goes; make sure of it.
+        self.driver.abort();
+    }
+}
+
+/// Runs `fut` under `limit`; on expiry, a [`DirectoryError::Timeout`] naming `operation`.
+async fn timed<T>(
+    url: &str,
+    limit: Duration,
+    operation: impl FnOnce() -> String,
+    fut: impl Future<Output = T>,
+) -> Result<T, DirectoryError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| DirectoryError::Timeout {
+            url: url.to_string(),
+            operation: operation(),
+            after: limit,
+        })
+}
+
+impl Directory {
+    /// Connects to the first of `cfg.urls` that answers (in order), with LDAPS or StartTLS
+    /// as configured, and binds as `cfg.bind_dn`. Each step is limited by `cfg.timeout`.
+    ///
+    /// A server that cannot be reached, fails TLS, times out or says busy/unavailable is
+    /// skipped for the next URL; a bind refusal (e.g. wrong password) stops at once, since
+    /// every replica would say the same.
+    pub async fn connect(cfg: &DirectoryConfig) -> Result<Directory, DirectoryError> {
+        if cfg.urls.is_empty() {
+            return Err(DirectoryError::Config("no directory URL given".into()));
+        }
+        if cfg.bind_password.is_empty() {
+            // An empty password makes a simple bind anonymous ("unauthenticated"), which
+            // some servers accept: never let that pass for a login.
+            return Err(DirectoryError::Config(format!(
+                "the bind password for `{}` is empty",
+                cfg.bind_dn
+            )));
+        }
+        let needs_tls = cfg.starttls || cfg.urls.iter().any(|u| u.scheme() == "ldaps");
+        let tls_config = if needs_tls {
+            Some(tls::client_config(cfg.ca_file.as_deref())?)
+        } else {
+            None
+        };
+        let mut failures = Vec::new();
+        for (i, url) in cfg.urls.iter().enumerate() {
+            match Self::connect_one(url, cfg, tls_config.clone()).await {
+                Ok(dir) => {
+                    info!(server = %dir.server, tried = i + 1, "directory: connected and bound");
+                    return Ok(dir);
+                }
+                Err(e) if e.worth_failover() => {
+                    warn!(server = %url, error = %e, "directory server unusable");
+                    failures.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if failures.len() == 1 {
+            if let Some(only) = failures.pop() {
+                return Err(only);
+            }
+        }
+        Err(DirectoryError::AllServersFailed { failures })
+    }
+
+    async fn connect_one(
+        url: &Url,
+        cfg: &DirectoryConfig,
+        tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Directory, DirectoryError> {
+        let server = url.to_string();
+        let starttls = cfg.starttls && url.scheme() == "ldap";
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(cfg.timeout)
+            .set_starttls(starttls);
+        if let Some(config) = tls_config {
+            settings = settings.set_config(config);
+        }
+        let step = if starttls {
+            "connecting and negotiating StartTLS"
+        } else if url.scheme() == "ldaps" {
+            "connecting and negotiating TLS"
+        } else {
+            "connecting"
+        };
+        let (conn, mut ldap) = timed(
+            &server,
+            cfg.timeout,
+            || step.to_string(),
+            LdapConnAsync::from_url_with_settings(settings, url),
+        )
+        .await?
+        .map_err(|e| connect_error(&server, url, step, cfg.timeout, e))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                debug!(error = %e, "LDAP connection ended");
+            }
+        });
+        let mut dir = Directory {
+            ldap: ldap.clone(),
+            driver,
+            server,
+            timeout: cfg.timeout,
+        };
+        let bind = timed(
+            &dir.server,
+            cfg.timeout,
+            || format!("binding as `{}`", cfg.bind_dn),
+            ldap.simple_bind(&cfg.bind_dn, cfg.bind_password.expose()),
+        )
+        .await?
+        .map_err(|e| {
+            op_error(
+                &dir.server,
+                &format!("binding as `{}`", cfg.bind_dn),
+                cfg.timeout,
+                e,
+            )
+        })?;
+        if bind.rc != 0 {
+            return Err(DirectoryError::Bind {
+                url: dir.server.clone(),
+                dn: cfg.bind_dn.clone(),
+                code: bind.rc,
+                text: bind.text,
+            });
+        }
+        dir.ldap = ldap;
+        Ok(dir)
+    }
+
+    /// The URL of the server that answered.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Reads every entry matching `query.filter` under each of `bases` (subtree), in pages of
+    /// `page_size`, each page and each entry within `timeout`. Returns a Snapshot only if
+    /// every page of every base ended with result code success.
+    pub async fn read_snapshot(
+        &mut self,
+        bases: &[String],
+        query: &AgentQuery,
+        page_size: i32,
+        timeout: Duration,
+    ) -> Result<Snapshot, DirectoryError> {
+        if bases.is_empty() {
+            return Err(DirectoryError::Config("no search base given".into()));
+        }
+        let attrs = requested_attributes(query);
+        let mut collector = Collector::new(query);
+        let mut pages = 0;
+        for base in bases {
+            pages += self
+                .read_base(
+                    base,
+                    query,
+                    &attrs,
+                    page_size.max(1),
+                    timeout,
+                    &mut collector,
+                )
+                .await?;
+        }
+        let Collector {
+            entries, skipped, ..
+        } = collector;
+        info!(
+            entries = entries.len(),
+            skipped = skipped.len(),
+            pages,
+            bases = bases.len(),
+            server = %self.server,
+            "directory snapshot complete"
+        );
+        Ok(Snapshot::complete(entries, skipped, self.server.clone()))
+    }
+
+    /// One base, page by page. Returns the number of pages read.
+    async fn read_base(
+        &mut self,
+        base: &str,
+        query: &AgentQuery,
+        attrs: &[String],
+        page_size: i32,
+        timeout: Duration,
+        collector: &mut Collector<'_>,
+    ) -> Result<usize, DirectoryError> {
+        let url = self.server.clone();
+        let mut cookie: Vec<u8> = Vec::new();
+        let mut page = 0usize;
+        loop {
+            page += 1;
+            let what = |verb: &str| format!("{verb} page {page} of `{base}`");
+            let control = PagedResults {
+                size: page_size,
+                cookie: std::mem::take(&mut cookie),
+            };
+            let started = timed(
+                &url,
+                timeout,
+                || what("requesting"),
+                self.ldap
+                    .with_controls(control)
+                    .with_timeout(timeout)
+                    .streaming_search(base, Scope::Subtree, &query.filter, attrs),
+            )
+            .await?;
+            let mut stream = match started {
+                Ok(stream) => stream,
+                Err(LdapError::FilterParsing) => {
+                    return Err(DirectoryError::InvalidFilter {
+                        filter: query.filter.clone(),
+                    })
+                }
+                Err(e) => return Err(op_error(&url, &what("requesting"), timeout, e)),
+            };
+            let (mut in_page, mut references) = (0usize, 0usize);
+            loop {
+                let item = timed(&url, timeout, || what("reading"), stream.next()).await?;
+                let re = match item {
+                    Ok(Some(re)) => re,
+                    Ok(None) => break,
+                    Err(e) => return Err(op_error(&url, &what("reading"), timeout, e)),
+                };
+                if re.is_ref() {
+                    // AD continuation references (other partitions): normal, not followed.
+                    references += 1;
+                    continue;
+                }
+                if re.is_intermediate() {
+                    continue;
+                }
+                let se = construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
+                    url: url.clone(),
+                    operation: what("reading"),
+                    cause: "an undecodable search entry".into(),
+                })?;
+                in_page += 1;
+                collector.add(se);
+            }
+            let result = stream.finish().await;
+            if result.rc != 0 {
+                return Err(DirectoryError::Search {
+                    url,
+                    base: base.to_string(),
+                    filter: query.filter.clone(),
+                    code: result.rc,
+                    text: result.text,
+                    matched: result.matched,
+                    referrals: result.refs,
+                });
+            }
+            debug!(
+                base,
+                page,
+                entries = in_page,
+                references,
+                total_entries = collector.entries.len(),
+                total_skipped = collector.skipped.len(),
+                "directory page read"
+            );
+            match next_cookie(&result.ctrls) {
+                Ok(Some(next)) => cookie = next,
+                Ok(None) => return Ok(page),
+                Err(()) => {
+                    return Err(DirectoryError::Protocol {
+                        url,
+                        operation: what("reading"),
+                        cause: "an undecodable paged results control".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Unbinds and closes the connection (best effort, within the connect timeout).
+    pub async fn close(mut self) {
+        let limit = self.timeout;
+        if let Ok(Err(e)) = tokio::time::timeout(limit, self.ldap.unbind()).await {
+            debug!(server = %self.server, error = %e, "unbind failed");
+        }
+        let _ = tokio::time::timeout(limit, &mut self.driver).await;
+    }
+}
+
+/// Connects to `cfg.urls` (failover), reads every base of `cfg.base_dns` and closes.
+pub async fn read_snapshot(
+    cfg: &DirectoryConfig,
+    query: &AgentQuery,
+) -> Result<Snapshot, DirectoryError> {
+    let mut dir = Directory::connect(cfg).await?;
+    let result = dir
+        .read_snapshot(&cfg.base_dns, query, cfg.page_size, cfg.timeout)
+        .await;
+    dir.close().await;
+    result
+}
+
+/// The query's attributes plus the id attribute (once, any case). No attributes means all
+/// user attributes (`*`) plus the id, which may be operational (`entryUUID`).
+fn requested_attributes(query: &AgentQuery) -> Vec<String> {
+    let mut attrs: Vec<String> = Vec::new();
+    if query.attributes.is_empty() {
+        attrs.push("*".into());
+    }
+    for a in query
+        .attributes
+        .iter()
+        .chain(std::iter::once(&query.id_attribute))
+    {
+        if !attrs.iter().any(|b| b.eq_ignore_ascii_case(a)) {
+            attrs.push(a.clone());
+        }
+    }
+    attrs
+}
+
+/// `SearchEntry::construct` panics on a malformed entry; a daemon must not.
+fn construct_entry(re: ResultEntry) -> Option<SearchEntry> {
+    if re.0.id != 4 {
+        return None;
+    }
+    catch_unwind(AssertUnwindSafe(|| SearchEntry::construct(re))).ok()
+}
+
+/// The cookie for the next page: `None` when the search is done (empty cookie, or the server
+/// ignored the paging control and sent everything at once).
+fn next_cookie(ctrls: &[Control]) -> Result<Option<Vec<u8>>, ()> {
+    for Control(kind, raw) in ctrls {
+        if matches!(kind, Some(ControlType::PagedResults)) {
+            if raw.val.is_none() {
+                return Err(());
+            }
+            let pr =
+                catch_unwind(AssertUnwindSafe(|| raw.parse::<PagedResults>())).map_err(|_| ())?;
+            return Ok(if pr.cookie.is_empty() {
+                None
+            } else {
+                Some(pr.cookie)
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// Gathers entries across pages and bases; one entry per stable id.
+struct Collector<'q> {
+    query: &'q AgentQuery,
+    entries: Vec<Entry>,
+    skipped: Vec<SkippedEntry>,
+    by_id: HashMap<String, usize>,
+    skipped_dns: HashSet<String>,
+}
+
+impl<'q> Collector<'q> {
+    fn new(query: &'q AgentQuery) -> Self {
+        Collector {
+            query,
+            entries: Vec::new(),
+            skipped: Vec::new(),
+            by_id: HashMap::new(),
+            skipped_dns: HashSet::new(),
+        }
+    }
+
+    fn add(&mut self, se: SearchEntry) {
+        match convert(se, self.query) {
+            Ok(entry) => match self.by_id.get(&entry.id.0) {
+                // The same entry seen again through an overlapping base.
+                Some(&i) if self.entries[i].dn.eq_ignore_ascii_case(&entry.dn) => {}
+                Some(&i) => self.skipped.push(SkippedEntry {
+                    reason: format!(
+                        "same stable id {} as `{}` (read first, kept)",
+                        entry.id, self.entries[i].dn
+                    ),
+                    dn: entry.dn,
+                }),
+                None => {
+                    self.by_id.insert(entry.id.0.clone(), self.entries.len());
+                    self.entries.push(entry);
+                }
+            },
+            Err(skipped) => {
+                if self.skipped_dns.insert(skipped.dn.to_ascii_lowercase()) {
+                    debug!(dn = %skipped.dn, reason = %skipped.reason, "entry skipped");
+                    self.skipped.push(skipped);
+                }
+            }
+        }
+    }
+}
+
+/// A failed connection attempt, told apart: TLS trust/name problems, timeouts, the rest.
+fn connect_error(
+    server: &str,
+    url: &Url,
+    step: &str,
+    limit: Duration,
+    e: LdapError,
+) -> DirectoryError {
+    let host = url.host_str().unwrap_or_default();
+    match e {
+        LdapError::Timeout { .. } => DirectoryError::Timeout {
+            url: server.into(),
+            operation: step.into(),
+            after: limit,
+        },
+        LdapError::Rustls { source } => DirectoryError::Tls {
+            url: server.into(),
+            reason: describe_rustls(&source, host),
+        },
+        LdapError::DNSName { .. } => DirectoryError::Tls {
+            url: server.into(),
+            reason: format!("`{host}` cannot be checked against a certificate (not a host name)"),
+        },
+        LdapError::Io { source } => {
+            let tls = source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            match tls {
+                Some(tls) => DirectoryError::Tls {
+                    url: server.into(),
+                    reason: describe_rustls(tls, host),
+                },
+                None => DirectoryError::Connect {
+                    url: server.into(),
+                    cause: source.to_string(),
+                },
+            }
+        }
+        LdapError::LdapResult { result } => DirectoryError::Tls {
+            url: server.into(),
+            reason: format!(
+                "the server refused StartTLS (LDAP result {} {}: {})",
+                result.rc,
+                super::error::result_code_name(result.rc),
+                result.text
+            ),
+        },
+        other => DirectoryError::Connect {
+            url: server.into(),
+            cause: other.to_string(),
+        },
+    }
+}
+
+fn describe_rustls(e: &rustls::Error, host: &str) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::UnknownIssuer => "the server certificate is not trusted: its issuer is not a \
+                 trusted CA (set `directory.ca_file` to the CA that issued it)"
+                .to_string(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                "the server certificate is not valid for the name `{host}` (it must name the \
+                 host in its subjectAltName; connect with the name the certificate carries)"
+            ),
+            C::Expired | C::ExpiredContext { .. } => {
+                "the server certificate has expired".to_string()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server certificate is not valid yet (check the clocks)".to_string()
+            }
+            other => format!("the server certificate was refused: {other:?}"),
+        },
+        other => format!("TLS error: {other}"),
+    }
+}
+
+/// An error of an operation on an open connection.
+fn op_error(server: &str, operation: &str, limit: Duration, e: LdapError) -> DirectoryError {
+    match e {
+        LdapError::Timeout { .. } => DirectoryError::Timeout {
+            url: server.into(),
+            operation: operation.into(),
+            after: limit,
+        },
+        LdapError::EndOfStream
+        | LdapError::Io { .. }
+        | LdapError::OpSend { .. }
+        | LdapError::ResultRecv { .. }
+        | LdapError::IdScrubSend { .. }
+        | LdapError::MiscSend { .. } => DirectoryError::ConnectionLost {
+            url: server.into(),
+            operation: operation.into(),
+            cause: e.to_string(),
+        },
+        other => DirectoryError::Protocol {
+            url: server.into(),
+            operation: operation.into(),
+            cause: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::directory::IdFormat;
+
+    fn query(attrs: &[&str], id: &str) -> AgentQuery {
+        AgentQuery {
+            filter: "(objectClass=inetOrgPerson)".into(),
+            attributes: attrs.iter().map(|s| s.to_string()).collect(),
+            id_attribute: id.into(),
+            id_format: IdFormat::Text,
+        }
+    }
+
+    #[test]
+    fn id_attribute_is_always_requested_once() {
+        assert_eq!(
+            requested_attributes(&query(&["uid", "mail"], "entryUUID")),
+            vec!["uid", "mail", "entryUUID"]
+        );
+        assert_eq!(
+            requested_attributes(&query(&["uid", "entryuuid"], "entryUUID")),
+            vec!["uid", "entryuuid"]
+        );
+        assert_eq!(
+            requested_attributes(&query(&[], "entryUUID")),
+            vec!["*", "entryUUID"]
+        );
+    }
+
+    fn se(dn: &str, id: &str) -> SearchEntry {
+        SearchEntry {
+            dn: dn.into(),
+            attrs: [("entryUUID".to_string(), vec![id.to_string()])].into(),
+            bin_attrs: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn overlapping_bases_keep_one_entry_per_id() {
+        let q = query(&[], "entryUUID");
+        let mut c = Collector::new(&q);
+        c.add(se("uid=a,ou=p,dc=x", "1"));
+        c.add(se("UID=a,OU=p,DC=x", "1"));
+        c.add(se("uid=b,ou=p,dc=x", "1"));
+        c.add(se("uid=c,ou=p,dc=x", "2"));
+        let nid = SearchEntry {
+            dn: "uid=d,ou=p,dc=x".into(),
+            attrs: HashMap::new(),
+            bin_attrs: HashMap::new(),
+        };
+        c.add(nid.clone());
+        c.add(nid);
+        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.skipped.len(), 2);
+        assert_eq!(c.skipped[0].dn, "uid=b,ou=p,dc=x");
+        assert!(c.skipped[0].reason.contains("uid=a,ou=p,dc=x"));
+        assert_eq!(c.skipped[1].dn, "uid=d,ou=p,dc=x");
+    }
+
+    #[test]
+    fn no_paging_control_means_done() {
+        assert_eq!(next_cookie(&[]), Ok(None));
+    }
+}

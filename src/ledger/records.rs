@@ -1,0 +1,89 @@
+//! What the ledger stores. Records are JSON, so `sled` dumps stay readable.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ReversibleStep;
+use crate::directory::StableId;
+
+/// How the daemon came to manage an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The daemon created it.
+    Created,
+    /// It existed on the homeserver with the mxid the daemon would have created.
+    Adopted,
+}
+
+/// A managed account and the profile last applied to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub id: StableId,
+    pub mxid: String,
+    /// Fixed when the account is created; never changes afterwards.
+    pub localpart: String,
+    /// The DN the agent had when last seen (informative: identity is `id`).
+    pub dn: String,
+    pub display_name: String,
+    pub emails: Vec<String>,
+    pub origin: Origin,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default)]
+    pub status: AccountStatus,
+}
+
+/// Where a managed account is in its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AccountStatus {
+    #[default]
+    Active,
+    /// The agent left: the reversible step (suspend or lock) was taken at `since`; the grace
+    /// period runs from then.
+    Departing {
+        since: i64,
+        reason: String,
+        step: ReversibleStep,
+    },
+    Deactivated {
+        at: i64,
+        reason: String,
+    },
+}
+
+/// One applied (or failed) action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: i64,
+    pub mxid: String,
+    pub id: StableId,
+    /// The action kind, e.g. `create`, `update`.
+    pub action: String,
+    pub reason: String,
+    /// `ok`, or the error.
+    pub result: String,
+}
+
+/// One run of `sync`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub server: String,
+    pub agents: usize,
+    pub skipped: usize,
+    pub planned: usize,
+    pub applied: usize,
+    pub failed: usize,
+    /// `ok`, or why the run stopped.
+    pub outcome: String,
+    /// Why the brake held departures back, if it did.
+    #[serde(default)]
+    pub brake: Option<String>,
+    /// How many actions the brake held back.
+    #[serde(default)]
+    pub held_back: usize,
+}

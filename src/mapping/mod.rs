@@ -1,0 +1,354 @@
+//! Turns a [`Snapshot`] and the mapping [`Rules`] into the [`Desired`] state: which accounts
+//! should exist and what their profiles should say. Pure: no LDAP, no homeserver, no ledger.
+
+mod departure;
+mod normalize;
+mod rules;
+mod template;
+
+pub use departure::{AgentState, DepartureRules, DisabledSignal, ExpiryFormat, ExpirySignal};
+pub use normalize::{strip_accents, to_localpart};
+pub use rules::{AccountRules, AgentRules, Rules};
+pub use template::{MissingAttribute, Template, TemplateError};
+
+use serde::Serialize;
+
+use crate::directory::{Entry, Snapshot, StableId};
+
+/// An account as the directory says it should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredAccount {
+    pub id: StableId,
+    pub dn: String,
+    /// The localpart this agent would get if new; an existing account keeps its own.
+    pub localpart: String,
+    pub display_name: String,
+    /// Sorted, without duplicates.
+    pub emails: Vec<String>,
+    /// Active, leaving on a set date, or gone.
+    pub state: AgentState,
+    /// The value of the rules' login attribute, if any.
+    pub login: Option<String>,
+}
+
+/// An agent entry that cannot become an account this run; it is left alone, never acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedAgent {
+    /// Known when the entry had a stable id: such an agent is left exactly as it is (never
+    /// taken for gone).
+    pub id: Option<StableId>,
+    pub dn: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    /// Sorted by stable id.
+    pub accounts: Vec<DesiredAccount>,
+    pub skipped: Vec<SkippedAgent>,
+    /// Notes that do not stop an agent (e.g. an e-mail value that is not an address).
+    pub warnings: Vec<String>,
+}
+
+/// Maps every entry of the snapshot as of `now` (Unix seconds, for expiry dates); a bad entry
+/// is skipped with its reason, the rest goes on.
+pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules, now: i64) -> Desired {
+    let mut desired = Desired {
+        skipped: snapshot
+            .skipped
+            .iter()
+            .map(|s| SkippedAgent {
+                id: None,
+                dn: s.dn.clone(),
+                reason: s.reason.clone(),
+            })
+            .collect(),
+        ..Desired::default()
+    };
+    for entry in &snapshot.entries {
+        match map_entry(entry, rules, now, &mut desired.warnings) {
+            Ok(account) => desired.accounts.push(account),
+            Err(reason) => {
+                tracing::warn!(dn = %entry.dn, %reason, "agent skipped");
+                desired.skipped.push(SkippedAgent {
+                    id: Some(entry.id.clone()),
+                    dn: entry.dn.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+    keep_emails_unique(&mut desired);
+    desired
+}
+
+/// An e-mail address can belong to one account only: the homeserver moves it to whichever
+/// account was written last, so two agents sharing one would take it from each other on every
+/// run. The agent first in stable-id order keeps it; the others go without, with a warning.
+fn keep_emails_unique(desired: &mut Desired) {
+    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for account in &mut desired.accounts {
+        account.emails.retain(|address| match owner.get(address) {
+            None => {
+                owner.insert(address.clone(), account.dn.clone());
+                true
+            }
+            Some(first) => {
+                let note = format!(
+                    "{}: e-mail `{address}` is also {first}'s, left to them",
+                    account.dn
+                );
+                tracing::warn!("{note}");
+                desired.warnings.push(note);
+                false
+            }
+        });
+    }
+}
+
+fn map_entry(
+    entry: &Entry,
+    all: &Rules,
+    now: i64,
+    warnings: &mut Vec<String>,
+) -> Result<DesiredAccount, String> {
+    let rules = &all.account;
+    let state = all
+        .departure
+        .evaluate(entry, now)
+        .map_err(|e| format!("departure: {e}"))?;
+    let missing = |what: &str, MissingAttribute(attr): MissingAttribute| {
+        format!("{what}: attribute `{attr}` is missing")
+    };
+    let localpart_text = rules
+        .localpart
+        .render(entry)
+        .map_err(|m| missing("localpart", m))?;
+    let localpart = to_localpart(&localpart_text);
+    if localpart.is_empty() {
+        return Err(format!(
+            "localpart: `{localpart_text}` (from `{}`) has no character allowed in a Matrix user id",
+            rules.localpart
+        ));
+    }
+    let display_name = rules
+        .display_name
+        .render(entry)
+        .map_err(|m| missing("display name", m))?;
+    let mut emails = Vec::new();
+    for template in &rules.emails {
+        for address in template
+            .render_all(entry)
+            .map_err(|m| missing("e-mail", m))?
+        {
+            if normalize::looks_like_email(&address) {
+                emails.push(address.to_lowercase());
+            } else {
+                let note = format!(
+                    "{}: `{address}` is not an e-mail address, left out",
+                    entry.dn
+                );
+                tracing::warn!("{note}");
+                warnings.push(note);
+            }
+        }
+    }
+    emails.sort();
+    emails.dedup();
+    Ok(DesiredAccount {
+        id: entry.id.clone(),
+        dn: entry.dn.clone(),
+        localpart,
+        display_name,
+        emails,
+        state,
+        login: all
+            .agent
+            .login_attribute
+            .as_deref()
+            .and_then(|a| entry.first(a))
+            .map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules::parse(
+            Path::new("t.toml"),
+            r#"
+[agent]
+filter = "(objectClass=inetOrgPerson)"
+id_attribute = "entryUUID"
+id_format = "text"
+[account]
+localpart = "{givenName|ascii}.{sn|ascii}"
+display_name = "{givenName} {sn} [{ou?}]"
+emails = ["{mail?}"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn entry(id: &str, attrs: &[(&str, &str)]) -> Entry {
+        let mut e = Entry {
+            dn: format!("uid={id},ou=people,dc=example,dc=org"),
+            id: StableId(id.into()),
+            ..Entry::default()
+        };
+        for (k, v) in attrs {
+            e.attrs
+                .entry(k.to_ascii_lowercase())
+                .or_default()
+                .push(v.to_string());
+        }
+        e
+    }
+
+    fn snapshot(entries: Vec<Entry>) -> Snapshot {
+        Snapshot::complete(entries, vec![], "ldap://test")
+    }
+
+    #[test]
+    fn table_of_agents() {
+        struct Case {
+            attrs: &'static [(&'static str, &'static str)],
+            localpart: &'static str,
+            display: &'static str,
+            emails: &'static [&'static str],
+        }
+        let cases = [
+            Case {
+                attrs: &[
+                    ("givenName", "Élodie"),
+                    ("sn", "Dupré"),
+                    ("ou", "DSI"),
+                    ("mail", "Elodie.Dupre@Example.org"),
+                ],
+                localpart: "elodie.dupre",
+                display: "Élodie Dupré [DSI]",
+                emails: &["elodie.dupre@example.org"],
+            },
+            Case {
+                attrs: &[("givenName", "Pierre-Yves"), ("sn", "L'Hôte")],
+                localpart: "pierre-yves.lhote",
+                display: "Pierre-Yves L'Hôte",
+                emails: &[],
+            },
+            Case {
+                attrs: &[
+                    ("givenName", "Anne Marie"),
+                    ("sn", "Le Goff"),
+                    ("mail", "a@x.org"),
+                    ("mail", "b@x.org"),
+                    ("mail", "not-mail"),
+                ],
+                localpart: "anne-marie.le-goff",
+                display: "Anne Marie Le Goff",
+                emails: &["a@x.org", "b@x.org"],
+            },
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let d = map_snapshot(
+                &snapshot(vec![entry(&format!("id{i}"), case.attrs)]),
+                &rules(),
+                0,
+            );
+            assert_eq!(d.skipped, vec![], "case {i}");
+            let a = &d.accounts[0];
+            assert_eq!(
+                (a.localpart.as_str(), a.display_name.as_str()),
+                (case.localpart, case.display),
+                "case {i}"
+            );
+            assert_eq!(a.emails, case.emails, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_bad_entry_is_skipped_with_its_dn_and_the_rest_goes_on() {
+        let d = map_snapshot(
+            &snapshot(vec![
+                entry("a", &[("givenName", "Jean"), ("sn", "Martin")]),
+                entry("b", &[("givenName", "Sans")]),
+                entry("c", &[("givenName", "李"), ("sn", "王")]),
+                entry("d", &[("givenName", "Zoë"), ("sn", "Faure")]),
+            ]),
+            &rules(),
+            0,
+        );
+        assert_eq!(
+            d.accounts
+                .iter()
+                .map(|a| a.localpart.as_str())
+                .collect::<Vec<_>>(),
+            vec!["jean.martin", "zoe.faure"]
+        );
+        assert_eq!(d.skipped.len(), 2);
+        assert_eq!(d.skipped[0].dn, "uid=b,ou=people,dc=example,dc=org");
+        assert!(
+            d.skipped[0].reason.contains("`sn` is missing"),
+            "{}",
+            d.skipped[0].reason
+        );
+        assert!(
+            d.skipped[1].reason.contains("no character allowed"),
+            "{}",
+            d.skipped[1].reason
+        );
+    }
+
+    #[test]
+    fn a_shared_email_stays_with_the_first_agent_only() {
+        let d = map_snapshot(
+            &snapshot(vec![
+                entry(
+                    "b",
+                    &[
+                        ("givenName", "Bea"),
+                        ("sn", "X"),
+                        ("mail", "team@x.org"),
+                        ("mail", "bea@x.org"),
+                    ],
+                ),
+                entry(
+                    "a",
+                    &[("givenName", "Ann"), ("sn", "X"), ("mail", "Team@x.org")],
+                ),
+            ]),
+            &rules(),
+            0,
+        );
+        assert_eq!(d.accounts[0].emails, vec!["team@x.org"]);
+        assert_eq!(d.accounts[1].emails, vec!["bea@x.org"]);
+        assert_eq!(d.warnings.len(), 1);
+        assert!(
+            d.warnings[0]
+                .contains("uid=b,ou=people,dc=example,dc=org: e-mail `team@x.org` is also uid=a"),
+            "{:?}",
+            d.warnings
+        );
+    }
+
+    #[test]
+    fn directory_skips_are_carried_over() {
+        let mut s = snapshot(vec![]);
+        s.skipped.push(crate::directory::SkippedEntry {
+            dn: "cn=x".into(),
+            reason: "no entryUUID".into(),
+        });
+        assert_eq!(
+            map_snapshot(&s, &rules(), 0).skipped,
+            vec![SkippedAgent {
+                id: None,
+                dn: "cn=x".into(),
+                reason: "no entryUUID".into()
+            }]
+        );
+    }
+}

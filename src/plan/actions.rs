@@ -1,0 +1,181 @@
+//! The actions a plan is made of.
+
+use serde::Serialize;
+
+use crate::config::ReversibleStep;
+use crate::directory::StableId;
+
+/// A value before and after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change<T> {
+    pub from: T,
+    pub to: T,
+}
+
+/// One change to make on the homeserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the account (or adopt an existing one with the same mxid) with this profile.
+    CreateAccount {
+        id: StableId,
+        mxid: String,
+        localpart: String,
+        dn: String,
+        display_name: String,
+        emails: Vec<String>,
+        reason: String,
+    },
+    /// Deactivated, and back in the directory: reactivate the same account and restore its
+    /// profile (the homeserver dropped its e-mails).
+    ReactivateAccount {
+        id: StableId,
+        mxid: String,
+        display_name: String,
+        emails: Vec<String>,
+        reason: String,
+    },
+    /// Suspended or locked, and back in the directory: undo that step.
+    ReinstateAccount {
+        id: StableId,
+        mxid: String,
+        step: ReversibleStep,
+        reason: String,
+    },
+    /// Bring a managed account's profile in line with the directory.
+    UpdateAccount {
+        id: StableId,
+        mxid: String,
+        dn: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        display_name: Option<Change<String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        emails: Option<Change<Vec<String>>>,
+        reason: String,
+    },
+    /// The agent left: the reversible step (suspend or lock); the grace period starts.
+    DepartAccount {
+        id: StableId,
+        mxid: String,
+        step: ReversibleStep,
+        reason: String,
+    },
+    /// The grace period is over (or there is none): deactivate.
+    DeactivateAccount {
+        id: StableId,
+        mxid: String,
+        reason: String,
+    },
+}
+
+/// Action kinds, in the order a plan runs them: what restores access first, what takes it
+/// away last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    CreateAccount,
+    ReactivateAccount,
+    ReinstateAccount,
+    UpdateAccount,
+    SuspendAccount,
+    LockAccount,
+    DeactivateAccount,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 7] = [
+        ActionKind::CreateAccount,
+        ActionKind::ReactivateAccount,
+        ActionKind::ReinstateAccount,
+        ActionKind::UpdateAccount,
+        ActionKind::SuspendAccount,
+        ActionKind::LockAccount,
+        ActionKind::DeactivateAccount,
+    ];
+
+    /// The name used in the audit trail, logs, JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::CreateAccount => "create_account",
+            ActionKind::ReactivateAccount => "reactivate_account",
+            ActionKind::ReinstateAccount => "reinstate_account",
+            ActionKind::UpdateAccount => "update_account",
+            ActionKind::SuspendAccount => "suspend_account",
+            ActionKind::LockAccount => "lock_account",
+            ActionKind::DeactivateAccount => "deactivate_account",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            ActionKind::CreateAccount => "Create account",
+            ActionKind::ReactivateAccount => "Reactivate account",
+            ActionKind::ReinstateAccount => "Reinstate account (undo suspend/lock)",
+            ActionKind::UpdateAccount => "Update account",
+            ActionKind::SuspendAccount => "Suspend account",
+            ActionKind::LockAccount => "Lock account",
+            ActionKind::DeactivateAccount => "Deactivate account",
+        }
+    }
+
+    /// Takes access away: counted by the brake.
+    pub fn is_departure(self) -> bool {
+        matches!(
+            self,
+            ActionKind::SuspendAccount | ActionKind::LockAccount | ActionKind::DeactivateAccount
+        )
+    }
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::CreateAccount { .. } => ActionKind::CreateAccount,
+            Action::ReactivateAccount { .. } => ActionKind::ReactivateAccount,
+            Action::ReinstateAccount { .. } => ActionKind::ReinstateAccount,
+            Action::UpdateAccount { .. } => ActionKind::UpdateAccount,
+            Action::DepartAccount {
+                step: ReversibleStep::Suspend,
+                ..
+            } => ActionKind::SuspendAccount,
+            Action::DepartAccount {
+                step: ReversibleStep::Lock,
+                ..
+            } => ActionKind::LockAccount,
+            Action::DeactivateAccount { .. } => ActionKind::DeactivateAccount,
+        }
+    }
+
+    pub fn mxid(&self) -> &str {
+        match self {
+            Action::CreateAccount { mxid, .. }
+            | Action::ReactivateAccount { mxid, .. }
+            | Action::ReinstateAccount { mxid, .. }
+            | Action::UpdateAccount { mxid, .. }
+            | Action::DepartAccount { mxid, .. }
+            | Action::DeactivateAccount { mxid, .. } => mxid,
+        }
+    }
+
+    pub fn id(&self) -> &StableId {
+        match self {
+            Action::CreateAccount { id, .. }
+            | Action::ReactivateAccount { id, .. }
+            | Action::ReinstateAccount { id, .. }
+            | Action::UpdateAccount { id, .. }
+            | Action::DepartAccount { id, .. }
+            | Action::DeactivateAccount { id, .. } => id,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Action::CreateAccount { reason, .. }
+            | Action::ReactivateAccount { reason, .. }
+            | Action::ReinstateAccount { reason, .. }
+            | Action::UpdateAccount { reason, .. }
+            | Action::DepartAccount { reason, .. }
+            | Action::DeactivateAccount { reason, .. } => reason,
+        }
+    }
+}

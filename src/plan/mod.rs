@@ -1,0 +1,287 @@
+//! The plan: a pure diff of the [`Desired`] state against the ledger into ordered actions,
+//! each with a reason an admin can read. Nothing here talks to the network.
+
+mod actions;
+mod lifecycle;
+mod localparts;
+
+pub use actions::{Action, ActionKind, Change};
+
+use serde::Serialize;
+
+use crate::config::ReversibleStep;
+use crate::directory::StableId;
+use crate::ledger::{AccountRecord, AccountStatus, LedgerView};
+use crate::mapping::{AgentState, Desired, DesiredAccount, SkippedAgent};
+
+use lifecycle::Lifecycle;
+use localparts::LocalpartAllocator;
+
+/// What the plan needs besides the desired state and the ledger.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub server_name: String,
+    /// Unix seconds.
+    pub now: i64,
+    /// Seconds between the reversible step of a departure and the deactivation; 0: at once.
+    pub grace: i64,
+    pub step: ReversibleStep,
+    /// mxid patterns (`*` wildcards) never suspended, locked or deactivated.
+    pub protected: Vec<String>,
+}
+
+/// A managed agent whose DN changed (renamed or moved) while its id stayed: the ledger notes
+/// the new DN; the account stays the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Move {
+    pub id: StableId,
+    pub mxid: String,
+    pub from_dn: String,
+    pub to_dn: String,
+}
+
+/// Something the plan is waiting for: a departure in its grace period, or a departure date
+/// set in advance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    pub mxid: String,
+    /// When something will happen (Unix seconds).
+    pub at: i64,
+    pub what: String,
+}
+
+/// A departure the plan would act on but may not: the account is protected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Protected {
+    pub mxid: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// In the order they run (see [`ActionKind`]); each kind sorted by localpart.
+    pub actions: Vec<Action>,
+    /// DN changes the ledger records; they need no homeserver write.
+    pub moves: Vec<Move>,
+    /// Managed agents whose account needs nothing.
+    pub unchanged: usize,
+    /// Departures in their grace period (deactivation due at `at`) and departures scheduled
+    /// by the directory (the reversible step due at `at`).
+    pub pending: Vec<Pending>,
+    pub protected: Vec<Protected>,
+    /// Agents that already left and never had an account: none is created.
+    pub not_created: Vec<SkippedAgent>,
+    pub skipped: Vec<SkippedAgent>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// True when applying would write to the homeserver.
+    pub fn has_changes(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    pub fn count(&self, kind: ActionKind) -> usize {
+        self.actions.iter().filter(|a| a.kind() == kind).count()
+    }
+
+    /// Actions that take something away (suspend, lock, deactivate): what the brake counts.
+    pub fn departures(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| a.kind().is_departure())
+            .count()
+    }
+}
+
+/// Diffs what the directory wants against what the ledger says was applied.
+pub fn plan(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Plan {
+    let mut plan = Plan {
+        skipped: desired.skipped.clone(),
+        warnings: desired.warnings.clone(),
+        ..Plan::default()
+    };
+    let mut allocator = LocalpartAllocator::new(ledger);
+    let lifecycle = Lifecycle::new(policy);
+    // Agents the directory returned, mapped or not: none of them is gone.
+    let mut present: std::collections::HashSet<&StableId> = desired
+        .skipped
+        .iter()
+        .filter_map(|s| s.id.as_ref())
+        .collect();
+    for want in &desired.accounts {
+        present.insert(&want.id);
+        match ledger.accounts.get(&want.id) {
+            Some(record) => plan_managed(&mut plan, &lifecycle, want, record),
+            None => plan_new(&mut plan, &mut allocator, policy, want),
+        }
+    }
+    for record in ledger
+        .accounts
+        .values()
+        .filter(|r| !present.contains(&r.id))
+    {
+        let reason = format!("no longer in the directory (last seen as {})", record.dn);
+        if lifecycle.departed(&mut plan, record, &reason) {
+            plan.unchanged += 1;
+        }
+    }
+    plan.actions.sort_by(|a, b| {
+        (a.kind(), localpart_of(a.mxid())).cmp(&(b.kind(), localpart_of(b.mxid())))
+    });
+    plan.moves.sort_by(|a, b| a.mxid.cmp(&b.mxid));
+    plan.pending
+        .sort_by(|a, b| (a.at, &a.mxid).cmp(&(b.at, &b.mxid)));
+    plan
+}
+
+fn plan_managed(
+    plan: &mut Plan,
+    lifecycle: &Lifecycle,
+    want: &DesiredAccount,
+    record: &AccountRecord,
+) {
+    if record.dn != want.dn {
+        plan.moves.push(Move {
+            id: want.id.clone(),
+            mxid: record.mxid.clone(),
+            from_dn: record.dn.clone(),
+            to_dn: want.dn.clone(),
+        });
+    }
+    let scheduled = match &want.state {
+        AgentState::Departed { reason, .. } => {
+            if lifecycle.departed(plan, record, reason) {
+                plan.unchanged += 1;
+            }
+            return;
+        }
+        AgentState::Scheduled { at, reason } => Some(Pending {
+            mxid: record.mxid.clone(),
+            at: *at,
+            what: reason.clone(),
+        }),
+        AgentState::Active => None,
+    };
+    plan.pending.extend(scheduled);
+    match &record.status {
+        AccountStatus::Deactivated { reason, .. } => plan.actions.push(Action::ReactivateAccount {
+            id: want.id.clone(),
+            mxid: record.mxid.clone(),
+            display_name: want.display_name.clone(),
+            emails: want.emails.clone(),
+            reason: format!(
+                "back in the directory ({}); was deactivated: {reason}",
+                want.dn
+            ),
+        }),
+        AccountStatus::Departing { step, reason, .. } => {
+            plan.actions.push(Action::ReinstateAccount {
+                id: want.id.clone(),
+                mxid: record.mxid.clone(),
+                step: *step,
+                reason: format!("back in the directory ({}); had left: {reason}", want.dn),
+            });
+            plan.actions.extend(update_for(
+                want,
+                &record.mxid,
+                &record.display_name,
+                &record.emails,
+            ));
+        }
+        AccountStatus::Active => {
+            match update_for(want, &record.mxid, &record.display_name, &record.emails) {
+                Some(action) => plan.actions.push(action),
+                None => plan.unchanged += 1,
+            }
+        }
+    }
+}
+
+fn plan_new(
+    plan: &mut Plan,
+    allocator: &mut LocalpartAllocator,
+    policy: &Policy,
+    want: &DesiredAccount,
+) {
+    if let AgentState::Departed { reason, .. } = &want.state {
+        plan.not_created.push(SkippedAgent {
+            id: Some(want.id.clone()),
+            dn: want.dn.clone(),
+            reason: reason.clone(),
+        });
+        return;
+    }
+    let (localpart, note) = allocator.allocate(want);
+    let mxid = format!("@{localpart}:{}", policy.server_name);
+    if let AgentState::Scheduled { at, reason } = &want.state {
+        plan.pending.push(Pending {
+            mxid: mxid.clone(),
+            at: *at,
+            what: reason.clone(),
+        });
+    }
+    let mut reason = format!("new agent {}", want.dn);
+    if let Some(note) = note {
+        reason.push_str("; ");
+        reason.push_str(&note);
+    }
+    plan.actions.push(Action::CreateAccount {
+        id: want.id.clone(),
+        mxid,
+        localpart,
+        dn: want.dn.clone(),
+        display_name: want.display_name.clone(),
+        emails: want.emails.clone(),
+        reason,
+    });
+}
+
+/// `alice` of `@alice:example.org`, so `jean.martin` sorts before `jean.martin2`.
+fn localpart_of(mxid: &str) -> &str {
+    mxid.trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or(mxid)
+}
+
+fn update_for(
+    want: &DesiredAccount,
+    mxid: &str,
+    display_name: &str,
+    emails: &[String],
+) -> Option<Action> {
+    let name_change = (want.display_name != display_name).then(|| Change {
+        from: display_name.to_string(),
+        to: want.display_name.clone(),
+    });
+    let email_change = (want.emails != emails).then(|| Change {
+        from: emails.to_vec(),
+        to: want.emails.clone(),
+    });
+    let mut what = Vec::new();
+    if let Some(c) = &name_change {
+        what.push(format!("display name \"{}\" → \"{}\"", c.from, c.to));
+    }
+    if let Some(c) = &email_change {
+        what.push(format!(
+            "e-mails [{}] → [{}]",
+            c.from.join(", "),
+            c.to.join(", ")
+        ));
+    }
+    if what.is_empty() {
+        return None;
+    }
+    Some(Action::UpdateAccount {
+        id: want.id.clone(),
+        mxid: mxid.to_string(),
+        dn: want.dn.clone(),
+        display_name: name_change,
+        emails: email_change,
+        reason: format!("{} changed in the directory ({})", what.join(", "), want.dn),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+//! One test's corner of the shared slapd and Synapse, driven through the real
+//! `matrix-ldap-sync` binary: its own OU, its own name tag (so its localparts are its own),
+//! its own config, mapping and ledger.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::{binary, repo_root, unique, write_secret, Slapd, Synapse};
+
+pub struct Site {
+    pub slapd: &'static Slapd,
+    pub synapse: &'static Synapse,
+    pub ou: String,
+    pub tag: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// How a site's config and mapping differ from the defaults.
+#[derive(Clone, Default)]
+pub struct Settings {
+    /// Bind as this (DN, password) instead of the sync account.
+    pub bind: Option<(String, String)>,
+    /// Appended to config.toml (e.g. `[departures]`, `[brake]` sections).
+    pub config_extra: String,
+    /// Appended to the mapping (the OpenLDAP preset), e.g. a `[departure]` section.
+    pub mapping_extra: String,
+    /// Replaces the preset's agent filter.
+    pub filter: Option<String>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Site {
+    pub fn new(name: &str) -> Site {
+        Site::on(Slapd::shared(), name)
+    }
+
+    pub fn on(slapd: &'static Slapd, name: &str) -> Site {
+        let site = Site {
+            slapd,
+            synapse: Synapse::shared(),
+            ou: slapd.new_ou(name),
+            tag: unique("t"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        site.configure(&Settings::default());
+        site
+    }
+
+    /// (Re)writes config.toml, the mapping and the secret files.
+    pub fn configure(&self, settings: &Settings) {
+        let dir = self.dir.path();
+        let (bind_dn, password) = settings
+            .bind
+            .clone()
+            .unwrap_or_else(|| (self.slapd.sync_dn.clone(), self.slapd.sync_password.clone()));
+        write_secret(dir, "ldap.pw", &password);
+        write_secret(dir, "token", &self.synapse.admin_token);
+        let mut mapping =
+            std::fs::read_to_string(repo_root().join("mappings/openldap.toml")).unwrap();
+        if let Some(filter) = &settings.filter {
+            mapping = mapping.replace(
+                "filter = \"(&(objectClass=inetOrgPerson)(uid=*))\"",
+                &format!("filter = \"{filter}\""),
+            );
+        }
+        // A `[departure]` section of the test's replaces the preset's.
+        if settings.mapping_extra.contains("[departure]") {
+            if let Some(at) = mapping.find("\n[departure]") {
+                mapping.truncate(at + 1);
+            }
+        }
+        mapping.push_str(&settings.mapping_extra);
+        std::fs::write(dir.join("mapping.toml"), mapping).unwrap();
+        let config = format!(
+            r#"
+[directory]
+urls = ["{url}"]
+bind_dn = "{bind_dn}"
+bind_password_file = "ldap.pw"
+base_dns = ["{ou}"]
+page_size = 2
+timeout_secs = 3
+
+[homeserver]
+url = "{hs}"
+server_name = "{server_name}"
+access_token_file = "token"
+max_retries = 1
+
+[state]
+directory = "state"
+
+[mapping]
+file = "mapping.toml"
+{extra}
+"#,
+            url = self.slapd.url,
+            ou = self.ou,
+            hs = self.synapse.url,
+            server_name = self.synapse.server_name,
+            extra = settings.config_extra,
+        );
+        std::fs::write(self.config(), config).unwrap();
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Adds an inetOrgPerson agent; its surname carries the test's tag. `extra`: more LDIF
+    /// attribute lines.
+    pub fn add_agent_with(
+        &self,
+        uid: &str,
+        given: &str,
+        sn: &str,
+        dept: &str,
+        mail: Option<&str>,
+        extra: &str,
+    ) {
+        let mut ldif = format!(
+            "dn: uid={uid},{ou}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {given} {sn}\ngivenName: {given}\nsn: {sn} {tag}\nou: {dept}\n",
+            ou = self.ou,
+            tag = self.tag
+        );
+        if let Some(mail) = mail {
+            ldif.push_str(&format!("mail: {mail}\n"));
+        }
+        ldif.push_str(extra);
+        self.slapd.add_ldif(&ldif);
+    }
+
+    pub fn add_agent(&self, uid: &str, given: &str, sn: &str, dept: &str, mail: Option<&str>) {
+        self.add_agent_with(uid, given, sn, dept, mail, "");
+    }
+
+    /// Replaces (or with no values, deletes) an attribute of agent `uid`.
+    pub fn set_attr(&self, uid: &str, attr: &str, values: &[&str]) {
+        let mut ldif = format!(
+            "dn: uid={uid},{}\nchangetype: modify\nreplace: {attr}\n",
+            self.ou
+        );
+        for v in values {
+            ldif.push_str(&format!("{attr}: {v}\n"));
+        }
+        self.slapd.modify_ldif(&ldif);
+    }
+
+    /// The mxid an agent gets from the preset's `{givenName}.{sn}` localpart.
+    pub fn mxid(&self, localpart_prefix: &str) -> String {
+        format!(
+            "@{localpart_prefix}-{}:{}",
+            self.tag, self.synapse.server_name
+        )
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(binary())
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `sync` (with more arguments), asserting it exits 0.
+    pub fn sync_ok_with(&self, args: &[&str]) -> Run {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        let run = self.run(&all);
+        assert_eq!(
+            run.code, 0,
+            "{all:?} failed:\n{}\n{}",
+            run.stdout, run.stderr
+        );
+        run
+    }
+
+    pub fn sync_ok(&self) -> Run {
+        self.sync_ok_with(&[])
+    }
+
+    /// Homeserver writes since `mark` that concern this test's accounts.
+    pub fn writes_since(&self, mark: u64) -> Vec<(String, String)> {
+        self.synapse
+            .writes_since(mark)
+            .into_iter()
+            .filter(|(_, path)| path.contains(&self.tag))
+            .collect()
+    }
+
+    /// `plan --json` (with more arguments): (exit code, the plan).
+    pub fn plan_json_with(&self, args: &[&str]) -> (i32, Value) {
+        let mut all = vec!["plan", "--json"];
+        all.extend_from_slice(args);
+        let run = self.run(&all);
+        let json = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+        (run.code, json)
+    }
+
+    pub fn plan_json(&self) -> (i32, Value) {
+        self.plan_json_with(&[])
+    }
+}

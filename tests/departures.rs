@@ -1,0 +1,456 @@
+//! Departures end to end: HR marks an agent in the directory, the real binary suspends then
+//! deactivates the account on a real Synapse, and brings it back on return. Time moves with
+//! `--now`, never with sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::site::{Settings, Site};
+use serde_json::Value;
+
+const DAY: i64 = 86_400;
+/// 2026-12-01T00:00:00Z: the tests' "today".
+const T0: i64 = 1_796_083_200;
+
+fn at(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A site whose mapping reads `employeeType=departed` as disabled, `shadowExpire` as an expiry
+/// date and `ou=departed` as the departed OU, with a 7-day grace period.
+fn hr_site(name: &str, brake: &str) -> Site {
+    let site = Site::new(name);
+    site.slapd.add_ldif(&format!(
+        "dn: ou=departed,{}\nobjectClass: organizationalUnit\nou: departed\n",
+        site.ou
+    ));
+    site.configure(&hr_settings(&site, brake));
+    site
+}
+
+fn hr_settings(site: &Site, brake: &str) -> Settings {
+    Settings {
+        mapping_extra: format!(
+            r#"
+[departure]
+departed_ous = ["ou=departed,{ou}"]
+disabled = [{{ attribute = "employeeType", values = ["departed"] }}]
+expires = [{{ attribute = "shadowExpire", format = "days" }}]
+"#,
+            ou = site.ou
+        ),
+        config_extra: format!("\n[departures]\ngrace = \"7d\"\n\n[brake]\n{brake}\n"),
+        ..Settings::default()
+    }
+}
+
+/// Generous limits so a test that is not about the brake is never stopped by it.
+const NO_BRAKE: &str = "max_departures_percent = 100.0\nmax_shrink_percent = 100.0";
+
+fn user(site: &Site, mxid: &str) -> Value {
+    site.synapse
+        .get_user(mxid)
+        .unwrap_or_else(|| panic!("{mxid} does not exist"))
+}
+
+fn flag(user: &Value, name: &str) -> bool {
+    user[name]
+        .as_bool()
+        .or(user[name].as_i64().map(|n| n != 0))
+        .unwrap_or(false)
+}
+
+fn emails(user: &Value) -> Vec<String> {
+    user["threepids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
+    let site = hr_site("disabled", NO_BRAKE);
+    site.add_agent(
+        "anne",
+        "Anne",
+        "Leroy",
+        "DSI",
+        Some("anne.leroy@example.org"),
+    );
+    site.add_agent("paul", "Paul", "Girard", "DSI", None);
+    site.sync_ok_with(&["--now", &at(T0)]);
+    let anne = site.mxid("anne.leroy");
+
+    site.set_attr("anne", "employeeType", &["departed"]);
+    let (code, plan) = site.plan_json_with(&["--now", &at(T0 + DAY)]);
+    assert_eq!(
+        (code, plan["counts"]["suspend_account"].as_u64()),
+        (2, Some(1)),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["actions"][0]["reason"],
+        "departed: disabled: employeeType=departed"
+    );
+    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    let u = user(&site, &anne);
+    assert!(flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
+    assert!(!flag(&user(&site, &site.mxid("paul.girard")), "suspended"));
+
+    let status = site.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("{anne}: deactivation due 2026-12-09T00:00:00Z")),
+        "{}",
+        status.stdout
+    );
+
+    // Six days into the grace period: nothing to do, nothing written.
+    let mark = site.synapse.log_mark();
+    let run = site.sync_ok_with(&["--now", &at(T0 + 7 * DAY)]);
+    assert!(run.stdout.contains("0 planned"), "{}", run.stdout);
+    assert_eq!(site.writes_since(mark), vec![]);
+
+    site.sync_ok_with(&["--now", &at(T0 + 8 * DAY)]);
+    assert!(flag(&user(&site, &anne), "deactivated"));
+
+    let history = site.run(&["history", "--user", &anne]);
+    let kinds: Vec<&str> = history
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["create_account", "suspend_account", "deactivate_account"],
+        "{}",
+        history.stdout
+    );
+    assert!(
+        history.stdout.contains("why: departed: disabled: employeeType=departed, since 2026-12-02T00:00:00Z; grace 7days ended"),
+        "{}",
+        history.stdout
+    );
+}
+
+#[test]
+fn a_deleted_entry_and_a_move_into_the_departed_ou_are_departures() {
+    let site = hr_site("gone", NO_BRAKE);
+    site.add_agent("gone", "Gaston", "Perrin", "RH", None);
+    site.add_agent("moved", "Maud", "Fabre", "RH", None);
+    site.add_agent("stays", "Sacha", "Roy", "RH", None);
+    site.sync_ok_with(&["--now", &at(T0)]);
+
+    site.slapd.delete(&format!("uid=gone,{}", site.ou));
+    site.slapd.modify_ldif(&format!(
+        "dn: uid=moved,{ou}\nchangetype: modrdn\nnewrdn: uid=moved\ndeleteoldrdn: 1\nnewsuperior: ou=departed,{ou}\n",
+        ou = site.ou
+    ));
+    let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    assert!(run.stdout.contains("2 applied"), "{}", run.stdout);
+    assert!(flag(&user(&site, &site.mxid("gaston.perrin")), "suspended"));
+    assert!(flag(&user(&site, &site.mxid("maud.fabre")), "suspended"));
+    assert!(!flag(&user(&site, &site.mxid("sacha.roy")), "suspended"));
+    let explain = site.run(&["explain", "moved", "--now", &at(T0 + 2 * DAY)]);
+    assert!(
+        explain
+            .stdout
+            .contains(&format!("departed: moved into ou=departed,{}", site.ou)),
+        "{}",
+        explain.stdout
+    );
+    assert!(
+        explain.stdout.contains("deactivation"),
+        "{}",
+        explain.stdout
+    );
+}
+
+#[test]
+fn a_returning_agent_gets_the_same_account_back_with_its_profile() {
+    let site = hr_site("return", NO_BRAKE);
+    site.add_agent(
+        "rose",
+        "Rose",
+        "Marchand",
+        "Cabinet",
+        Some("rose.marchand@example.org"),
+    );
+    site.add_agent(
+        "remi",
+        "Rémi",
+        "Blanc",
+        "Cabinet",
+        Some("remi.blanc@example.org"),
+    );
+    site.sync_ok_with(&["--now", &at(T0)]);
+    let (rose, remi) = (site.mxid("rose.marchand"), site.mxid("remi.blanc"));
+
+    site.set_attr("rose", "employeeType", &["departed"]);
+    site.set_attr("remi", "employeeType", &["departed"]);
+    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_with(&["--now", &at(T0 + 9 * DAY)]); // both deactivated
+    assert!(flag(&user(&site, &remi), "deactivated"));
+    assert!(
+        emails(&user(&site, &remi)).is_empty(),
+        "Synapse drops e-mails on deactivation"
+    );
+
+    // Rémi is rehired after deactivation, Rose before her grace period ended… in a new run.
+    site.set_attr("remi", "employeeType", &[]);
+    let run = site.sync_ok_with(&["--now", &at(T0 + 10 * DAY)]);
+    assert!(run.stdout.contains("1 applied"), "{}", run.stdout);
+    let u = user(&site, &remi);
+    assert!(
+        !flag(&u, "deactivated") && !flag(&u, "suspended") && !flag(&u, "locked"),
+        "{u}"
+    );
+    assert_eq!(emails(&u), vec!["remi.blanc@example.org"]);
+    assert_eq!(
+        u["displayname"],
+        format!("Rémi Blanc {} [Cabinet]", site.tag)
+    );
+
+    // A second agent, suspended only: unsuspended, same mxid, no new account.
+    site.add_agent("sam", "Sam", "Noel", "Cabinet", None);
+    site.sync_ok_with(&["--now", &at(T0 + 10 * DAY)]);
+    site.set_attr("sam", "employeeType", &["departed"]);
+    site.sync_ok_with(&["--now", &at(T0 + 11 * DAY)]);
+    assert!(flag(&user(&site, &site.mxid("sam.noel")), "suspended"));
+    site.set_attr("sam", "employeeType", &["rehired"]);
+    site.sync_ok_with(&["--now", &at(T0 + 12 * DAY)]);
+    assert!(!flag(&user(&site, &site.mxid("sam.noel")), "suspended"));
+    assert!(site
+        .synapse
+        .get_user(&format!(
+            "@sam.noel-{}2:{}",
+            site.tag, site.synapse.server_name
+        ))
+        .is_none());
+    assert!(
+        flag(&user(&site, &rose), "deactivated"),
+        "Rose is still gone"
+    );
+}
+
+#[test]
+fn a_departure_date_in_the_future_does_nothing_until_it_passes() {
+    let site = hr_site("expiry", NO_BRAKE);
+    // shadowExpire in days since 1970: leaves on 2026-12-11.
+    let leaves = (T0 + 10 * DAY) / DAY;
+    site.add_agent_with(
+        "eve",
+        "Ève",
+        "Caron",
+        "RH",
+        None,
+        &format!("objectClass: shadowAccount\nshadowExpire: {leaves}\n"),
+    );
+    let run = site.sync_ok_with(&["--now", &at(T0)]);
+    assert!(run.stdout.contains("1 applied"), "{}", run.stdout);
+    let eve = site.mxid("eve.caron");
+
+    let (code, plan) = site.plan_json_with(&["--now", &at(T0 + 5 * DAY)]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["pending"][0]["mxid"], eve.as_str());
+    assert!(!flag(&user(&site, &eve), "suspended"));
+
+    site.sync_ok_with(&["--now", &at(T0 + 11 * DAY)]);
+    assert!(flag(&user(&site, &eve), "suspended"));
+}
+
+#[test]
+fn the_lock_step_locks_and_protected_or_unmanaged_accounts_are_untouched() {
+    let site = hr_site("lock", NO_BRAKE);
+    let mut settings = hr_settings(&site, &format!("{NO_BRAKE}\nprotected = [\"@vip-*\"]"));
+    settings.config_extra = settings.config_extra.replace(
+        "grace = \"7d\"",
+        "grace = \"7d\"\nreversible_step = \"lock\"",
+    );
+    // The protected pattern names this test's VIP.
+    settings.config_extra = settings
+        .config_extra
+        .replace("@vip-*", &format!("@vip.boss-{}:*", site.tag));
+    site.configure(&settings);
+    site.add_agent("lucie", "Lucie", "Vidal", "DSI", None);
+    site.add_agent("boss", "VIP", "Boss", "Cabinet", None);
+    site.add_agent("stays", "Simon", "Reste", "DSI", None);
+    let unmanaged = site.synapse.create_user(
+        &format!("outsider-{}", site.tag),
+        Some("Not from the directory"),
+    );
+    site.sync_ok_with(&["--now", &at(T0)]);
+
+    site.slapd.delete(&format!("uid=lucie,{}", site.ou));
+    site.slapd.delete(&format!("uid=boss,{}", site.ou));
+    let (_, plan) = site.plan_json_with(&["--now", &at(T0 + DAY)]);
+    assert_eq!(
+        plan["protected"][0]["mxid"],
+        site.mxid("vip.boss"),
+        "{plan}"
+    );
+    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_with(&["--now", &at(T0 + 30 * DAY)]);
+
+    let lucie = user(&site, &site.mxid("lucie.vidal"));
+    assert!(
+        flag(&lucie, "locked") && flag(&lucie, "deactivated"),
+        "{lucie}"
+    );
+    let boss = user(&site, &site.mxid("vip.boss"));
+    assert!(
+        !flag(&boss, "locked") && !flag(&boss, "suspended") && !flag(&boss, "deactivated"),
+        "{boss}"
+    );
+    let outsider = user(&site, &unmanaged);
+    assert!(
+        !flag(&outsider, "locked")
+            && !flag(&outsider, "suspended")
+            && !flag(&outsider, "deactivated")
+    );
+}
+
+#[test]
+fn mass_removal_engages_the_brake_until_an_operator_allows_it() {
+    let site = hr_site(
+        "brake",
+        "max_departures = 50\nmax_departures_percent = 20.0\nmax_shrink_percent = 20.0",
+    );
+    for i in 0..10 {
+        site.add_agent(&format!("a{i}"), "Agent", &format!("Num{i}"), "DSI", None);
+    }
+    site.sync_ok_with(&["--now", &at(T0)]);
+    for i in 0..3 {
+        site.slapd.delete(&format!("uid=a{i},{}", site.ou));
+    }
+    site.add_agent("new", "Nadia", "Nouvelle", "DSI", None);
+
+    let plan = site.run(&["plan", "--now", &at(T0 + DAY)]);
+    assert!(
+        plan.stdout
+            .contains("BRAKE: `sync` will hold back the 3 departure(s)"),
+        "{}",
+        plan.stdout
+    );
+    let mark = site.synapse.log_mark();
+    let run = site.run(&["sync", "--now", &at(T0 + DAY)]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("3 departure(s) held back"),
+        "{}",
+        run.stdout
+    );
+    // The new agent was still created; nobody was suspended.
+    let writes = site.writes_since(mark);
+    assert!(
+        writes.iter().all(|(_, path)| !path.contains("suspend")),
+        "{writes:?}"
+    );
+    assert!(site
+        .synapse
+        .get_user(&site.mxid("nadia.nouvelle"))
+        .is_some());
+    assert!(!flag(&user(&site, &site.mxid("agent.num0")), "suspended"));
+    let status = site.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("BRAKE ENGAGED: 3 departure(s) held back"),
+        "{}",
+        status.stdout
+    );
+
+    site.sync_ok_with(&["--now", &at(T0 + DAY), "--allow-mass-changes"]);
+    for i in 0..3 {
+        assert!(flag(
+            &user(&site, &site.mxid(&format!("agent.num{i}"))),
+            "suspended"
+        ));
+    }
+    assert!(!flag(&user(&site, &site.mxid("agent.num3")), "suspended"));
+}
+
+#[test]
+fn a_filter_that_matches_nobody_never_suspends_anyone() {
+    let site = hr_site("filter", "");
+    for i in 0..4 {
+        site.add_agent(&format!("f{i}"), "Fabien", &format!("Num{i}"), "RH", None);
+    }
+    site.sync_ok_with(&["--now", &at(T0)]);
+    let mut broken = hr_settings(&site, "");
+    broken.filter = Some("(&(objectClass=inetOrgPerson)(employeeType=nobody-has-this))".into());
+    site.configure(&broken);
+    let mark = site.synapse.log_mark();
+    let run = site.run(&["sync", "--now", &at(T0 + DAY)]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("the directory returned no agents at all"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("agent filter, base DNs or id attribute changed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(site.writes_since(mark), vec![]);
+}
+
+#[test]
+fn logout_devices_at_the_reversible_step_when_configured() {
+    let site = hr_site("logout", NO_BRAKE);
+    let mut settings = hr_settings(&site, NO_BRAKE);
+    settings.config_extra = settings
+        .config_extra
+        .replace("grace = \"7d\"", "grace = \"7d\"\nlogout_devices = true");
+    site.configure(&settings);
+    site.add_agent("dev", "Denis", "Appareil", "DSI", None);
+    site.add_agent("other", "Odile", "Reste", "DSI", None);
+    site.sync_ok_with(&["--now", &at(T0)]);
+    let mxid = site.mxid("denis.appareil");
+
+    // Give the agent a device: a password (test only) and a real login.
+    let (status, _) = site.synapse.request(
+        "PUT",
+        &format!("/_synapse/admin/v2/users/{mxid}"),
+        Some(&serde_json::json!({ "password": "device-test-pw", "logout_devices": false })),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = site.synapse.request(
+        "POST",
+        "/_matrix/client/v3/login",
+        Some(&serde_json::json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": mxid },
+            "password": "device-test-pw",
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let devices = |site: &Site| {
+        let (_, list) = site.synapse.request(
+            "GET",
+            &format!("/_synapse/admin/v2/users/{mxid}/devices"),
+            None,
+        );
+        list["devices"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    assert_eq!(devices(&site), 1);
+
+    site.set_attr("dev", "employeeType", &["departed"]);
+    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    assert!(flag(&user(&site, &mxid), "suspended"));
+    assert_eq!(
+        devices(&site),
+        0,
+        "the departing agent's devices were logged out"
+    );
+}
