@@ -4,7 +4,9 @@
 # Idempotent, and fast (well under a second) when everything is already there.
 #
 # Usage: scripts/install-testbed.sh
-# Env:   SYNAPSE_VERSION  pin a Synapse version (default: newest from PyPI)
+# Env:   SYNAPSE_VERSION  Synapse version to install (default: the one the tests were last run
+#                         against; "latest" for the newest on PyPI). A venv with another version
+#                         is rebuilt.
 #        PYTHON           interpreter for the venv (default: /usr/bin/python3, else python3)
 set -euo pipefail
 
@@ -64,6 +66,8 @@ if [ -z "$python" ]; then
         python=python3
     fi
 fi
+SYNAPSE_VERSION="${SYNAPSE_VERSION:-1.163.2}"
+[ "$SYNAPSE_VERSION" = latest ] && SYNAPSE_VERSION=""
 spec="matrix-synapse${SYNAPSE_VERSION:+==$SYNAPSE_VERSION}"
 synapse_version() {
     "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("matrix-synapse"))' 2>/dev/null

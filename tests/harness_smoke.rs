@@ -176,3 +176,28 @@ fn sample_directory_loads() {
         "{out}"
     );
 }
+
+#[test]
+fn a_server_that_dies_while_starting_is_reported_not_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let argv = vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()];
+    let log = dir.path().join("log");
+    let started = std::time::Instant::now();
+    let result = common::process::Server::start(
+        "dying",
+        argv,
+        dir.path(),
+        &log,
+        std::time::Duration::from_secs(30),
+        || false,
+    );
+    let Err(message) = result else {
+        panic!("a server that exits cannot be ready")
+    };
+    assert!(message.contains("exited with exit status: 3"), "{message}");
+    assert!(
+        message.contains("boom"),
+        "the log tail is in the message: {message}"
+    );
+    assert!(started.elapsed().as_secs() < 10);
+}

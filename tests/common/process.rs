@@ -105,11 +105,12 @@ impl Server {
         *self.child() = Some(child);
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self
+            // A statement of its own: the lock is released before the branch takes it again.
+            let exited = self
                 .child()
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 *self.child() = None;
                 return Err(self.failure(&format!("exited with {status} while starting")));
             }

@@ -71,22 +71,7 @@ impl Synapse {
         let config = d.join("homeserver.yaml");
         let overrides = d.join("testbed.yaml");
         let log = d.join("homeserver.log");
-        run(
-            &[
-                &python,
-                "-m",
-                "synapse.app.homeserver",
-                "--generate-config",
-                "--server-name",
-                server_name,
-                "--config-path",
-                &config.to_string_lossy(),
-                "--data-directory",
-                &d.to_string_lossy(),
-                "--report-stats=no",
-            ],
-            None,
-        )?;
+        copy_generated_config(&python, &venv, server_name, d)?;
         let generated = began.elapsed();
         let log_config = d.join("testbed.log.config");
         std::fs::write(&log_config, log_config_yaml(&log))
@@ -158,7 +143,7 @@ impl Synapse {
                 .ok_or_else(|| format!("admin login: no access_token in {login}"))?
                 .to_string();
             eprintln!(
-                "testbed: Synapse on {url} ready in {:.2?} (config generated {generated:.2?}, \
+                "testbed: Synapse on {url} ready in {:.2?} (config ready {generated:.2?}, \
                  serving {serving:.2?}, admin logged in) ({})",
                 began.elapsed(),
                 d.display()
@@ -267,6 +252,62 @@ impl Synapse {
             .filter(|(m, _)| m != "GET" && m != "HEAD" && m != "OPTIONS")
             .collect()
     }
+}
+
+/// `--generate-config` output (homeserver.yaml with fresh secrets, signing key) is made once
+/// per venv, in `.testbed/venv/synapse-template`, and copied with its paths rewritten: it
+/// costs ~2 s of Python start-up that each test binary would otherwise pay.
+fn copy_generated_config(
+    python: &str,
+    venv: &Path,
+    server_name: &str,
+    dir: &Path,
+) -> Result<(), String> {
+    let venv = venv.parent().unwrap_or(venv); // from .testbed/venv/bin
+    let template = venv.join("synapse-template");
+    if !template.join("homeserver.yaml").exists() {
+        // Generate beside it and rename, so concurrent test binaries never see half a template.
+        let tmp = tempfile::tempdir_in(venv)
+            .map_err(|e| format!("temp dir in {}: {e}", venv.display()))?;
+        // Synapse writes absolute, normalised paths: give it one, to find and replace later.
+        let t = std::fs::canonicalize(tmp.path())
+            .map_err(|e| format!("{}: {e}", tmp.path().display()))?
+            .to_string_lossy()
+            .into_owned();
+        run(
+            &[
+                python,
+                "-m",
+                "synapse.app.homeserver",
+                "--generate-config",
+                "--server-name",
+                server_name,
+                "--config-path",
+                &format!("{t}/homeserver.yaml"),
+                "--data-directory",
+                &t,
+                "--report-stats=no",
+            ],
+            None,
+        )?;
+        let _ = std::fs::write(tmp.path().join("template-dir"), &t);
+        let kept = tmp.keep();
+        if std::fs::rename(&kept, &template).is_err() {
+            let _ = std::fs::remove_dir_all(&kept); // another test binary made it first
+        }
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(template.join(name))
+            .map_err(|e| format!("read {}: {e}", template.join(name).display()))
+    };
+    let generated_in = read("template-dir")?;
+    let yaml = read("homeserver.yaml")?.replace(&generated_in, &dir.to_string_lossy());
+    let key = format!("{server_name}.signing.key");
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("write {name}: {e}"))
+    };
+    write("homeserver.yaml", &yaml)?;
+    write(&key, &read(&key)?)
 }
 
 fn read_from(path: &Path, mark: u64) -> String {
