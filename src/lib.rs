@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod directory;
 pub mod homeserver;
 pub mod ledger;

@@ -1,4 +1,4 @@
-//! The command line: `check`, `plan`, `sync`, `status`.
+//! The command line: `check`, `plan`, `sync`, `run`, `status`.
 
 mod check;
 mod progress;
@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::clock::SystemClock;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::homeserver::SynapseClient;
-use crate::ledger::{Ledger, LedgerView};
+use crate::ledger::{Ledger, LedgerError, LedgerView};
 use crate::mapping::Rules;
 use crate::pipeline;
 
@@ -33,6 +33,7 @@ pub const EXIT_CHANGES_PENDING: u8 = 2;
         matrix-ldap-sync plan                 # dry run, readable; exit 2 if changes are pending\n  \
         matrix-ldap-sync plan --json | jq .   # dry run for scripts\n  \
         matrix-ldap-sync sync                 # apply once\n  \
+        matrix-ldap-sync run                  # daemon: sync every daemon.interval_secs\n  \
         matrix-ldap-sync status"
 )]
 pub struct Cli {
@@ -74,7 +75,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the ledger: managed accounts and the last run.
+    /// Run as a daemon: sync every `daemon.interval_secs`, retry failures with a backoff.
+    /// SIGHUP reloads the config and mapping, SIGUSR1 syncs now, SIGTERM/SIGINT stop after the
+    /// actions in flight. Tells systemd (Type=notify) when ready; serves /health and /metrics
+    /// on `daemon.listen` if set.
+    Run,
+    /// Show the ledger: managed accounts and the last run. While the daemon runs (it holds
+    /// the ledger), shows the summary it wrote after its last run (`status.json`).
     Status {
         /// Print as JSON.
         #[arg(long)]
@@ -116,6 +123,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Check => Ok(check::run(&cli.config).await),
         Command::Plan { json } => plan(&load()?, json).await,
         Command::Sync { json } => sync(&load()?, json).await,
+        Command::Run => crate::daemon::run(&cli.config)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Status { json } => status(&load()?, json),
     }
 }
@@ -174,7 +184,11 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
             config.state_dir.display()
         ));
     }
-    let ledger = Ledger::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let ledger = match Ledger::open(&config.state_dir) {
+        Ok(ledger) => ledger,
+        Err(e @ LedgerError::Open { .. }) => return daemon_status(config, json, &e),
+        Err(e) => return Err(e.to_string()),
+    };
     let view = ledger.view().map_err(|e| e.to_string())?;
     let last_run = ledger.last_run().map_err(|e| e.to_string())?;
     if json {
@@ -183,6 +197,28 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
         print!(
             "{}",
             render::status_text(ledger.path(), &view, last_run.as_ref())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status` while the daemon holds the ledger: what it wrote after its last run.
+fn daemon_status(
+    config: &Config,
+    json: bool,
+    open_error: &LedgerError,
+) -> Result<ExitCode, String> {
+    let status = crate::daemon::status_file::read(&config.state_dir)
+        .map_err(|e| format!("{open_error}; and no daemon status to show instead: {e}"))?;
+    if json {
+        println!("{}", render::daemon_status_json(&status));
+    } else {
+        print!(
+            "{}",
+            render::daemon_status_text(
+                &crate::daemon::status_file::path(&config.state_dir),
+                &status
+            )
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -199,6 +235,7 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => builder.with_target(false).init(),

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::clock::format_time;
+use crate::daemon::status_file::DaemonStatus;
 use crate::ledger::{LedgerView, Origin, RunRecord};
 use crate::pipeline::{Preview, SyncResult};
 use crate::plan::{Action, ActionKind, Plan};
@@ -182,11 +183,43 @@ pub fn status_text(path: &Path, view: &LedgerView, last_run: Option<&RunRecord>)
         .count();
     let mut out = String::new();
     let _ = writeln!(out, "Ledger: {}", path.display());
+    summary_text(&mut out, view.accounts.len(), adopted, last_run);
+    out
+}
+
+/// `status` while the daemon holds the ledger, from the `status.json` it wrote.
+pub fn daemon_status_text(path: &Path, status: &DaemonStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Ledger: in use by the running daemon (pid {}); its summary as of {} ({})",
+        status.pid,
+        format_time(status.written_at),
+        path.display()
+    );
+    let _ = writeln!(
+        out,
+        "Daemon: {} run(s) since start, {}",
+        status.runs, status.health
+    );
+    for reason in &status.reasons {
+        let _ = writeln!(out, "  {reason}");
+    }
+    summary_text(
+        &mut out,
+        status.managed_accounts,
+        status.adopted,
+        status.last_run.as_ref(),
+    );
+    out
+}
+
+fn summary_text(out: &mut String, managed: usize, adopted: usize, last_run: Option<&RunRecord>) {
     let _ = writeln!(
         out,
         "Managed accounts: {} ({} created, {} adopted)",
-        view.accounts.len(),
-        view.accounts.len() - adopted,
+        managed,
+        managed - adopted,
         adopted
     );
     match last_run {
@@ -213,7 +246,23 @@ pub fn status_text(path: &Path, view: &LedgerView, last_run: Option<&RunRecord>)
             );
         }
     }
-    out
+}
+
+/// Same keys as `status_json`, plus `daemon`.
+pub fn daemon_status_json(status: &DaemonStatus) -> String {
+    json!({
+        "managed_accounts": status.managed_accounts,
+        "adopted": status.adopted,
+        "last_run": status.last_run,
+        "daemon": {
+            "pid": status.pid,
+            "written_at": status.written_at,
+            "runs": status.runs,
+            "health": status.health,
+            "reasons": status.reasons,
+        },
+    })
+    .to_string()
 }
 
 pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
