@@ -568,6 +568,37 @@ fn metrics_and_systemd_notifications() {
 }
 
 #[test]
+fn a_damaged_ledger_is_named_with_its_recovery() {
+    let site = Site::new("damaged");
+    site.add_agent("d1", "Denis", "Roy", "DSI", None);
+    site.sync_ok();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(site.dir.path().join("state/ledger/db"), noise).unwrap();
+    for args in [&["status"][..], &["run"][..]] {
+        let run = site.run(args);
+        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("is damaged"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("move the folder away"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
 fn a_ledger_of_a_newer_schema_stops_the_daemon_with_a_clear_error() {
     let site = Site::new("schema");
     let ledger = site.dir.path().join("state/ledger");
@@ -585,4 +616,32 @@ fn a_ledger_of_a_newer_schema_stops_the_daemon_with_a_clear_error() {
     let log = daemon.log();
     assert!(log.contains("schema version 99"), "{log}");
     assert!(log.contains(&ledger.display().to_string()), "{log}");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: unit not verified");
+        return;
+    };
+    assert!(version.status.success());
+    // verify insists that ExecStart= exists: check a copy that points at the test build.
+    let dir = tempfile::tempdir().unwrap();
+    let unit =
+        std::fs::read_to_string(common::repo_root().join("systemd/matrix-ldap-sync.service"))
+            .unwrap()
+            .replace("/usr/bin/matrix-ldap-sync", binary().to_str().unwrap());
+    let path = dir.path().join("matrix-ldap-sync.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }

@@ -186,7 +186,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
     }
     let ledger = match Ledger::open(&config.state_dir) {
         Ok(ledger) => ledger,
-        Err(e @ LedgerError::Open { .. }) => return daemon_status(config, json, &e),
+        Err(e @ LedgerError::Locked { .. }) => return daemon_status(config, json, &e),
         Err(e) => return Err(e.to_string()),
     };
     let view = ledger.view().map_err(|e| e.to_string())?;
