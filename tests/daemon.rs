@@ -484,6 +484,30 @@ fn health_turns_degraded_when_the_directory_stops_and_ok_when_it_returns() {
 }
 
 #[test]
+fn sigterm_while_the_directory_hangs_exits_at_once() {
+    let slapd: &'static Slapd = Box::leak(Box::new(Slapd::start()));
+    let site = Site::on(slapd, "hang");
+    configure(&site, FAST, 4);
+    site.add_agent("z1", "Zélie", "Marchand", "DSI", None);
+    slapd.pause();
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_log("daemon started", Duration::from_secs(10));
+    let asked = Instant::now();
+    daemon.signal("TERM");
+    let exit = daemon.wait_exit(Duration::from_secs(10));
+    let took = asked.elapsed();
+    slapd.resume();
+    eprintln!("SIGTERM during a hung directory read: exited {exit} in {took:?}");
+    assert_eq!(exit.code(), Some(0), "{}", daemon.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(
+        daemon.log().contains("had not applied anything yet"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
 fn metrics_and_systemd_notifications() {
     let site = Site::new("metrics");
     let port = free_port();
@@ -565,6 +589,10 @@ fn metrics_and_systemd_notifications() {
     let log = daemon.log();
     assert!(log.contains("sync run finished"), "{log}");
     assert!(!log.contains(&site.synapse.admin_token), "the token leaked");
+    assert!(
+        !log.contains(&site.slapd.sync_password),
+        "the password leaked"
+    );
 }
 
 #[test]
