@@ -284,7 +284,7 @@ fn sigusr1_runs_a_sync_now_and_status_works_while_the_daemon_holds_the_ledger() 
     assert_eq!(status.code, 0, "{}", status.stderr);
     assert!(
         status.stdout.contains(&format!(
-            "in use by the running daemon (pid {})",
+            "in use by another process; the daemon's summary (pid {})",
             daemon.pid()
         )),
         "{}",

@@ -192,7 +192,7 @@ pub fn daemon_status_text(path: &Path, status: &DaemonStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Ledger: in use by the running daemon (pid {}); its summary as of {} ({})",
+        "Ledger: in use by another process; the daemon's summary (pid {}) as of {} ({})",
         status.pid,
         format_time(status.written_at),
         path.display()

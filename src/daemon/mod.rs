@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::homeserver::SynapseClient;
 use crate::ledger::Ledger;
@@ -88,7 +89,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let ledger = Ledger::open(&state_dir).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::default());
-    shared.metrics.managed_accounts(ledger.account_count());
+    run::write_status(&ledger, &shared, &shared.health(), SystemClock.now());
     let listen = loaded.config.daemon.listen;
     if let Some(addr) = listen {
         http::spawn(http::bind(addr).await?, shared.clone());

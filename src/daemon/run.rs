@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Interval;
 
+use super::health::Health;
 use super::metrics::RunOutcome;
 use super::observer::RunObserver;
 use super::signals::Event;
@@ -69,6 +70,10 @@ pub async fn supervised(
                 Event::Reload => pending.reload = true,
                 Event::SyncNow => pending.sync_now = true,
                 Event::Stop(signal) => {
+                    if deadline.is_some() {
+                        tracing::warn!(signal, "second stop signal: exiting now, the actions in flight are redone at the next start");
+                        return Ended::Stopped;
+                    }
                     if !observer.applying() {
                         tracing::info!(signal, "stopping: the run had not applied anything yet, cancelled");
                         return Ended::Stopped;
@@ -166,6 +171,12 @@ fn report(
     };
     notify::status(&format!("last run {}: {summary}", format_time(now)));
 
+    write_status(ledger, shared, &health, now);
+    outcome == RunOutcome::Ok
+}
+
+/// Writes `status.json` next to the ledger, for `status` while the daemon holds the ledger.
+pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64) {
     let (managed, adopted) = match ledger.view() {
         Ok(view) => (
             view.accounts.len(),
@@ -191,5 +202,4 @@ fn report(
     if let Err(e) = status_file::write(state_dir, &status) {
         tracing::warn!(error = %e, "cannot write {}", status_file::path(state_dir).display());
     }
-    outcome == RunOutcome::Ok
 }
