@@ -80,18 +80,12 @@ impl Daemon {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "the daemon did not exit within {timeout:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match within(timeout, || self.child.try_wait().unwrap()) {
+            Some(status) => status,
+            None => panic!(
+                "the daemon did not exit within {timeout:?}:\n{}",
+                self.log()
+            ),
         }
     }
 
@@ -104,19 +98,9 @@ impl Daemon {
 
     /// Waits until this process has finished `runs` runs; returns its status.
     fn wait_runs(&mut self, runs: u64, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status() {
-                if status["runs"].as_u64().unwrap() >= runs {
-                    return status;
-                }
-            }
-            self.assert_running();
-            if Instant::now() > deadline {
-                panic!("no run #{runs} within {timeout:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll(timeout, &format!("run #{runs}"), |d| {
+            d.status().filter(|s| s["runs"].as_u64().unwrap() >= runs)
+        })
     }
 
     fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
@@ -134,19 +118,16 @@ impl Daemon {
         what: &str,
         mut check: impl FnMut(&Daemon) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let found = within(timeout, || {
             self.assert_running();
-            if let Some(value) = check(self) {
-                return value;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            check(self)
+        });
+        match found {
+            Some(value) => value,
+            None => panic!(
+                "timed out after {timeout:?} waiting for {what}:\n{}",
+                self.log()
+            ),
         }
     }
 }
@@ -159,14 +140,20 @@ impl Drop for Daemon {
 }
 
 /// Calls `check` every 50 ms until it returns something, or panics after `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+fn poll<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    within(timeout, check)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Calls `check` every 50 ms until it returns something; `None` after `timeout`.
+fn within<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -263,13 +250,19 @@ fn metrics(port: u16) -> BTreeMap<String, f64> {
 
 const FAST: &str = "interval_secs = 3600\njitter_secs = 0\nretry_min_secs = 1";
 
-#[test]
-fn sigusr1_runs_a_sync_now_and_status_works_while_the_daemon_holds_the_ledger() {
-    let site = Site::new("usr1");
+/// A daemon (hourly runs) on a site with one agent, after its first run; with that run's status.
+fn daemon_after_first_run(name: &str, given: &str, sn: &str) -> (Site, Daemon, Value) {
+    let site = Site::new(name);
     configure(&site, FAST, 4);
-    site.add_agent("u1", "Ulysse", "Bonnet", "DSI", None);
+    site.add_agent(&format!("{name}1"), given, sn, "DSI", None);
     let mut daemon = Daemon::start(&site);
     let first = daemon.wait_runs(1, Duration::from_secs(60));
+    (site, daemon, first)
+}
+
+#[test]
+fn sigusr1_runs_a_sync_now_and_status_works_while_the_daemon_holds_the_ledger() {
+    let (site, mut daemon, first) = daemon_after_first_run("usr", "Ulysse", "Bonnet");
     assert_eq!(first["last_run"]["applied"], 1, "{first}");
     assert!(site.synapse.get_user(&site.mxid("ulysse.bonnet")).is_some());
 
@@ -305,11 +298,7 @@ fn sigusr1_runs_a_sync_now_and_status_works_while_the_daemon_holds_the_ledger() 
 
 #[test]
 fn sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
-    let site = Site::new("hup");
-    configure(&site, FAST, 4);
-    site.add_agent("h1", "Hugo", "Lemoine", "DSI", None);
-    let mut daemon = Daemon::start(&site);
-    daemon.wait_runs(1, Duration::from_secs(60));
+    let (site, mut daemon, _) = daemon_after_first_run("hup", "Hugo", "Lemoine");
     let good = std::fs::read_to_string(site.config()).unwrap();
 
     // A bad value: refused, named, and the running config goes on.
@@ -357,29 +346,62 @@ fn sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
     daemon.assert_running();
 }
 
-#[test]
-fn sigterm_during_a_run_finishes_the_action_in_flight_and_exits_0() {
-    const AGENTS: usize = 100;
-    let site = Site::new("term");
+/// A daemon stopped by `sig` while applying a plan of `agents` creations, one at a time.
+struct MidApply {
+    site: Site,
+    expected: BTreeSet<String>,
+    daemon: Daemon,
+    exit: ExitStatus,
+    /// From the signal to the exit.
+    took: Duration,
+    /// Accounts on the homeserver once it exited.
+    created: BTreeMap<String, String>,
+}
+
+fn signal_mid_apply(name: &str, agents: usize, sig: &str) -> MidApply {
+    let site = Site::new(name);
     configure(&site, FAST, 1);
-    let expected = add_agents(&site, AGENTS);
+    let expected = add_agents(&site, agents);
     let mark = site.synapse.log_mark();
     let mut daemon = Daemon::start(&site);
     wait_writes(&site, mark, 3);
     let asked = Instant::now();
-    daemon.signal("TERM");
+    daemon.signal(sig);
     let exit = daemon.wait_exit(Duration::from_secs(15));
     let took = asked.elapsed();
-    eprintln!("SIGTERM mid-apply: exited {exit} in {took:?}");
+    let created = accounts(&site);
+    eprintln!(
+        "SIG{sig} mid-apply: exited ({exit}) in {took:?}, {} of {agents} accounts created",
+        created.len()
+    );
+    assert!(
+        created.len() < agents,
+        "the run ended before SIG{sig}: the test proves nothing"
+    );
+    MidApply {
+        site,
+        expected,
+        daemon,
+        exit,
+        took,
+        created,
+    }
+}
+
+#[test]
+fn sigterm_during_a_run_finishes_the_action_in_flight_and_exits_0() {
+    let MidApply {
+        site,
+        expected,
+        daemon,
+        exit,
+        took,
+        created,
+    } = signal_mid_apply("term", 100, "TERM");
     assert_eq!(exit.code(), Some(0), "{}", daemon.log());
     assert!(took < Duration::from_secs(5), "took {took:?}");
 
     // Stopped part-way, and the ledger holds exactly what the homeserver got.
-    let created = accounts(&site);
-    assert!(
-        created.len() < AGENTS,
-        "the run ended before SIGTERM: the test proves nothing"
-    );
     let status = status_json(&site);
     assert_eq!(status["managed_accounts"], created.len(), "{status}");
     assert!(
@@ -400,23 +422,19 @@ fn sigterm_during_a_run_finishes_the_action_in_flight_and_exits_0() {
 #[test]
 fn sigkill_mid_apply_then_restart_converges_without_duplicates() {
     const AGENTS: usize = 80;
-    let site = Site::new("kill");
-    configure(&site, FAST, 1);
-    let expected = add_agents(&site, AGENTS);
-    let mark = site.synapse.log_mark();
-    let mut daemon = Daemon::start(&site);
-    wait_writes(&site, mark, 3);
-    daemon.signal("KILL");
-    let exit = daemon.wait_exit(Duration::from_secs(5));
+    let MidApply {
+        site,
+        expected,
+        daemon,
+        exit,
+        created,
+        ..
+    } = signal_mid_apply("kill", AGENTS, "KILL");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&exit),
         Some(9)
     );
-    let after_kill = accounts(&site).len();
-    assert!(
-        after_kill < AGENTS,
-        "the run ended before SIGKILL: the test proves nothing"
-    );
+    let after_kill = created.len();
     drop(daemon);
 
     let mut daemon = Daemon::start(&site);
@@ -613,16 +631,9 @@ fn a_damaged_ledger_is_named_with_its_recovery() {
     for args in [&["status"][..], &["run"][..]] {
         let run = site.run(args);
         assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
-        assert!(
-            run.stderr.contains("is damaged"),
-            "{args:?}: {}",
-            run.stderr
-        );
-        assert!(
-            run.stderr.contains("move the folder away"),
-            "{args:?}: {}",
-            run.stderr
-        );
+        for needle in ["is damaged", "move the folder away"] {
+            assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+        }
     }
 }
 

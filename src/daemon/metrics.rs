@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -71,62 +71,60 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("matrix_ldap_sync");
-        let m = Metrics {
-            runs: Family::default(),
-            // 0.5 s … ~4.5 h
-            run_duration: Histogram::new(exponential_buckets(0.5, 2.0, 16)),
-            agents: Gauge::default(),
-            planned: Gauge::default(),
-            managed_accounts: Gauge::default(),
-            actions: Family::default(),
-            last_success: Gauge::default(),
-            brake_engaged: Gauge::default(),
-            directory_up: Gauge::default(),
-            registry: Registry::default(),
-        };
-        registry.register("runs", "Sync runs by outcome", m.runs.clone());
-        registry.register(
-            "run_duration_seconds",
-            "Duration of sync runs",
-            m.run_duration.clone(),
-        );
-        registry.register(
-            "agents",
-            "Agents read from the directory in the last complete read",
-            m.agents.clone(),
-        );
-        registry.register(
-            "planned_actions",
-            "Actions in the last run's plan",
-            m.planned.clone(),
-        );
-        registry.register(
-            "managed_accounts",
-            "Accounts in the ledger",
-            m.managed_accounts.clone(),
-        );
-        registry.register(
-            "actions",
-            "Applied actions by kind and result (done, adopted, failed, not_tried)",
-            m.actions.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time at which the last fully successful run ended (0: none yet)",
-            m.last_success.clone(),
-        );
-        registry.register(
-            "brake_engaged",
-            "1 while the brake holds back a plan, waiting for an operator",
-            m.brake_engaged.clone(),
-        );
-        registry.register(
-            "directory_up",
-            "1 if the last run read the directory completely, 0 if it could not",
-            m.directory_up.clone(),
-        );
-        Metrics { registry, ..m }
+        let mut r = Registry::with_prefix("matrix_ldap_sync");
+        Metrics {
+            runs: register(&mut r, "runs", "Sync runs by outcome", Family::default()),
+            run_duration: register(
+                &mut r,
+                "run_duration_seconds",
+                "Duration of sync runs",
+                // 0.5 s … ~4.5 h
+                Histogram::new(exponential_buckets(0.5, 2.0, 16)),
+            ),
+            agents: register(
+                &mut r,
+                "agents",
+                "Agents read from the directory in the last complete read",
+                Gauge::default(),
+            ),
+            planned: register(
+                &mut r,
+                "planned_actions",
+                "Actions in the last run's plan",
+                Gauge::default(),
+            ),
+            managed_accounts: register(
+                &mut r,
+                "managed_accounts",
+                "Accounts in the ledger",
+                Gauge::default(),
+            ),
+            actions: register(
+                &mut r,
+                "actions",
+                "Applied actions by kind and result (done, adopted, failed, not_tried)",
+                Family::default(),
+            ),
+            last_success: register(
+                &mut r,
+                "last_success_timestamp_seconds",
+                "Unix time at which the last fully successful run ended (0: none yet)",
+                Gauge::default(),
+            ),
+            brake_engaged: register(
+                &mut r,
+                "brake_engaged",
+                "1 while the brake holds back a plan, waiting for an operator",
+                Gauge::default(),
+            ),
+            directory_up: register(
+                &mut r,
+                "directory_up",
+                "1 if the last run read the directory completely, 0 if it could not",
+                Gauge::default(),
+            ),
+            registry: r,
+        }
     }
 
     pub fn run_finished(&self, outcome: RunOutcome, seconds: f64) {
@@ -172,6 +170,12 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// Registers `metric` (a handle sharing its value) and returns it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn clamp(n: usize) -> i64 {
