@@ -293,6 +293,13 @@ fn sigusr1_runs_a_sync_now_and_status_works_while_the_daemon_holds_the_ledger() 
     let json = status_json(&site);
     assert_eq!(json["managed_accounts"], 2, "{json}");
     assert_eq!(json["daemon"]["runs"], 2, "{json}");
+    let check = site.run(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("(in use by the running daemon)"),
+        "{}",
+        check.stdout
+    );
     daemon.assert_running();
 }
 

@@ -119,7 +119,10 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
                     Some(Event::Reload) => { pending.reload = true; continue }
                     Some(Event::SyncNow) => tracing::info!("SIGUSR1: sync now"),
                     Some(Event::Stop(signal)) => { tracing::info!(signal, "stopping"); break }
-                    None => break,
+                    None => {
+                        tracing::error!("signal handling ended unexpectedly: stopping");
+                        break
+                    }
                 },
                 _ = run::tick(&mut watchdog) => { notify::watchdog(); continue }
             }
