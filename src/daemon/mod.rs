@@ -89,6 +89,14 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let ledger = Ledger::open(&state_dir).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::default());
+    // Across restarts, the last success is the ledger's, so alerts on its age do not fire
+    // just because the daemon restarted.
+    if let Ok(Some(last)) = ledger.last_run() {
+        if last.outcome == "ok" {
+            shared.metrics.succeeded_at(last.finished_at);
+            shared.update_health(|h| h.last_success = Some(last.finished_at));
+        }
+    }
     run::write_status(&ledger, &shared, &shared.health(), SystemClock.now());
     let listen = loaded.config.daemon.listen;
     if let Some(addr) = listen {
