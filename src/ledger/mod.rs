@@ -28,7 +28,7 @@ pub enum LedgerError {
     /// Another process (normally the running daemon) holds the ledger's lock.
     #[error("the ledger at {path} is in use by another matrix-ldap-sync (the daemon?)")]
     Locked { path: PathBuf },
-    #[error("the ledger at {path} is damaged ({reason}): stop the daemon, move the folder away (keep it for a post-mortem) and run `sync` to rebuild it: existing accounts are adopted (see docs/systemd.md, \"Recovering the ledger\")")]
+    #[error("the ledger at {path} is damaged ({reason}): stop the daemon, move the folder away (keep it for a post-mortem) and run `sync` to rebuild it: existing accounts are adopted (see docs/systemd.md, \"Crashes and recovering the ledger\")")]
     Damaged { path: PathBuf, reason: String },
     #[error("the ledger at {path} has schema version {found}, this build knows only up to {SCHEMA_VERSION}: use a newer matrix-ldap-sync, or move the folder away and rebuild it")]
     NewerSchema { path: PathBuf, found: u32 },
