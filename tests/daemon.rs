@@ -509,6 +509,35 @@ fn health_turns_degraded_when_the_directory_stops_and_ok_when_it_returns() {
 }
 
 #[test]
+fn sigterm_with_a_hung_homeserver_exits_after_the_shutdown_timeout() {
+    // A homeserver that accepts connections and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = hung.incoming().collect();
+        drop(held);
+    });
+    let site = Site::new("hunghs");
+    configure(&site, &format!("{FAST}\nshutdown_timeout_secs = 2"), 1);
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(site.config(), text.replace(&site.synapse.url, &hung_url)).unwrap();
+    site.add_agent("w1", "Wilfried", "Caron", "DSI", None);
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_log("applying the plan", Duration::from_secs(30));
+    let asked = Instant::now();
+    daemon.signal("TERM");
+    let exit = daemon.wait_exit(Duration::from_secs(15));
+    let took = asked.elapsed();
+    eprintln!("SIGTERM with a request hanging: exited {exit} in {took:?}");
+    assert_eq!(exit.code(), Some(0), "{}", daemon.log());
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    assert!(daemon.log().contains("after the shutdown timeout"));
+}
+
+#[test]
 fn sigterm_while_the_directory_hangs_exits_at_once() {
     let slapd: &'static Slapd = Box::leak(Box::new(Slapd::start()));
     let site = Site::on(slapd, "hang");
