@@ -44,6 +44,8 @@ need_apt=()
 command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || need_apt+=(slapd)
 command -v ldapadd >/dev/null 2>&1 || need_apt+=(ldap-utils)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+# systemd-analyze, to verify the service unit (no system instance is started).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]} from Debian (no system slapd instance)"
     echo "slapd slapd/no_configuration boolean true" | as_root debconf-set-selections

@@ -3,6 +3,7 @@
 //! and what is wrong.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,6 +27,24 @@ pub struct Config {
     pub mapping_file: PathBuf,
     pub departures: DeparturesConfig,
     pub brake: BrakeConfig,
+    /// How `run` schedules syncs and where it serves health and metrics.
+    pub daemon: DaemonConfig,
+}
+
+/// The `[daemon]` section: only `run` reads it; every key has a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Time between the end of one run and the start of the next.
+    pub interval: Duration,
+    /// Up to this much random time is added to each interval, so that many daemons started
+    /// together do not hit the directory at the same moment.
+    pub jitter: Duration,
+    /// Wait before the first retry after a failed run; doubles on each failure, up to `interval`.
+    pub retry_min: Duration,
+    /// On SIGTERM, how long the action in flight may take before the daemon exits anyway.
+    pub shutdown_timeout: Duration,
+    /// Loopback address of the `/health` and `/metrics` endpoint; `None`: not served.
+    pub listen: Option<SocketAddr>,
 }
 
 /// What happens to the account of an agent who left.
@@ -166,6 +185,30 @@ struct RawConfig {
     departures: RawDepartures,
     #[serde(default)]
     brake: RawBrake,
+    #[serde(default)]
+    daemon: RawDaemon,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    interval_secs: u64,
+    jitter_secs: u64,
+    retry_min_secs: u64,
+    shutdown_timeout_secs: u64,
+    listen: Option<String>,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            interval_secs: 300,
+            jitter_secs: 30,
+            retry_min_secs: 10,
+            shutdown_timeout_secs: 20,
+            listen: None,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -275,6 +318,7 @@ impl Config {
             mapping_file: resolve(base, &raw.mapping.file),
             departures: v.departures(raw.departures)?,
             brake: v.brake(raw.brake)?,
+            daemon: v.daemon(raw.daemon)?,
         })
     }
 }
@@ -459,6 +503,35 @@ impl Validator<'_> {
                 default.max_shrink_percent,
             )?,
             protected,
+        })
+    }
+
+    fn daemon(&self, raw: RawDaemon) -> Result<DaemonConfig, ConfigError> {
+        let listen = match raw.listen.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|e| {
+                    self.err(
+                        "daemon.listen",
+                        format!("`{text}` is not an address:port (e.g. 127.0.0.1:9187): {e}"),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(self.err(
+                        "daemon.listen",
+                        format!("{addr} is not a loopback address: health and metrics have no authentication; listen on 127.0.0.1 or [::1] and put a proxy in front"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        Ok(DaemonConfig {
+            interval: self.duration("daemon.interval_secs", raw.interval_secs)?,
+            jitter: Duration::from_secs(raw.jitter_secs),
+            retry_min: self.duration("daemon.retry_min_secs", raw.retry_min_secs)?,
+            shutdown_timeout: self
+                .duration("daemon.shutdown_timeout_secs", raw.shutdown_timeout_secs)?,
+            listen,
         })
     }
 
@@ -688,6 +761,29 @@ file = "mappings/openldap.toml"
         for (extra, key) in cases {
             let err = f.parse(&format!("{GOOD}\n{extra}\n")).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn daemon_section_has_defaults_and_keyed_errors() {
+        let f = Fixture::new();
+        let c = f.parse(GOOD).unwrap();
+        assert_eq!(c.daemon.interval, Duration::from_secs(300));
+        assert_eq!(c.daemon.listen, None);
+        let c = f
+            .parse(&format!(
+                "{GOOD}\n[daemon]\ninterval_secs = 60\nlisten = \"127.0.0.1:9187\"\n"
+            ))
+            .unwrap();
+        assert_eq!(c.daemon.interval, Duration::from_secs(60));
+        assert_eq!(c.daemon.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        for (text, key) in [
+            ("listen = \"0.0.0.0:9187\"", "daemon.listen"),
+            ("listen = \"localhost\"", "daemon.listen"),
+            ("interval_secs = 0", "daemon.interval_secs"),
+        ] {
+            let err = f.parse(&format!("{GOOD}\n[daemon]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{text}: {err}");
         }
     }
 

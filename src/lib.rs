@@ -11,6 +11,7 @@ pub mod brake;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod directory;
 pub mod homeserver;
 pub mod ledger;

@@ -112,14 +112,15 @@ pub async fn preview(
 }
 
 /// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
-/// With the brake engaged, departures are held back unless `allow_mass_changes`.
+/// With the brake engaged, departures are held back unless an operator allowed up to
+/// `allowed_departures` of them past it (`usize::MAX`: any number).
 pub async fn sync<H: Homeserver>(
     config: &Config,
     rules: &Rules,
     ledger: &Ledger,
     homeserver: &H,
     clock: &dyn Clock,
-    allow_mass_changes: bool,
+    allowed_departures: Option<usize>,
     observer: &dyn Observer,
 ) -> Result<SyncResult, RunError> {
     let started_at = clock.now();
@@ -138,7 +139,8 @@ pub async fn sync<H: Homeserver>(
         }
     };
     let mut plan = preview.plan.clone();
-    let held_back = match (&preview.brake, allow_mass_changes) {
+    let allowed = allowed_departures.is_some_and(|max| preview.plan.departures() <= max);
+    let held_back = match (&preview.brake, allowed) {
         (Some(why), false) => {
             let held = brake::hold_back(&mut plan);
             tracing::warn!(
@@ -148,7 +150,7 @@ pub async fn sync<H: Homeserver>(
             held.len()
         }
         (Some(why), true) => {
-            tracing::warn!("brake overridden by --allow-mass-changes: {why}");
+            tracing::warn!("brake overridden by an operator: {why}");
             0
         }
         (None, _) => 0,

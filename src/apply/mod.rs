@@ -46,6 +46,11 @@ pub struct ApplyReport {
 pub trait Observer: Sync {
     fn started(&self, _total: usize) {}
     fn done(&self, _action: &Action, _outcome: &Outcome) {}
+    /// Asked before each action starts: `true` leaves the rest of the plan not tried (actions
+    /// in flight finish and are recorded). The daemon's graceful shutdown uses it.
+    fn should_stop(&self) -> bool {
+        false
+    }
 }
 
 /// Observes nothing.
@@ -96,7 +101,12 @@ pub async fn apply<H: Homeserver>(
     };
     for kind in ActionKind::ALL {
         let mut results = stream::iter(plan.actions.iter().filter(|a| a.kind() == kind))
-            .map(|action| async move { (action, runner.run(action).await) })
+            .map(|action| async move {
+                if observer.should_stop() {
+                    return (action, Ok(Outcome::NotTried));
+                }
+                (action, runner.run(action).await)
+            })
             .buffer_unordered(options.concurrency.max(1));
         while let Some((action, outcome)) = results.next().await {
             let outcome = outcome?;
@@ -114,7 +124,12 @@ pub async fn apply<H: Homeserver>(
                         report.aborted = Some(error.clone());
                     }
                 }
-                Outcome::NotTried => report.not_tried += 1,
+                Outcome::NotTried => {
+                    report.not_tried += 1;
+                    if report.aborted.is_none() && observer.should_stop() {
+                        report.aborted = Some("stopped: the daemon is shutting down".into());
+                    }
+                }
             }
             observer.done(action, &outcome);
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::homeserver::{Homeserver, SynapseClient};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::Rules;
 use crate::pipeline::agent_query;
 
@@ -98,7 +98,14 @@ pub async fn run(config_path: &Path) -> ExitCode {
 fn state_dir_usable(config: &Config) -> Result<String, String> {
     let dir = &config.state_dir;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let ledger = Ledger::open(dir).map_err(|e| e.to_string())?;
+    let ledger = match Ledger::open(dir) {
+        Ok(ledger) => ledger,
+        // The running daemon holds it: usable (it is being used).
+        Err(LedgerError::Locked { path }) => {
+            return Ok(format!("{} (in use by the running daemon)", path.display()))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     Ok(format!(
         "{} ({} managed accounts)",
         ledger.path().display(),

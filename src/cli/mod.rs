@@ -1,4 +1,4 @@
-//! The command line: `check`, `plan`, `sync`, `status`, `history`, `explain`.
+//! The command line: `check`, `plan`, `sync`, `run`, `status`, `history`, `explain`.
 
 mod check;
 mod explain;
@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::clock::{Clock, FixedClock, SystemClock};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::homeserver::SynapseClient;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::Rules;
 use crate::pipeline::{self, State};
 
@@ -40,6 +40,7 @@ pub const EXIT_BRAKE_ENGAGED: u8 = 3;
         matrix-ldap-sync plan --json | jq .counts     # dry run for scripts\n  \
         matrix-ldap-sync sync                         # apply once\n  \
         matrix-ldap-sync sync --allow-mass-changes    # apply departures the brake held back, once\n  \
+        matrix-ldap-sync run                          # daemon: sync every daemon.interval_secs\n  \
         matrix-ldap-sync explain jean.martin          # what the daemon knows and would do about one person\n  \
         matrix-ldap-sync history --user @jean.martin:example.org"
 )]
@@ -92,8 +93,14 @@ enum Command {
         #[arg(long)]
         allow_mass_changes: bool,
     },
+    /// Run as a daemon: sync every `daemon.interval_secs`, retry failures with a backoff.
+    /// SIGHUP reloads the config and mapping, SIGUSR1 syncs now, SIGTERM/SIGINT stop after the
+    /// actions in flight. Tells systemd (Type=notify) when ready; serves /health and /metrics
+    /// on `daemon.listen` if set.
+    Run,
     /// Show the ledger: managed accounts, departures in their grace period, the last run and
-    /// whether the brake is engaged.
+    /// whether the brake is engaged. While the daemon runs (it holds the ledger), shows the
+    /// summary it wrote after its last run (`status.json`).
     Status {
         /// Print as JSON.
         #[arg(long)]
@@ -166,6 +173,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             json,
             allow_mass_changes,
         } => sync(&load()?, clock.as_ref(), json, allow_mass_changes).await,
+        Command::Run => crate::daemon::run(&cli.config)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Status { json } => status(&load()?, json),
         Command::History { user, limit, json } => history(&load()?, user.as_deref(), limit, json),
         Command::Explain { who } => explain::run(&load()?, &who, clock.now()).await,
@@ -217,20 +227,17 @@ async fn sync(
     allow_mass_changes: bool,
 ) -> Result<ExitCode, String> {
     let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
-    let ledger = Ledger::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let ledger = match Ledger::open(&config.state_dir) {
+        Ok(ledger) => ledger,
+        Err(LedgerError::Locked { .. }) if allow_mass_changes => return approve_for_daemon(config),
+        Err(e) => return Err(e.to_string()),
+    };
     let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
     let bar = progress::ProgressBar::default();
-    let result = pipeline::sync(
-        config,
-        &rules,
-        &ledger,
-        &homeserver,
-        clock,
-        allow_mass_changes,
-        &bar,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let allowed = allow_mass_changes.then_some(usize::MAX);
+    let result = pipeline::sync(config, &rules, &ledger, &homeserver, clock, allowed, &bar)
+        .await
+        .map_err(|e| e.to_string())?;
     bar.finish();
     if json {
         println!("{}", render::sync_json(&result));
@@ -247,7 +254,17 @@ async fn sync(
 }
 
 fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
-    let ledger = open_existing(config)?;
+    if !Ledger::exists(&config.state_dir) {
+        return Err(format!(
+            "no ledger in {} yet: run `sync` first",
+            config.state_dir.display()
+        ));
+    }
+    let ledger = match Ledger::open(&config.state_dir) {
+        Ok(ledger) => ledger,
+        Err(e @ LedgerError::Locked { .. }) => return daemon_status(config, json, &e),
+        Err(e) => return Err(e.to_string()),
+    };
     let view = ledger.view().map_err(|e| e.to_string())?;
     let last_run = ledger.last_run().map_err(|e| e.to_string())?;
     if json {
@@ -258,6 +275,47 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
             "{}",
             status::status_text(ledger.path(), &view, last_run.as_ref(), grace)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sync --allow-mass-changes` while the daemon holds the ledger: leaves it an approval for
+/// the departures its last run held back, used by its next run (SIGUSR1 runs it now).
+fn approve_for_daemon(config: &Config) -> Result<ExitCode, String> {
+    use crate::daemon::{approval, status_file};
+    let status = status_file::read(&config.state_dir)
+        .map_err(|e| format!("the daemon holds the ledger and its status is unreadable: {e}"))?;
+    let held = status.last_run.as_ref().map(|r| r.held_back).unwrap_or(0);
+    if held == 0 {
+        return Err("the daemon holds the ledger and its last run held nothing back: there is nothing to approve".into());
+    }
+    let approval = approval::Approval {
+        approved_at: SystemClock.now(),
+        max_departures: held,
+    };
+    approval::write(&config.state_dir, &approval)
+        .map_err(|e| format!("cannot write the approval: {e}"))?;
+    println!(
+        "The daemon (pid {}) holds the ledger. Approved: its next run may apply up to {held} departure(s) past the brake \
+         (more than that and the brake holds again). Run it now with: kill -USR1 {}",
+        status.pid, status.pid
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status` while the daemon holds the ledger: what it wrote after its last run.
+fn daemon_status(
+    config: &Config,
+    json: bool,
+    open_error: &LedgerError,
+) -> Result<ExitCode, String> {
+    let status = crate::daemon::status_file::read(&config.state_dir)
+        .map_err(|e| format!("{open_error}; and no daemon status to show instead: {e}"))?;
+    if json {
+        println!("{}", status::daemon_status_json(&status));
+    } else {
+        let path = crate::daemon::status_file::path(&config.state_dir);
+        print!("{}", status::daemon_status_text(&path, &status));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -300,6 +358,7 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => builder.with_target(false).init(),

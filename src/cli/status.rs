@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::clock::format_time;
+use crate::daemon::status_file::DaemonStatus;
 use crate::ledger::{AccountStatus, AuditEntry, LedgerView, Origin, RunRecord};
 
 /// Counts of managed accounts by origin and state.
@@ -77,6 +78,11 @@ pub fn status_text(
             format_time(due)
         );
     }
+    last_run_text(&mut out, last_run);
+    out
+}
+
+fn last_run_text(out: &mut String, last_run: Option<&RunRecord>) {
     match last_run {
         None => {
             let _ = writeln!(out, "Last run: none yet");
@@ -108,7 +114,53 @@ pub fn status_text(
             }
         }
     }
+}
+
+/// `status` while the daemon holds the ledger, from the `status.json` it wrote.
+pub fn daemon_status_text(path: &Path, status: &DaemonStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Ledger: in use by another process; the daemon's summary (pid {}) as of {} ({})",
+        status.pid,
+        format_time(status.written_at),
+        path.display()
+    );
+    let _ = writeln!(
+        out,
+        "Daemon: {} run(s) since start, {}",
+        status.runs, status.health
+    );
+    for reason in &status.reasons {
+        let _ = writeln!(out, "  {reason}");
+    }
+    let _ = writeln!(
+        out,
+        "Managed accounts: {} ({} created, {} adopted)",
+        status.managed_accounts,
+        status.managed_accounts - status.adopted,
+        status.adopted
+    );
+    last_run_text(&mut out, status.last_run.as_ref());
     out
+}
+
+/// Same keys as `status_json`, plus `daemon`.
+pub fn daemon_status_json(status: &DaemonStatus) -> String {
+    json!({
+        "managed_accounts": status.managed_accounts,
+        "adopted": status.adopted,
+        "last_run": status.last_run,
+        "brake": status.last_run.as_ref().and_then(|r| r.brake.clone()),
+        "daemon": {
+            "pid": status.pid,
+            "written_at": status.written_at,
+            "runs": status.runs,
+            "health": status.health,
+            "reasons": status.reasons,
+        },
+    })
+    .to_string()
 }
 
 pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {

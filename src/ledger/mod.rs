@@ -24,8 +24,13 @@ const LAST_GOOD_KEY: &[u8] = b"last_good_run";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("cannot open the ledger at {path}: {source} (is another matrix-ldap-sync using it?)")]
+    #[error("cannot open the ledger at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    /// Another process (normally the running daemon) holds the ledger's lock.
+    #[error("the ledger at {path} is in use by another matrix-ldap-sync (the daemon?)")]
+    Locked { path: PathBuf },
+    #[error("the ledger at {path} is damaged ({reason}): stop the daemon, move the folder away (keep it for a post-mortem) and run `sync` to rebuild it: existing accounts are adopted (see docs/systemd.md, \"Crashes and recovering the ledger\")")]
+    Damaged { path: PathBuf, reason: String },
     #[error("the ledger at {path} has schema version {found}, this build knows only up to {SCHEMA_VERSION}: use a newer matrix-ldap-sync, or move the folder away and rebuild it")]
     NewerSchema { path: PathBuf, found: u32 },
     #[error("the ledger is damaged: {0}")]
@@ -69,17 +74,24 @@ impl Ledger {
     /// Opens (or creates) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
         let path = dir.join("ledger");
+        let existed = path.join("db").exists();
         let db = sled::Config::new()
             .path(&path)
             .open()
-            .map_err(|source| LedgerError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| open_error(&path, source))?;
         let meta = db.open_tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
+            // sled can read a damaged file as an empty store: a ledger that existed has a
+            // schema version (flushed at creation), so its absence means damage.
+            None if existed => {
+                return Err(LedgerError::Damaged {
+                    path,
+                    reason: "it exists but reads as empty (no schema version)".into(),
+                })
+            }
             None => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
             }
             Some(raw) => {
                 let bytes: [u8; 4] = raw
@@ -212,6 +224,21 @@ impl Ledger {
     pub fn flush(&self) -> Result<(), LedgerError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Tells a lock held by another process and a damaged store from other open failures.
+fn open_error(path: &Path, source: sled::Error) -> LedgerError {
+    let path = path.to_path_buf();
+    match source {
+        sled::Error::Io(ref e) if e.to_string().contains("could not acquire lock") => {
+            LedgerError::Locked { path }
+        }
+        sled::Error::Corruption { .. } => LedgerError::Damaged {
+            path,
+            reason: source.to_string(),
+        },
+        source => LedgerError::Open { path, source },
     }
 }
 

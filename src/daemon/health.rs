@@ -1,0 +1,95 @@
+//! What `/health` answers: ok, or degraded with the reasons an operator should act on.
+
+use serde::Serialize;
+
+use super::metrics::RunOutcome;
+
+/// The daemon's health as of its last run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// The last run could not read the directory completely.
+    pub directory_unreachable: Option<String>,
+    /// The last run failed or stopped early for another reason.
+    pub last_run_failed: Option<String>,
+    /// The brake holds back a plan until an operator decides.
+    pub brake_engaged: Option<String>,
+    /// Unix time of the end of the last fully successful run.
+    pub last_success: Option<i64>,
+    /// Runs finished since the daemon started.
+    pub runs: u64,
+}
+
+impl Health {
+    /// Takes in a finished run: `message` says what went wrong, if anything.
+    pub fn record(&mut self, outcome: RunOutcome, message: Option<&str>, now: i64) {
+        let message = message.unwrap_or(outcome.name()).to_string();
+        self.runs += 1;
+        self.directory_unreachable = None;
+        self.last_run_failed = None;
+        self.brake_engaged = None;
+        match outcome {
+            RunOutcome::Ok => self.last_success = Some(now),
+            RunOutcome::DirectoryError => self.directory_unreachable = Some(message),
+            RunOutcome::Braked => self.brake_engaged = Some(message),
+            RunOutcome::Partial
+            | RunOutcome::Aborted
+            | RunOutcome::HomeserverError
+            | RunOutcome::LedgerError => self.last_run_failed = Some(message),
+        }
+    }
+
+    /// Why the daemon is degraded; empty when it is ok.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.directory_unreachable {
+            out.push(format!("directory unreachable: {e}"));
+        }
+        if let Some(e) = &self.last_run_failed {
+            out.push(format!("last run failed: {e}"));
+        }
+        if let Some(e) = &self.brake_engaged {
+            out.push(format!("brake engaged: {e}"));
+        }
+        out
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.reasons().is_empty()
+    }
+
+    /// The `/health` body.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": if self.is_ok() { "ok" } else { "degraded" },
+            "reasons": self.reasons(),
+            "runs": self.runs,
+            "last_success": self.last_success,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_kind_has_its_reason_and_a_good_run_clears_them() {
+        let mut h = Health::default();
+        assert!(h.is_ok(), "no run yet is not a failure");
+        h.record(RunOutcome::DirectoryError, Some("ldap://x: refused"), 10);
+        assert_eq!(
+            h.reasons(),
+            vec!["directory unreachable: ldap://x: refused"]
+        );
+        h.record(RunOutcome::Partial, Some("2 action(s) failed"), 11);
+        assert_eq!(h.reasons(), vec!["last run failed: 2 action(s) failed"]);
+        h.record(RunOutcome::Braked, Some("12 deactivations > 10"), 12);
+        assert_eq!(h.reasons(), vec!["brake engaged: 12 deactivations > 10"]);
+        assert_eq!(h.to_json()["status"], "degraded");
+        h.record(RunOutcome::Ok, None, 13);
+        assert!(h.is_ok());
+        assert_eq!(h.last_success, Some(13));
+        assert_eq!(h.runs, 4);
+        assert_eq!(h.to_json()["status"], "ok");
+    }
+}

@@ -1,0 +1,219 @@
+//! One supervised run: drives `pipeline::sync` while still answering signals, then reports how
+//! it went to the metrics, `/health`, `status.json`, systemd and the log.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Interval;
+
+use super::health::Health;
+use super::metrics::RunOutcome;
+use super::observer::RunObserver;
+use super::signals::Event;
+use super::status_file::{self, DaemonStatus};
+use super::{approval, notify, Loaded, Shared};
+use crate::clock::{format_time, Clock, SystemClock};
+use crate::ledger::{Ledger, Origin};
+use crate::pipeline::{self, RunError, SyncResult};
+
+/// Signals that arrived during a run, handled once it is over.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub reload: bool,
+    pub sync_now: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Ran to its end (`true`: fully successful).
+    Finished(bool),
+    /// A stop signal came: cancelled before applying anything, or after the actions in
+    /// flight finished (or the shutdown timeout passed).
+    Stopped,
+}
+
+/// Waits for the next watchdog tick, or forever when there is no watchdog.
+pub async fn tick(watchdog: &mut Option<Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+pub async fn supervised(
+    loaded: &Loaded,
+    ledger: &Ledger,
+    shared: &Shared,
+    events: &mut UnboundedReceiver<Event>,
+    watchdog: &mut Option<Interval>,
+    pending: &mut Pending,
+) -> Ended {
+    let began = Instant::now();
+    let observer = RunObserver::new(&shared.metrics);
+    let approval = approval::take(&loaded.config.state_dir);
+    if let Some(a) = &approval {
+        tracing::info!(
+            max_departures = a.max_departures,
+            "an operator approved departures past the brake for this run"
+        );
+    }
+    let sync = pipeline::sync(
+        &loaded.config,
+        &loaded.rules,
+        ledger,
+        &loaded.homeserver,
+        &SystemClock,
+        approval.map(|a| a.max_departures),
+        &observer,
+    );
+    tokio::pin!(sync);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            result = &mut sync => break result,
+            Some(event) = events.recv() => match event {
+                Event::Reload => pending.reload = true,
+                Event::SyncNow => pending.sync_now = true,
+                Event::Stop(signal) => {
+                    if deadline.is_some() {
+                        tracing::warn!(signal, "second stop signal: exiting now, the actions in flight are redone at the next start");
+                        return Ended::Stopped;
+                    }
+                    if !observer.applying() {
+                        tracing::info!(signal, "stopping: the run had not applied anything yet, cancelled");
+                        return Ended::Stopped;
+                    }
+                    let timeout = loaded.config.daemon.shutdown_timeout;
+                    tracing::info!(signal, ?timeout, "stopping: no new action starts, waiting for those in flight");
+                    observer.request_stop();
+                    deadline.get_or_insert(tokio::time::Instant::now() + timeout);
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                tracing::warn!("stopping: actions still in flight after the shutdown timeout, left for the next start to redo");
+                return Ended::Stopped;
+            }
+            _ = tick(watchdog) => notify::watchdog(),
+        }
+    };
+    let succeeded = report(&result, began.elapsed(), ledger, shared);
+    if deadline.is_some() {
+        Ended::Stopped
+    } else {
+        Ended::Finished(succeeded)
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// How the run ended, and what went wrong in words.
+pub fn classify(result: &Result<SyncResult, RunError>) -> (RunOutcome, Option<String>) {
+    match result {
+        Ok(r) => match (&r.report.aborted, r.report.failed.len()) {
+            (Some(why), _) => (RunOutcome::Aborted, Some(why.clone())),
+            (None, 0) if r.held_back > 0 => (
+                RunOutcome::Braked,
+                Some(format!(
+                    "brake engaged, {} departure(s) held back: {}",
+                    r.held_back,
+                    r.preview.brake.as_deref().unwrap_or("limits exceeded")
+                )),
+            ),
+            (None, 0) => (RunOutcome::Ok, None),
+            (None, n) => (RunOutcome::Partial, Some(format!("{n} action(s) failed"))),
+        },
+        Err(e @ RunError::Directory(_)) => (RunOutcome::DirectoryError, Some(e.to_string())),
+        Err(e @ RunError::Homeserver(_)) => (RunOutcome::HomeserverError, Some(e.to_string())),
+        Err(e @ RunError::Ledger(_)) => (RunOutcome::LedgerError, Some(e.to_string())),
+    }
+}
+
+/// Tells everyone how the run went; returns whether it fully succeeded.
+fn report(
+    result: &Result<SyncResult, RunError>,
+    took: Duration,
+    ledger: &Ledger,
+    shared: &Shared,
+) -> bool {
+    let (outcome, problem) = classify(result);
+    let now = SystemClock.now();
+    shared.metrics.run_finished(outcome, took.as_secs_f64());
+    shared.metrics.brake(matches!(outcome, RunOutcome::Braked));
+    if outcome == RunOutcome::Ok {
+        shared.metrics.succeeded_at(now);
+    }
+    let health = shared.update_health(|h| h.record(outcome, problem.as_deref(), now));
+    let summary = match result {
+        Ok(r) => {
+            let rep = &r.report;
+            shared
+                .metrics
+                .read_directory(r.preview.agents, r.preview.plan.actions.len());
+            tracing::info!(
+                outcome = outcome.name(),
+                agents = r.preview.agents,
+                skipped = r.preview.plan.skipped.len(),
+                planned = r.preview.plan.actions.len(),
+                applied = rep.applied,
+                adopted = rep.adopted,
+                failed = rep.failed.len(),
+                not_tried = rep.not_tried,
+                seconds = took.as_secs_f64(),
+                "sync run finished"
+            );
+            format!(
+                "{}: {} agents, {} planned, {} applied, {} failed",
+                outcome.name(),
+                r.preview.agents,
+                r.preview.plan.actions.len(),
+                rep.applied,
+                rep.failed.len()
+            )
+        }
+        Err(e) => {
+            tracing::warn!(outcome = outcome.name(), error = %e, seconds = took.as_secs_f64(), "sync run failed");
+            format!("{}: {e}", outcome.name())
+        }
+    };
+    notify::status(&format!("last run {}: {summary}", format_time(now)));
+
+    write_status(ledger, shared, &health, now);
+    outcome == RunOutcome::Ok
+}
+
+/// Writes `status.json` next to the ledger, for `status` while the daemon holds the ledger.
+pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64) {
+    let (managed, adopted) = match ledger.view() {
+        Ok(view) => (
+            view.accounts.len(),
+            view.accounts
+                .values()
+                .filter(|a| a.origin == Origin::Adopted)
+                .count(),
+        ),
+        Err(_) => (ledger.account_count(), 0),
+    };
+    shared.metrics.managed_accounts(managed);
+    let status = DaemonStatus {
+        pid: std::process::id(),
+        written_at: now,
+        managed_accounts: managed,
+        adopted,
+        runs: health.runs,
+        health: if health.is_ok() { "ok" } else { "degraded" }.into(),
+        reasons: health.reasons(),
+        last_run: ledger.last_run().ok().flatten(),
+    };
+    let state_dir = ledger.path().parent().unwrap_or(ledger.path());
+    if let Err(e) = status_file::write(state_dir, &status) {
+        tracing::warn!(error = %e, "cannot write {}", status_file::path(state_dir).display());
+    }
+}
