@@ -721,3 +721,62 @@ fn the_systemd_unit_verifies() {
     );
     assert!(out.status.success() && text.trim().is_empty(), "{text}");
 }
+
+#[test]
+fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
+    let site = Site::new("dbrake");
+    configure(
+        &site,
+        &format!("{FAST}\nlisten = \"127.0.0.1:{}\"", free_port()),
+        4,
+    );
+    let port: u16 = std::fs::read_to_string(site.config())
+        .unwrap()
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mxids: Vec<String> = add_agents(&site, 10).into_iter().collect();
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_runs(1, Duration::from_secs(60));
+
+    // 3 of 10 leave at once: over the default 5%.
+    for i in 0..3 {
+        site.slapd.delete(&format!("uid=a{i},{}", site.ou));
+    }
+    daemon.signal("USR1");
+    let second = daemon.wait_runs(2, Duration::from_secs(60));
+    assert_eq!(second["last_run"]["held_back"], 3, "{second}");
+    let (code, body) = get(port, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("brake engaged, 3 departure(s) held back"),
+        "{body}"
+    );
+    assert_eq!(metrics(port)["matrix_ldap_sync_brake_engaged"], 1.0);
+
+    // The operator approves while the daemon holds the ledger, then asks for a run.
+    let approve = site.run(&["sync", "--allow-mass-changes"]);
+    assert_eq!(approve.code, 0, "{}\n{}", approve.stdout, approve.stderr);
+    assert!(
+        approve.stdout.contains("may apply up to 3 departure(s)"),
+        "{}",
+        approve.stdout
+    );
+    daemon.signal("USR1");
+    let third = daemon.wait_runs(3, Duration::from_secs(60));
+    assert_eq!(third["last_run"]["held_back"], 0, "{third}");
+    let suspended: Vec<&String> = mxids
+        .iter()
+        .filter(|m| {
+            site.synapse.get_user(m).unwrap()["suspended"]
+                .as_bool()
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(suspended.len(), 3, "{suspended:?}");
+    assert_eq!(get(port, "/health").0, 200);
+    assert_eq!(metrics(port)["matrix_ldap_sync_brake_engaged"], 0.0);
+}
