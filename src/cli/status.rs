@@ -48,13 +48,7 @@ pub fn status_text(
     let c = counts(view);
     let mut out = String::new();
     let _ = writeln!(out, "Ledger: {}", path.display());
-    let _ = writeln!(
-        out,
-        "Managed accounts: {} ({} created, {} adopted)",
-        c.total,
-        c.total - c.adopted,
-        c.adopted
-    );
+    managed_line(&mut out, c.total, c.adopted);
     let _ = writeln!(
         out,
         "  {} active, {} departing (suspended or locked), {} deactivated",
@@ -80,6 +74,14 @@ pub fn status_text(
     }
     last_run_text(&mut out, last_run);
     out
+}
+
+fn managed_line(out: &mut String, total: usize, adopted: usize) {
+    let _ = writeln!(
+        out,
+        "Managed accounts: {total} ({} created, {adopted} adopted)",
+        total - adopted
+    );
 }
 
 fn last_run_text(out: &mut String, last_run: Option<&RunRecord>) {
@@ -134,13 +136,7 @@ pub fn daemon_status_text(path: &Path, status: &DaemonStatus) -> String {
     for reason in &status.reasons {
         let _ = writeln!(out, "  {reason}");
     }
-    let _ = writeln!(
-        out,
-        "Managed accounts: {} ({} created, {} adopted)",
-        status.managed_accounts,
-        status.managed_accounts - status.adopted,
-        status.adopted
-    );
+    managed_line(&mut out, status.managed_accounts, status.adopted);
     last_run_text(&mut out, status.last_run.as_ref());
     out
 }

@@ -36,6 +36,24 @@ impl Entry {
             .unwrap_or(&[])
     }
 
+    /// An entry with these text attributes (a name given twice gets two values); for tests
+    /// and benchmarks.
+    pub fn with_attrs(dn: &str, id: &str, attrs: &[(&str, &str)]) -> Entry {
+        let mut entry = Entry {
+            dn: dn.to_string(),
+            id: StableId(id.to_string()),
+            ..Entry::default()
+        };
+        for (name, value) in attrs {
+            entry
+                .attrs
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(value.to_string());
+        }
+        entry
+    }
+
     /// The first text value of an attribute.
     pub fn first(&self, attr: &str) -> Option<&str> {
         self.values(attr).first().map(String::as_str)

@@ -239,23 +239,11 @@ fn dn_is_under(dn: &str, base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::StableId;
 
     const NOW: i64 = 1_795_000_000; // 2026-11-18
 
     fn entry(dn: &str, attrs: &[(&str, &str)]) -> Entry {
-        let mut e = Entry {
-            dn: dn.into(),
-            id: StableId("x".into()),
-            ..Entry::default()
-        };
-        for (k, v) in attrs {
-            e.attrs
-                .entry(k.to_ascii_lowercase())
-                .or_default()
-                .push(v.to_string());
-        }
-        e
+        Entry::with_attrs(dn, "x", attrs)
     }
 
     fn ad_rules() -> DepartureRules {

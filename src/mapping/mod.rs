@@ -196,18 +196,7 @@ emails = ["{mail?}"]
     }
 
     fn entry(id: &str, attrs: &[(&str, &str)]) -> Entry {
-        let mut e = Entry {
-            dn: format!("uid={id},ou=people,dc=example,dc=org"),
-            id: StableId(id.into()),
-            ..Entry::default()
-        };
-        for (k, v) in attrs {
-            e.attrs
-                .entry(k.to_ascii_lowercase())
-                .or_default()
-                .push(v.to_string());
-        }
-        e
+        Entry::with_attrs(&format!("uid={id},ou=people,dc=example,dc=org"), id, attrs)
     }
 
     fn snapshot(entries: Vec<Entry>) -> Snapshot {
