@@ -201,11 +201,11 @@ impl Directory {
             pages += self
                 .read_base(
                     base,
-                    query,
+                    &query.filter,
                     &attrs,
                     page_size.max(1),
                     timeout,
-                    &mut collector,
+                    &mut |se| collector.add(se),
                 )
                 .await?;
         }
@@ -223,15 +223,15 @@ impl Directory {
         Ok(Snapshot::complete(entries, skipped, self.server.clone()))
     }
 
-    /// One base, page by page. Returns the number of pages read.
-    async fn read_base(
+    /// One base, page by page, each entry handed to `sink`. Returns the number of pages read.
+    pub(super) async fn read_base(
         &mut self,
         base: &str,
-        query: &AgentQuery,
+        filter: &str,
         attrs: &[String],
         page_size: i32,
         timeout: Duration,
-        collector: &mut Collector<'_>,
+        sink: &mut (dyn FnMut(SearchEntry) + Send),
     ) -> Result<usize, DirectoryError> {
         let url = self.server.clone();
         let mut cookie: Vec<u8> = Vec::new();
@@ -250,14 +250,14 @@ impl Directory {
                 self.ldap
                     .with_controls(control)
                     .with_timeout(timeout)
-                    .streaming_search(base, Scope::Subtree, &query.filter, attrs),
+                    .streaming_search(base, Scope::Subtree, filter, attrs),
             )
             .await?;
             let mut stream = match started {
                 Ok(stream) => stream,
                 Err(LdapError::FilterParsing) => {
                     return Err(DirectoryError::InvalidFilter {
-                        filter: query.filter.clone(),
+                        filter: filter.to_string(),
                     })
                 }
                 Err(e) => return Err(op_error(&url, &what("requesting"), timeout, e)),
@@ -284,14 +284,14 @@ impl Directory {
                     cause: "an undecodable search entry".into(),
                 })?;
                 in_page += 1;
-                collector.add(se);
+                sink(se);
             }
             let result = stream.finish().await;
             if result.rc != 0 {
                 return Err(DirectoryError::Search {
                     url,
                     base: base.to_string(),
-                    filter: query.filter.clone(),
+                    filter: filter.to_string(),
                     code: result.rc,
                     text: result.text,
                     matched: result.matched,
@@ -303,8 +303,6 @@ impl Directory {
                 page,
                 entries = in_page,
                 references,
-                total_entries = collector.entries.len(),
-                total_skipped = collector.skipped.len(),
                 "directory page read"
             );
             match next_cookie(&result.ctrls) {
@@ -319,6 +317,59 @@ impl Directory {
                 }
             }
         }
+    }
+
+    /// Reads `attrs` of the one entry at `dn` (a base-scope search), e.g. the next slice of a
+    /// ranged attribute (`member;range=1500-*`). `None` if the server returned no entry.
+    pub(super) async fn read_entry(
+        &mut self,
+        dn: &str,
+        attrs: &[String],
+        timeout: Duration,
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
+        let url = self.server.clone();
+        let what = || format!("reading {} of `{dn}`", attrs.join(", "));
+        let filter = "(objectClass=*)";
+        let started = timed(
+            &url,
+            timeout,
+            what,
+            self.ldap
+                .with_timeout(timeout)
+                .streaming_search(dn, Scope::Base, filter, attrs),
+        )
+        .await?
+        .map_err(|e| op_error(&url, &what(), timeout, e))?;
+        let mut stream = started;
+        let mut found = None;
+        loop {
+            let item = timed(&url, timeout, what, stream.next()).await?;
+            match item {
+                Ok(Some(re)) if re.is_ref() || re.is_intermediate() => {}
+                Ok(Some(re)) => {
+                    found = Some(construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
+                        url: url.clone(),
+                        operation: what(),
+                        cause: "an undecodable search entry".into(),
+                    })?);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(op_error(&url, &what(), timeout, e)),
+            }
+        }
+        let result = stream.finish().await;
+        if result.rc != 0 {
+            return Err(DirectoryError::Search {
+                url,
+                base: dn.to_string(),
+                filter: filter.to_string(),
+                code: result.rc,
+                text: result.text,
+                matched: result.matched,
+                referrals: result.refs,
+            });
+        }
+        Ok(found)
     }
 
     /// Unbinds and closes the connection (best effort, within the connect timeout).

@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub skipped: Vec<SkippedEntry>,
     /// The directory URL that answered.
     pub server: String,
+    /// Groups read for room rules (empty when the rules name none).
+    pub groups: super::Groups,
 }
 
 impl Snapshot {
@@ -73,6 +75,7 @@ impl Snapshot {
             entries,
             skipped,
             server: server.into(),
+            groups: super::Groups::default(),
         }
     }
 }
