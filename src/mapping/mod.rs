@@ -2,6 +2,7 @@
 //! should exist and what their profiles should say. Pure: no LDAP, no homeserver, no ledger.
 
 mod normalize;
+pub mod rooms;
 mod rules;
 mod template;
 
@@ -39,6 +40,8 @@ pub struct Desired {
     pub skipped: Vec<SkippedAgent>,
     /// Notes that do not stop an agent (e.g. an e-mail value that is not an address).
     pub warnings: Vec<String>,
+    /// Room and space memberships (`[[rooms]]` rules).
+    pub rooms: rooms::DesiredRooms,
 }
 
 /// Maps every entry of the snapshot; a bad entry is skipped with its reason, the rest goes on.
@@ -67,6 +70,8 @@ pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules) -> Desired {
         }
     }
     desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+    let mapped = desired.accounts.iter().map(|a| a.id.clone()).collect();
+    desired.rooms = rooms::map_rooms(snapshot, &rules.rooms, &mapped, &mut desired.warnings);
     desired
 }
 

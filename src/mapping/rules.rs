@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::rooms::{RawGroups, RawRoom, RoomRules};
 use super::template::Template;
 use crate::config::ConfigError;
 use crate::directory::IdFormat;
@@ -14,6 +15,8 @@ pub struct Rules {
     pub source: PathBuf,
     pub agent: AgentRules,
     pub account: AccountRules,
+    /// `[groups]` and `[[rooms]]`: room and space memberships (see `mapping::rooms`).
+    pub rooms: RoomRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,9 @@ pub struct AccountRules {
 struct RawRules {
     agent: RawAgent,
     account: RawAccount,
+    groups: Option<RawGroups>,
+    #[serde(default)]
+    rooms: Vec<RawRoom>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +110,7 @@ impl Rules {
             .enumerate()
             .map(|(i, s)| template(&format!("account.emails[{i}]"), s))
             .collect::<Result<Vec<_>, _>>()?;
+        let rooms = RoomRules::parse(raw.groups, raw.rooms).map_err(|(k, m)| err(&k, m))?;
         Ok(Rules {
             source: path.to_path_buf(),
             agent: AgentRules {
@@ -116,6 +123,7 @@ impl Rules {
                 display_name: template("account.display_name", &raw.account.display_name)?,
                 emails,
             },
+            rooms,
         })
     }
 
@@ -126,6 +134,7 @@ impl Rules {
             .chain(self.account.display_name.attributes())
             .chain(self.account.emails.iter().flat_map(Template::attributes))
             .map(str::to_string)
+            .chain(self.rooms.attributes())
             .collect();
         attrs.sort_by_key(|a| a.to_ascii_lowercase());
         attrs.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
