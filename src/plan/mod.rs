@@ -2,6 +2,7 @@
 //! each with a reason an admin can read. Nothing here talks to the network.
 
 mod localparts;
+pub mod memberships;
 
 use serde::Serialize;
 
@@ -121,12 +122,14 @@ pub struct Plan {
     pub not_in_directory: Vec<String>,
     pub skipped: Vec<SkippedAgent>,
     pub warnings: Vec<String>,
+    /// Room and space memberships; they run after the account actions.
+    pub rooms: memberships::RoomPlan,
 }
 
 impl Plan {
     /// True when applying would write nothing to the homeserver.
     pub fn has_changes(&self) -> bool {
-        !self.actions.is_empty()
+        !self.actions.is_empty() || self.rooms.has_changes()
     }
 
     pub fn count(&self, kind: ActionKind) -> usize {
@@ -136,6 +139,47 @@ impl Plan {
 
 /// Diffs what the directory wants against what the ledger says was applied.
 pub fn plan(desired: &Desired, ledger: &LedgerView, server_name: &str) -> Plan {
+    plan_with_rooms(
+        desired,
+        ledger,
+        server_name,
+        &memberships::Observed::new(),
+        None,
+    )
+}
+
+/// [`plan`], with the rooms as the homeserver has them (`observed`) and the daemon's own
+/// user (never removed from a room).
+pub fn plan_with_rooms(
+    desired: &Desired,
+    ledger: &LedgerView,
+    server_name: &str,
+    observed: &memberships::Observed,
+    daemon: Option<&str>,
+) -> Plan {
+    let mut result = plan_accounts(desired, ledger, server_name);
+    let mut mxids: std::collections::BTreeMap<StableId, String> = ledger
+        .accounts
+        .values()
+        .map(|r| (r.id.clone(), r.mxid.clone()))
+        .collect();
+    for action in &result.actions {
+        if let Action::CreateAccount { id, mxid, .. } = action {
+            mxids.insert(id.clone(), mxid.clone());
+        }
+    }
+    let present = desired.accounts.iter().map(|a| a.id.clone()).collect();
+    let ctx = memberships::Context {
+        mxids: &mxids,
+        present: &present,
+        observed,
+        daemon,
+    };
+    result.rooms = memberships::plan_rooms(&desired.rooms, &ledger.rooms, ctx);
+    result
+}
+
+fn plan_accounts(desired: &Desired, ledger: &LedgerView, server_name: &str) -> Plan {
     let mut result = Plan {
         skipped: desired.skipped.clone(),
         warnings: desired.warnings.clone(),
