@@ -3,12 +3,14 @@
 //! write is safe: the next plan proposes the same action, and creating an account that
 //! already exists adopts it.
 
+pub mod rooms;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::{self, StreamExt};
 
 use crate::clock::Clock;
-use crate::homeserver::{Homeserver, HomeserverError, UserChanges};
+use crate::homeserver::{Homeserver, HomeserverError, Rooms, UserChanges};
 use crate::ledger::{AccountRecord, AuditEntry, Ledger, LedgerError, Origin};
 use crate::plan::{Action, ActionKind, Plan};
 
@@ -33,6 +35,8 @@ pub struct ApplyReport {
     pub not_tried: usize,
     /// Why the rest of the plan was not tried, if it was cut short.
     pub aborted: Option<String>,
+    /// The room part of the plan (run after the accounts).
+    pub rooms: rooms::RoomReport,
 }
 
 /// Told how applying goes, e.g. to show progress.
@@ -48,7 +52,7 @@ impl Observer for Silent {}
 
 /// Applies `plan` with at most `concurrency` actions in flight, telling `observer` of each. Only a ledger failure is an `Err`: the homeserver's
 /// are counted in the report, and one failed action never stops the others.
-pub async fn apply<H: Homeserver>(
+pub async fn apply<H: Homeserver + Rooms>(
     plan: &Plan,
     homeserver: &H,
     ledger: &Ledger,
@@ -100,6 +104,10 @@ pub async fn apply<H: Homeserver>(
             Outcome::NotTried => report.not_tried += 1,
         }
         observer.done(action, &outcome);
+    }
+    if report.aborted.is_none() {
+        report.rooms =
+            rooms::apply_rooms(&plan.rooms, homeserver, ledger, clock, concurrency).await?;
     }
     ledger.flush()?;
     Ok(report)

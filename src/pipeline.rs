@@ -1,11 +1,15 @@
 //! One sync run, shared by `plan` (stops before applying) and `sync`: directory → snapshot →
 //! mapping → plan (against the ledger) → apply.
 
+mod observe;
+
+pub use observe::observe_rooms;
+
 use crate::apply::{self, ApplyReport, Observer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::directory::{self, AgentQuery, DirectoryError};
-use crate::homeserver::{Homeserver, HomeserverError};
+use crate::homeserver::{Homeserver, HomeserverError, Rooms, SynapseClient};
 use crate::ledger::{Ledger, LedgerError, LedgerView, RunRecord};
 use crate::mapping::{self, Rules};
 use crate::plan::{self, Plan};
@@ -47,15 +51,49 @@ pub fn agent_query(rules: &Rules) -> AgentQuery {
     }
 }
 
-/// Reads the directory and plans against the ledger; changes nothing.
+/// Reads the directory and plans against the ledger; changes nothing. Rooms are planned from
+/// the ledger alone: use [`preview_with`] to read their state from the homeserver.
 pub async fn preview(
     config: &Config,
     rules: &Rules,
     ledger: &LedgerView,
 ) -> Result<Preview, RunError> {
-    let snapshot = directory::read_snapshot(&config.directory, &agent_query(rules)).await?;
+    preview_with::<SynapseClient>(config, rules, ledger, None).await
+}
+
+/// [`preview`], reading the rooms' state from `homeserver` when given (reads only).
+pub async fn preview_with<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    ledger: &LedgerView,
+    homeserver: Option<&H>,
+) -> Result<Preview, RunError> {
+    let snapshot = directory::read_snapshot_with_groups(
+        &config.directory,
+        &agent_query(rules),
+        rules.rooms.groups.as_ref(),
+    )
+    .await?;
     let desired = mapping::map_snapshot(&snapshot, rules);
-    let plan = plan::plan(&desired, ledger, &config.homeserver.server_name);
+    let (observed, daemon) = match homeserver {
+        Some(hs) => {
+            observe_rooms(
+                hs,
+                &desired.rooms,
+                &ledger.rooms,
+                config.homeserver.concurrency,
+            )
+            .await?
+        }
+        None => Default::default(),
+    };
+    let plan = plan::plan_with_rooms(
+        &desired,
+        ledger,
+        &config.homeserver.server_name,
+        &observed,
+        daemon.as_deref(),
+    );
     Ok(Preview {
         server: snapshot.server,
         agents: snapshot.entries.len() + snapshot.skipped.len(),
@@ -64,7 +102,7 @@ pub async fn preview(
 }
 
 /// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
-pub async fn sync<H: Homeserver>(
+pub async fn sync<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
     ledger: &Ledger,
@@ -73,7 +111,7 @@ pub async fn sync<H: Homeserver>(
     observer: &dyn Observer,
 ) -> Result<SyncResult, RunError> {
     let started_at = clock.now();
-    let preview = match preview(config, rules, &ledger.view()?).await {
+    let preview = match preview_with(config, rules, &ledger.view()?, Some(homeserver)).await {
         Ok(p) => p,
         Err(e) => {
             let run = RunRecord {

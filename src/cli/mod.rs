@@ -3,6 +3,7 @@
 mod check;
 mod progress;
 mod render;
+mod render_rooms;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,7 +131,9 @@ async fn plan(config: &Config, json: bool) -> Result<ExitCode, String> {
     } else {
         LedgerView::default()
     };
-    let preview = pipeline::preview(config, &rules, &view)
+    // Reads room state from the homeserver when the rules give rooms; writes nothing.
+    let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
+    let preview = pipeline::preview_with(config, &rules, &view, Some(&homeserver))
         .await
         .map_err(|e| e.to_string())?;
     if json {

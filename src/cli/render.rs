@@ -33,6 +33,7 @@ pub fn plan_text(preview: &Preview) -> String {
         }
         out.push('\n');
     }
+    out.push_str(&super::render_rooms::plan_text(&plan.rooms));
     if !plan.moves.is_empty() {
         let _ = writeln!(
             out,
@@ -81,6 +82,7 @@ fn summary_line(plan: &Plan) -> String {
         .map(|k| (k, plan.count(*k)))
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| format!("{n} {}", k.title().to_lowercase()))
+        .chain(super::render_rooms::summary(&plan.rooms))
         .collect();
     format!(
         "Plan: {} ({} accounts unchanged).",
@@ -125,6 +127,8 @@ pub fn plan_json(preview: &Preview) -> String {
         "not_in_directory": plan.not_in_directory,
         "skipped": plan.skipped,
         "warnings": plan.warnings,
+        "rooms": plan.rooms,
+        "removals": plan.rooms.removals(),
     })
     .to_string()
 }
@@ -147,6 +151,7 @@ pub fn sync_text(result: &SyncResult) -> String {
     for (mxid, kind, error) in &r.failed {
         let _ = writeln!(out, "  FAILED {} {mxid}: {error}", kind.name());
     }
+    out.push_str(&super::render_rooms::sync_text(&r.rooms));
     if let Some(why) = &r.aborted {
         let _ = writeln!(
             out,
@@ -170,6 +175,7 @@ pub fn sync_json(result: &SyncResult) -> String {
         "failed": r.failed.iter().map(|(mxid, kind, error)| json!({"mxid": mxid, "kind": kind, "error": error})).collect::<Vec<_>>(),
         "not_tried": r.not_tried,
         "aborted": r.aborted,
+        "rooms": super::render_rooms::sync_json(&r.rooms),
     })
     .to_string()
 }

@@ -9,8 +9,10 @@
 //! - any other status is final.
 //!
 //! Retries are bounded by `max_retries` (so a request is sent at most `max_retries + 1`
-//! times). Only idempotent requests (GET, PUT) can be sent at all, which is what makes
-//! retrying them safe. One consequence: a PUT that created an account but whose answer was
+//! times). Only requests that are safe to repeat are sent: GET, PUT, and the few POSTs whose
+//! repetition is harmless (joining a member, kicking, making the daemon room admin, creating a
+//! room with an alias — a repeat finds the alias taken and the room is resolved instead;
+//! see `rooms.rs`). One consequence: a PUT that created an account but whose answer was
 //! lost is retried and then reports [`Upserted::Updated`].
 
 use std::collections::HashSet;
@@ -26,6 +28,8 @@ use url::Url;
 use super::retry::{self, Backoff, Verdict};
 use super::{Homeserver, HomeserverError, RemoteUser, Upserted, UserChanges};
 use crate::config::HomeserverConfig;
+
+mod rooms;
 
 /// Characters left as they are in a path segment: RFC 3986 "unreserved". Everything else in
 /// an mxid (`@`, `:`, `/`, `?`, `#`, `%`, non-ASCII...) is percent-encoded.
@@ -56,6 +60,7 @@ pub struct SynapseClient {
 enum Method {
     Get,
     Put,
+    Post,
 }
 
 impl Method {
@@ -63,6 +68,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Put => "PUT",
+            Method::Post => "POST",
         }
     }
 }
@@ -236,6 +242,7 @@ impl SynapseClient {
         let builder = match req.method {
             Method::Get => self.http.get(req.url.clone()),
             Method::Put => self.http.put(req.url.clone()),
+            Method::Post => self.http.post(req.url.clone()),
         };
         let builder = match req.body {
             Some(body) => builder.json(body),

@@ -135,12 +135,24 @@ pub struct Forget {
     pub reason: String,
 }
 
+/// A room that exists on the homeserver but not yet in the ledger: recorded as managed
+/// (not created by the daemon) before its memberships are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Adopt {
+    pub room: String,
+    pub room_id: String,
+    pub rule: String,
+    pub mode: Mode,
+    pub space: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RoomPlan {
     /// In the order they run: creations (spaces before their children), links, joins, power
     /// levels, removals; then by room and user.
     pub actions: Vec<RoomAction>,
     pub forget: Vec<Forget>,
+    pub adopt: Vec<Adopt>,
     /// Rooms whose memberships need nothing.
     pub unchanged_rooms: usize,
     pub warnings: Vec<String>,
@@ -259,6 +271,15 @@ fn plan_room(room: &DesiredRoom, ledger: &RoomsView, ctx: Context<'_>, out: &mut
     };
     let missing = matches!(ctx.observed.get(key), Some(None));
     let exists = record.is_some() && !missing || state.is_some();
+    if let (None, Some(s)) = (record, state) {
+        out.adopt.push(Adopt {
+            room: key.to_string(),
+            room_id: s.room_id.clone(),
+            rule: room.rule.clone(),
+            mode: room.mode,
+            space: room.space,
+        });
+    }
     if !exists {
         match &room.create {
             Some(creation) if missing || record.is_none() => {
@@ -276,12 +297,14 @@ fn plan_room(room: &DesiredRoom, ledger: &RoomsView, ctx: Context<'_>, out: &mut
                     reason,
                 });
             }
-            _ => {
+            _ if missing => {
                 out.warnings.push(format!(
                     "room {key} does not exist and its rule has no `create`: nothing done for it"
                 ));
                 return;
             }
+            // Not looked at (no homeserver at hand): planned as if it existed.
+            _ => {}
         }
     }
     if let Some(parent) = &room.parent {
