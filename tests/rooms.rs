@@ -2,12 +2,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "rooms/site.rs"]
+mod site;
 
 use std::collections::BTreeSet;
 
-use common::site::Site;
 use common::Synapse;
 use serde_json::{json, Value};
+use site::Site;
 
 fn enc(s: &str) -> String {
     s.replace('#', "%23").replace('!', "%21")
@@ -243,7 +245,11 @@ create = { name = "Department {departmentNumber}", topic = "Everyone in {departm
     assert_eq!(members(&site, &rh_room), set(&site, &["cat", "dan"]));
 
     // Ben moves from DSI to RH: leaves the DSI room, joins the RH one, stays in the space.
-    site.replace(&site.agent_dn("ben"), "departmentNumber", &[rh.clone()]);
+    site.replace(
+        &site.agent_dn("ben"),
+        "departmentNumber",
+        std::slice::from_ref(&rh),
+    );
     let plan = site.run(&["plan"]);
     assert!(
         plan.stdout

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod process;
-pub mod site;
 pub mod slapd;
 pub mod synapse;
 

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{repo_root, unique, write_secret, Slapd, Synapse};
+use crate::common::{repo_root, unique, write_secret, Slapd, Synapse};
 
 pub struct Site {
     pub slapd: &'static Slapd,
