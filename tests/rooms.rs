@@ -402,3 +402,81 @@ create = {{ name = "Power" }}
         "losing power is not leaving"
     );
 }
+
+#[test]
+fn a_group_of_1600_members_is_read_completely_among_many_groups() {
+    let site = Site::with_rules("rooms-big", "");
+    for uid in ["ann", "ben", "cat"] {
+        site.add_agent(uid, &[]);
+    }
+    // 1,600 member values, the three agents first, in the middle and last; 60 more groups so
+    // the group search takes two pages of 50.
+    let mut members: Vec<String> = (0..1600)
+        .map(|i| format!("uid=ghost{i},{}", site.ou))
+        .collect();
+    members[0] = site.agent_dn("ann");
+    members[799] = site.agent_dn("ben");
+    members[1599] = site.agent_dn("cat");
+    let big = site.add_group("big", &members);
+    let mut ldif = String::new();
+    for i in 0..60 {
+        ldif.push_str(&format!(
+            "dn: cn=small{i},{ou}\nobjectClass: groupOfNames\ncn: small{i}\nmember: {big}\n\n",
+            ou = site.ou
+        ));
+    }
+    site.slapd.add_ldif(&ldif);
+    site.set_rules(&format!(
+        r##"
+[[rooms]]
+room = "#big-{{tag}}:example.org"
+groups = ["cn=small59,{{ou}}"]
+create = {{ name = "Big" }}
+"##
+    ));
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    let joins: BTreeSet<String> = plan["rooms"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "join")
+        .map(|a| a["mxid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(joins, set(&site, &["ann", "ben", "cat"]), "{plan}");
+}
+
+#[test]
+fn a_room_made_by_someone_else_is_joined_after_making_the_daemon_room_admin() {
+    let site = Site::with_rules("rooms-foreign", "");
+    site.add_agent("ann", &[]);
+    let owner = site
+        .synapse
+        .create_user(&format!("owner-{}", site.tag), None);
+    let (s, v) = site.synapse.request(
+        "POST",
+        &format!("/_synapse/admin/v1/users/{owner}/login"),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let alias = site.alias("foreign");
+    let resp = ureq::post(&format!(
+        "{}/_matrix/client/v3/createRoom",
+        site.synapse.url
+    ))
+    .set("Authorization", &format!("Bearer {token}"))
+    .send_json(
+        json!({"room_alias_name": format!("foreign-{}", site.tag), "preset": "private_chat"}),
+    )
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    site.set_rules(&format!("[[rooms]]\nroom = \"{alias}\"\neveryone = true\n"));
+    let run = site.sync_ok();
+    assert!(!run.stdout.contains("FAILED"), "{}", run.stdout);
+    let m = members(&site, &alias);
+    assert!(m.contains(&site.mxid("ann")), "{m:?}");
+    assert!(m.contains(&owner), "{m:?}");
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 0, "{plan}");
+}

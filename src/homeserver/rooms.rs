@@ -17,6 +17,8 @@ pub struct RoomState {
     /// The `users` map of `m.room.power_levels` (not the whole truth about power: in v12
     /// rooms the creators have unlimited power without being listed).
     pub power: BTreeMap<String, i64>,
+    /// The room's creators (v12: unlimited power, cannot be removed).
+    pub creators: BTreeSet<String>,
 }
 
 /// What a new room looks like.

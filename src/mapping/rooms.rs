@@ -24,7 +24,7 @@ pub enum Mode {
     #[default]
     Managed,
     /// The room has exactly the rule's members: anyone else is removed too (except the
-    /// daemon's own user and the rule's `keep` list).
+    /// daemon's own user, the room's creators and the rule's `keep` list).
     Exact,
 }
 

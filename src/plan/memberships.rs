@@ -4,7 +4,8 @@
 //! Per room: create it (templated rooms on first need), link it under its space, join who
 //! should be in it, grant and revoke the power levels the rules give, and remove people as
 //! the room's mode allows: `additive` never, `managed` only those the daemon added, `exact`
-//! anyone not given by the rules (except the daemon's user and the rule's `keep` list).
+//! anyone not given by the rules (except the daemon's user, the room's creators and the rule's
+//! `keep` list).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -374,6 +375,7 @@ fn plan_room(room: &DesiredRoom, ledger: &RoomsView, ctx: Context<'_>, out: &mut
                 let kept = wanted_mxids.contains(mxid.as_str())
                     || ours.contains(mxid.as_str())
                     || ctx.daemon == Some(mxid.as_str())
+                    || s.creators.contains(mxid)
                     || room.keep.iter().any(|k| k == mxid);
                 if !kept {
                     out.actions.push(RoomAction::Kick {

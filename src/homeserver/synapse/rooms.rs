@@ -42,6 +42,8 @@ struct StateEvent {
     #[serde(default)]
     state_key: String,
     #[serde(default)]
+    sender: String,
+    #[serde(default)]
     content: Value,
 }
 
@@ -67,7 +69,8 @@ impl SynapseClient {
         Self::decode(&req, &reply)
     }
 
-    /// Makes the token's user admin of `room_id`.
+    /// Makes the token's user admin of `room_id` (Synapse gives it the power of the room's
+    /// most powerful local user and, in a private room, invites it) and joins it.
     async fn make_room_admin(&self, room_id: &str) -> Result<(), HomeserverError> {
         let me = self.whoami().await?;
         tracing::info!(room = room_id, user = %me, "making the daemon's user room admin");
@@ -76,6 +79,13 @@ impl SynapseClient {
             format!("/_synapse/admin/v1/rooms/{room_id}/make_room_admin"),
             format!("/_synapse/admin/v1/rooms/{}/make_room_admin", enc(room_id)),
             &json!({ "user_id": me }),
+        )
+        .await?;
+        self.send_json(
+            Method::Post,
+            format!("/_matrix/client/v3/join/{room_id}"),
+            format!("/_matrix/client/v3/join/{}", enc(room_id)),
+            &json!({}),
         )
         .await
         .map(|_| ())
@@ -189,8 +199,18 @@ fn merge_power(mut levels: Value, changes: &BTreeMap<String, Option<i64>>) -> Va
 fn parse_state(room_id: &str, events: Vec<StateEvent>) -> RoomState {
     let mut members = BTreeSet::new();
     let mut power = BTreeMap::new();
+    let mut creators = BTreeSet::new();
     for e in events {
         match e.kind.as_str() {
+            "m.room.create" => {
+                let more = e.content["additional_creators"].as_array().cloned();
+                creators.extend(
+                    more.unwrap_or_default()
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_string)),
+                );
+                creators.insert(e.sender);
+            }
             "m.room.member" if e.content["membership"] == "join" => {
                 members.insert(e.state_key);
             }
@@ -210,6 +230,7 @@ fn parse_state(room_id: &str, events: Vec<StateEvent>) -> RoomState {
         room_id: room_id.to_string(),
         members,
         power,
+        creators,
     }
 }
 
@@ -388,16 +409,19 @@ mod tests {
             StateEvent {
                 kind: "m.room.member".into(),
                 state_key: "@a:x".into(),
+                sender: "@a:x".into(),
                 content: json!({"membership": "join"}),
             },
             StateEvent {
                 kind: "m.room.member".into(),
                 state_key: "@b:x".into(),
+                sender: "@b:x".into(),
                 content: json!({"membership": "leave"}),
             },
             StateEvent {
                 kind: "m.room.power_levels".into(),
                 state_key: String::new(),
+                sender: "@a:x".into(),
                 content: json!({"users": {"@a:x": 50}}),
             },
         ];

@@ -60,6 +60,7 @@ fn state(members: &[&str], power: &[(&str, i64)]) -> Option<RoomState> {
         room_id: "!r".into(),
         members: members.iter().map(|m| mx(m)).collect(),
         power: power.iter().map(|(m, l)| (mx(m), *l)).collect(),
+        creators: BTreeSet::from([mx("creator")]),
     })
 }
 
@@ -143,8 +144,10 @@ fn modes_table() {
             .rooms
             .insert("#r:x".into(), record("#r:x", case.mode));
         added(&mut w.view, "#r:x", &["a", "b"]);
-        w.observed
-            .insert("#r:x".into(), state(&["a", "b", "h", "daemon", "k"], &[]));
+        w.observed.insert(
+            "#r:x".into(),
+            state(&["a", "b", "h", "daemon", "k", "creator"], &[]),
+        );
         let plan = w.plan();
         assert_eq!(lines(&plan), case.expect, "{:?}", case.mode);
         assert_eq!(plan.forget.len(), case.forgets, "{:?}", case.mode);
