@@ -426,14 +426,14 @@ fn a_group_of_1600_members_is_read_completely_among_many_groups() {
         ));
     }
     site.slapd.add_ldif(&ldif);
-    site.set_rules(&format!(
+    site.set_rules(
         r##"
 [[rooms]]
-room = "#big-{{tag}}:example.org"
-groups = ["cn=small59,{{ou}}"]
-create = {{ name = "Big" }}
-"##
-    ));
+room = "#big-{tag}:example.org"
+groups = ["cn=small59,{ou}"]
+create = { name = "Big" }
+"##,
+    );
     let (code, plan) = site.plan_json();
     assert_eq!(code, 2, "{plan}");
     let joins: BTreeSet<String> = plan["rooms"]["actions"]
