@@ -480,3 +480,52 @@ fn a_room_made_by_someone_else_is_joined_after_making_the_daemon_room_admin() {
     let (code, plan) = site.plan_json();
     assert_eq!(code, 0, "{plan}");
 }
+
+/// Measures joins/s of a first sync into one room against a plain sequential HTTP loop doing
+/// the same joins into another room. `cargo test --test rooms -- --ignored --nocapture`;
+/// `ROOMS_BENCH_AGENTS` agents (default 200).
+#[test]
+#[ignore]
+fn bench_joins_against_a_plain_http_loop() {
+    let n: usize = std::env::var("ROOMS_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let site = Site::with_rules(
+        "rooms-bench",
+        "[[rooms]]\nroom = \"#bench-{tag}:example.org\"\neveryone = true\ncreate = { name = \"Bench\" }\n",
+    );
+    let mut ldif = String::new();
+    for i in 0..n {
+        ldif.push_str(&format!(
+            "dn: uid=a{i},{ou}\nobjectClass: inetOrgPerson\nuid: a{i}\ncn: a{i}\ngivenName: a{i}\nsn: {tag}\n\n",
+            ou = site.ou,
+            tag = site.tag
+        ));
+    }
+    site.slapd.add_ldif(&ldif);
+    let started = std::time::Instant::now();
+    let run = site.sync_ok();
+    let total = started.elapsed();
+    let (_, json) = {
+        let r = site.run(&["sync", "--json"]);
+        (r.code, serde_json::from_str::<Value>(&r.stdout).unwrap())
+    };
+    assert_eq!(json["rooms"]["applied"], 0, "second sync: nothing to do");
+    assert_eq!(members(&site, &site.alias("bench")).len(), n);
+    eprintln!(
+        "daemon: {n} accounts + {n} joins in {total:.1?}\n{}",
+        run.stdout
+    );
+
+    let baseline = hand_room(&site, "baseline");
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        hand_join(&site, &baseline, &site.mxid(&format!("a{i}")));
+    }
+    let loop_time = started.elapsed();
+    eprintln!(
+        "plain loop: {n} joins in {loop_time:.1?} = {:.1} joins/s",
+        n as f64 / loop_time.as_secs_f64()
+    );
+}
