@@ -216,3 +216,22 @@ fn rule_errors_name_the_key() {
     let err = rules("[[rooms]]\nroom = \"#a:x\"\neveryone = true\nmode = \"strict\"").unwrap_err();
     assert!(err.message.contains("strict"), "{err}");
 }
+
+#[test]
+fn the_commented_example_in_the_openldap_preset_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/openldap.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, example) = text.split_once("# Rooms and spaces").unwrap();
+    let uncommented: String = example
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let r = Rules::parse(&path, &format!("{head}\n{uncommented}")).unwrap();
+    assert_eq!(r.rooms.rooms.len(), 4, "{uncommented}");
+    assert!(r.rooms.groups.is_some());
+    assert_eq!(r.rooms.rooms[3].mode, Mode::Exact);
+}
