@@ -116,7 +116,7 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
     };
     let results: Vec<_> = stream::iter(joins)
         .map(|a| async move {
-            let result = r.join(a).await;
+            let result = r.member(a).await;
             progress(done);
             (a, result)
         })
@@ -149,7 +149,7 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
         .filter(|a| matches!(a, RoomAction::Kick { .. }))
         .collect();
     let results: Vec<_> = stream::iter(kicks)
-        .map(|a| async move { (a, r.kick(a).await) })
+        .map(|a| async move { (a, r.member(a).await) })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -349,31 +349,6 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
         Ok(())
     }
 
-    async fn join(&self, action: &RoomAction) -> Result<(), Step> {
-        let RoomAction::Join {
-            room,
-            id,
-            mxid,
-            reason,
-        } = action
-        else {
-            return Ok(());
-        };
-        let room_id = self.room_id(room).await?;
-        self.homeserver.join(&room_id, mxid).await?;
-        let record = MembershipRecord {
-            room: room.clone(),
-            id: id.clone(),
-            mxid: mxid.clone(),
-            reason: reason.clone(),
-            at: self.clock.now(),
-        };
-        let entry = self.audit(mxid, Some(id), action.name(), reason, "ok");
-        self.ledger.record_membership(&record, &entry)?;
-        tracing::debug!(%room, %mxid, %reason, "joined");
-        Ok(())
-    }
-
     /// Every power change of one room in one read-merge-write.
     async fn power(&self, room: &str, actions: &[&RoomAction]) -> Result<(), Step> {
         let room_id = self.room_id(room).await?;
@@ -415,24 +390,46 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
         Ok(())
     }
 
-    async fn kick(&self, action: &RoomAction) -> Result<(), Step> {
-        let RoomAction::Kick {
-            room,
-            id,
-            mxid,
-            reason,
-        } = action
-        else {
-            return Ok(());
+    /// A join or a removal, then its ledger record (the membership added or forgotten).
+    async fn member(&self, action: &RoomAction) -> Result<(), Step> {
+        let (room, id, mxid, reason) = match action {
+            RoomAction::Join {
+                room,
+                id,
+                mxid,
+                reason,
+            } => (room, Some(id), mxid, reason),
+            RoomAction::Kick {
+                room,
+                id,
+                mxid,
+                reason,
+            } => (room, id.as_ref(), mxid, reason),
+            _ => return Ok(()),
         };
         let room_id = self.room_id(room).await?;
-        self.homeserver.kick(&room_id, mxid, reason).await?;
-        let entry = self.audit(mxid, id.as_ref(), action.name(), reason, "ok");
-        match id {
-            Some(id) => self.ledger.remove_membership(room, id, &entry)?,
-            None => self.ledger.record_audit(&entry)?,
+        let joining = matches!(action, RoomAction::Join { .. });
+        if joining {
+            self.homeserver.join(&room_id, mxid).await?;
+        } else {
+            self.homeserver.kick(&room_id, mxid, reason).await?;
         }
-        tracing::info!(%room, %mxid, %reason, "removed from room");
+        let entry = self.audit(mxid, id, action.name(), reason, "ok");
+        match (joining, id) {
+            (true, Some(id)) => {
+                let record = MembershipRecord {
+                    room: room.clone(),
+                    id: id.clone(),
+                    mxid: mxid.clone(),
+                    reason: reason.clone(),
+                    at: self.clock.now(),
+                };
+                self.ledger.record_membership(&record, &entry)?;
+            }
+            (false, Some(id)) => self.ledger.remove_membership(room, id, &entry)?,
+            (_, None) => self.ledger.record_audit(&entry)?,
+        }
+        tracing::debug!(%room, %mxid, action = action.name(), %reason, "applied");
         Ok(())
     }
 }

@@ -365,19 +365,16 @@ impl Directory {
         let mut attrs: Vec<String> = query.member_attributes.clone();
         attrs.push("cn".into());
         let mut partials: Vec<Partial> = Vec::new();
-        let mut pages = 0;
-        for base in bases {
-            pages += self
-                .read_base(
-                    base,
-                    &query.filter,
-                    &attrs,
-                    page_size.max(1),
-                    timeout,
-                    &mut |se| partials.push(partial_group(se, &query.member_attributes)),
-                )
-                .await?;
-        }
+        let pages = self
+            .read_bases(
+                bases,
+                &query.filter,
+                &attrs,
+                page_size,
+                timeout,
+                &mut |se| partials.push(partial_group(se, &query.member_attributes)),
+            )
+            .await?;
         let mut groups = Vec::with_capacity(partials.len());
         let mut ranged = 0;
         for Partial { mut group, pending } in partials {

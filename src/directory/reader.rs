@@ -196,19 +196,16 @@ impl Directory {
         }
         let attrs = requested_attributes(query);
         let mut collector = Collector::new(query);
-        let mut pages = 0;
-        for base in bases {
-            pages += self
-                .read_base(
-                    base,
-                    &query.filter,
-                    &attrs,
-                    page_size.max(1),
-                    timeout,
-                    &mut |se| collector.add(se),
-                )
-                .await?;
-        }
+        let pages = self
+            .read_bases(
+                bases,
+                &query.filter,
+                &attrs,
+                page_size,
+                timeout,
+                &mut |se| collector.add(se),
+            )
+            .await?;
         let Collector {
             entries, skipped, ..
         } = collector;
@@ -221,6 +218,26 @@ impl Directory {
             "directory snapshot complete"
         );
         Ok(Snapshot::complete(entries, skipped, self.server.clone()))
+    }
+
+    /// Every base in turn, page by page, each entry handed to `sink`. Returns the number of
+    /// pages read.
+    pub(super) async fn read_bases(
+        &mut self,
+        bases: &[String],
+        filter: &str,
+        attrs: &[String],
+        page_size: i32,
+        timeout: Duration,
+        sink: &mut (dyn FnMut(SearchEntry) + Send),
+    ) -> Result<usize, DirectoryError> {
+        let mut pages = 0;
+        for base in bases {
+            pages += self
+                .read_base(base, filter, attrs, page_size.max(1), timeout, sink)
+                .await?;
+        }
+        Ok(pages)
     }
 
     /// One base, page by page, each entry handed to `sink`. Returns the number of pages read.
@@ -288,15 +305,7 @@ impl Directory {
             }
             let result = stream.finish().await;
             if result.rc != 0 {
-                return Err(DirectoryError::Search {
-                    url,
-                    base: base.to_string(),
-                    filter: filter.to_string(),
-                    code: result.rc,
-                    text: result.text,
-                    matched: result.matched,
-                    referrals: result.refs,
-                });
+                return Err(search_error(url, base, filter, result));
             }
             debug!(
                 base,
@@ -359,15 +368,7 @@ impl Directory {
         }
         let result = stream.finish().await;
         if result.rc != 0 {
-            return Err(DirectoryError::Search {
-                url,
-                base: dn.to_string(),
-                filter: filter.to_string(),
-                code: result.rc,
-                text: result.text,
-                matched: result.matched,
-                referrals: result.refs,
-            });
+            return Err(search_error(url, dn, filter, result));
         }
         Ok(found)
     }
@@ -486,6 +487,24 @@ impl<'q> Collector<'q> {
                 }
             }
         }
+    }
+}
+
+/// A search that ended with a result code other than success.
+fn search_error(
+    url: String,
+    base: &str,
+    filter: &str,
+    result: ldap3::LdapResult,
+) -> DirectoryError {
+    DirectoryError::Search {
+        url,
+        base: base.to_string(),
+        filter: filter.to_string(),
+        code: result.rc,
+        text: result.text,
+        matched: result.matched,
+        referrals: result.refs,
     }
 }
 

@@ -107,6 +107,20 @@ impl SynapseClient {
         }
     }
 
+    /// A GET whose 404 means "no such thing".
+    async fn get_optional<T: for<'de> Deserialize<'de>>(
+        &self,
+        endpoint: String,
+        path: String,
+    ) -> Result<Option<T>, HomeserverError> {
+        let req = self.request(Method::Get, endpoint, &path, &[], None);
+        match self.get_json::<T>(&req).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn power_levels(&self, room_id: &str) -> Result<Value, HomeserverError> {
         let endpoint = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels");
         let path = format!(
@@ -236,33 +250,23 @@ fn parse_state(room_id: &str, events: Vec<StateEvent>) -> RoomState {
 
 impl Rooms for SynapseClient {
     async fn resolve_alias(&self, alias: &str) -> Result<Option<String>, HomeserverError> {
-        let req = self.request(
-            Method::Get,
-            format!("/_matrix/client/v3/directory/room/{alias}"),
-            &format!("/_matrix/client/v3/directory/room/{}", enc(alias)),
-            &[],
-            None,
-        );
-        match self.get_json::<RoomId>(&req).await {
-            Ok(r) => Ok(Some(r.room_id)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let found: Option<RoomId> = self
+            .get_optional(
+                format!("/_matrix/client/v3/directory/room/{alias}"),
+                format!("/_matrix/client/v3/directory/room/{}", enc(alias)),
+            )
+            .await?;
+        Ok(found.map(|r| r.room_id))
     }
 
     async fn room_state(&self, room_id: &str) -> Result<Option<RoomState>, HomeserverError> {
-        let req = self.request(
-            Method::Get,
-            format!("/_synapse/admin/v1/rooms/{room_id}/state"),
-            &format!("/_synapse/admin/v1/rooms/{}/state", enc(room_id)),
-            &[],
-            None,
-        );
-        match self.get_json::<RoomStateReply>(&req).await {
-            Ok(r) => Ok(Some(parse_state(room_id, r.state))),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let found: Option<RoomStateReply> = self
+            .get_optional(
+                format!("/_synapse/admin/v1/rooms/{room_id}/state"),
+                format!("/_synapse/admin/v1/rooms/{}/state", enc(room_id)),
+            )
+            .await?;
+        Ok(found.map(|r| parse_state(room_id, r.state)))
     }
 
     async fn create_room(&self, room: &NewRoom) -> Result<String, HomeserverError> {
