@@ -133,7 +133,8 @@ pub async fn sync<H: Homeserver + Rooms>(
         observer,
     )
     .await?;
-    let outcome = match (&report.aborted, report.failed.len()) {
+    let failed = report.failed.len() + report.rooms.failed.len();
+    let outcome = match (&report.aborted, failed) {
         (Some(why), _) => format!("aborted: {why}"),
         (None, 0) => "ok".to_string(),
         (None, n) => format!("{n} action(s) failed"),
@@ -144,9 +145,9 @@ pub async fn sync<H: Homeserver + Rooms>(
         server: preview.server.clone(),
         agents: preview.agents,
         skipped: preview.plan.skipped.len(),
-        planned: preview.plan.actions.len(),
-        applied: report.applied,
-        failed: report.failed.len(),
+        planned: preview.plan.actions.len() + preview.plan.rooms.actions.len(),
+        applied: report.applied + report.rooms.applied,
+        failed,
         outcome,
     })?;
     ledger.flush()?;

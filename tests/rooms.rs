@@ -169,6 +169,14 @@ create = { name = "Bosses" }
     site.sync_ok();
     let rooms = [site.alias("staff"), site.alias("bosses")];
     assert_eq!(writes_about(&site, mark, &rooms), vec![]);
+    let status = site.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("Managed rooms: 2 (2 created), 5 memberships and 0 power levels added"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]

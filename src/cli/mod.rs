@@ -162,7 +162,9 @@ async fn sync(config: &Config, json: bool) -> Result<ExitCode, String> {
     } else {
         print!("{}", render::sync_text(&result));
     }
-    let clean = result.report.failed.is_empty() && result.report.aborted.is_none();
+    let clean = result.report.failed.is_empty()
+        && result.report.rooms.failed.is_empty()
+        && result.report.aborted.is_none();
     Ok(if clean {
         ExitCode::SUCCESS
     } else {

@@ -195,6 +195,16 @@ pub fn status_text(path: &Path, view: &LedgerView, last_run: Option<&RunRecord>)
         view.accounts.len() - adopted,
         adopted
     );
+    if !view.rooms.rooms.is_empty() {
+        let _ = writeln!(
+            out,
+            "Managed rooms: {} ({} created), {} memberships and {} power levels added",
+            view.rooms.rooms.len(),
+            view.rooms.rooms.values().filter(|r| r.created).count(),
+            view.rooms.members.len(),
+            view.rooms.powers.len()
+        );
+    }
     match last_run {
         None => {
             let _ = writeln!(out, "Last run: none yet");
@@ -230,6 +240,8 @@ pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
         .count();
     json!({
         "managed_accounts": view.accounts.len(),
+        "managed_rooms": view.rooms.rooms.len(),
+        "room_memberships": view.rooms.members.len(),
         "adopted": adopted,
         "last_run": last_run,
     })
