@@ -404,11 +404,17 @@ fn plan_power(
         let Some(mxid) = ctx.mxids.get(id) else {
             continue;
         };
+        if state.is_some_and(|s| s.creators.contains(mxid)) {
+            continue; // v12 creators have unlimited power and must not be listed
+        }
+        let ours = granted.get(id).map(|p| p.level);
         let current = match state {
             Some(s) => s.power.get(mxid).copied(),
-            None => granted.get(id).map(|p| p.level),
+            None => ours,
         };
-        if current != Some(*level) {
+        // A higher level given by hand is never lowered; one the daemon gave may be.
+        let raised_by_hand = current.is_some_and(|c| c > *level) && current != ours;
+        if current != Some(*level) && !raised_by_hand {
             out.actions.push(RoomAction::SetPower {
                 room: key.to_string(),
                 id: id.clone(),

@@ -321,3 +321,35 @@ fn agents_without_an_mxid_are_not_joined() {
     w.observed.insert("#r:x".into(), state(&[], &[]));
     assert!(w.plan().actions.is_empty());
 }
+
+#[test]
+fn a_higher_level_given_by_hand_and_creators_are_left_alone() {
+    let mut w = World::new(&["a", "b", "creator"]);
+    let mut r = room("#r:x", Mode::Managed, &["a", "b", "creator"]);
+    for who in ["a", "b", "creator"] {
+        r.power.insert(id(who), (50, "member of cn=heads".into()));
+    }
+    w.desired.rooms.insert("#r:x".into(), r);
+    w.view
+        .rooms
+        .insert("#r:x".into(), record("#r:x", Mode::Managed));
+    // a is 100 by hand; b was given 75 by an older rule: back to 50.
+    w.view.powers.insert(
+        ("#r:x".into(), id("b")),
+        PowerRecord {
+            room: "#r:x".into(),
+            id: id("b"),
+            mxid: mx("b"),
+            level: 75,
+            reason: "older rule".into(),
+            at: 0,
+        },
+    );
+    w.observed.insert(
+        "#r:x".into(),
+        state(&["a", "b", "creator"], &[("a", 100), ("b", 75)]),
+    );
+    let plan = w.plan();
+    assert_eq!(lines(&plan), vec!["grant_power #r:x @b:x"]);
+    assert!(plan.actions[0].is_destructive(), "75 → 50 takes power away");
+}
