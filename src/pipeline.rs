@@ -68,10 +68,10 @@ pub async fn preview_with<H: Homeserver + Rooms>(
     ledger: &LedgerView,
     homeserver: Option<&H>,
 ) -> Result<Preview, RunError> {
-    let snapshot = directory::read_snapshot_with_groups(
+    let snapshot = directory::read_snapshot_with(
         &config.directory,
         &agent_query(rules),
-        rules.rooms.groups.as_ref(),
+        &rules.rooms.sources(),
     )
     .await?;
     let desired = mapping::map_snapshot(&snapshot, rules);

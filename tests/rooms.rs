@@ -103,7 +103,7 @@ fn writes_about(site: &Site, mark: u64, aliases: &[String]) -> Vec<(String, Stri
 }
 
 #[test]
-fn joins_by_group_nested_group_with_a_cycle_and_attribute() {
+fn joins_by_group_nested_group_with_a_cycle_attribute_and_filter() {
     let site = Site::with_rules(
         "rooms-basic",
         r##"
@@ -117,6 +117,11 @@ room = "#bosses-{tag}:example.org"
 attribute = "title"
 values = ["Boss"]
 create = { name = "Bosses" }
+
+[[rooms]]
+room = "#clerks-{tag}:example.org"
+filter = "(title=Clerk)"
+create = { name = "Clerks" }
 "##,
     );
     for uid in ["ann", "ben", "cat", "dan", "eve"] {
@@ -158,6 +163,10 @@ create = { name = "Bosses" }
         set(&site, &["ann", "eve"])
     );
     assert_eq!(
+        members(&site, &site.alias("clerks")),
+        set(&site, &["ben", "cat", "dan"])
+    );
+    assert_eq!(
         state(&site, &site.alias("staff"), "m.room.name")["name"],
         "Staff"
     );
@@ -167,13 +176,17 @@ create = { name = "Bosses" }
     let (code, json) = site.plan_json();
     assert_eq!(code, 0, "{json}");
     site.sync_ok();
-    let rooms = [site.alias("staff"), site.alias("bosses")];
+    let rooms = [
+        site.alias("staff"),
+        site.alias("bosses"),
+        site.alias("clerks"),
+    ];
     assert_eq!(writes_about(&site, mark, &rooms), vec![]);
     let status = site.run(&["status"]);
     assert!(
         status
             .stdout
-            .contains("Managed rooms: 2 (2 created), 5 memberships and 0 power levels added"),
+            .contains("Managed rooms: 3 (3 created), 8 memberships and 0 power levels added"),
         "{}",
         status.stdout
     );

@@ -401,19 +401,29 @@ impl Directory {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
-/// Connects to `cfg.urls` (failover), reads the agents of every base of `cfg.base_dns` and,
-/// when `groups` is given, the groups (under its bases, or the same ones), then closes.
-pub async fn read_snapshot_with_groups(
+/// What room rules need read besides the agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomSources {
+    /// Groups, if any rule names one.
+    pub groups: Option<GroupQuery>,
+    /// Extra LDAP filters whose matching agents the rules want.
+    pub filters: Vec<String>,
+}
+
+/// Connects to `cfg.urls` (failover), reads the agents of every base of `cfg.base_dns`, then
+/// what `extra` asks for (groups under their bases or the same ones; agents matching each
+/// filter), then closes. Every search is complete or the whole read is an error.
+pub async fn read_snapshot_with(
     cfg: &crate::config::DirectoryConfig,
     agents: &super::AgentQuery,
-    groups: Option<&GroupQuery>,
+    extra: &RoomSources,
 ) -> Result<super::Snapshot, DirectoryError> {
     let mut dir = Directory::connect(cfg).await?;
     let result = async {
         let mut snapshot = dir
             .read_snapshot(&cfg.base_dns, agents, cfg.page_size, cfg.timeout)
             .await?;
-        if let Some(query) = groups {
+        if let Some(query) = &extra.groups {
             let bases = if query.bases.is_empty() {
                 &cfg.base_dns
             } else {
@@ -421,6 +431,17 @@ pub async fn read_snapshot_with_groups(
             };
             snapshot.groups = dir
                 .read_groups(bases, query, cfg.page_size, cfg.timeout)
+                .await?;
+        }
+        if !extra.filters.is_empty() {
+            snapshot.filter_matches = dir
+                .read_filter_matches(
+                    &cfg.base_dns,
+                    agents,
+                    &extra.filters,
+                    cfg.page_size,
+                    cfg.timeout,
+                )
                 .await?;
         }
         Ok(snapshot)

@@ -444,16 +444,16 @@ fn next_cookie(ctrls: &[Control]) -> Result<Option<Vec<u8>>, ()> {
 }
 
 /// Gathers entries across pages and bases; one entry per stable id.
-struct Collector<'q> {
+pub(super) struct Collector<'q> {
     query: &'q AgentQuery,
-    entries: Vec<Entry>,
+    pub(super) entries: Vec<Entry>,
     skipped: Vec<SkippedEntry>,
     by_id: HashMap<String, usize>,
     skipped_dns: HashSet<String>,
 }
 
 impl<'q> Collector<'q> {
-    fn new(query: &'q AgentQuery) -> Self {
+    pub(super) fn new(query: &'q AgentQuery) -> Self {
         Collector {
             query,
             entries: Vec::new(),
@@ -463,7 +463,7 @@ impl<'q> Collector<'q> {
         }
     }
 
-    fn add(&mut self, se: SearchEntry) {
+    pub(super) fn add(&mut self, se: SearchEntry) {
         match convert(se, self.query) {
             Ok(entry) => match self.by_id.get(&entry.id.0) {
                 // The same entry seen again through an overlapping base.

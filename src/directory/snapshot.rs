@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub server: String,
     /// Groups read for room rules (empty when the rules name none).
     pub groups: super::Groups,
+    /// For each extra filter of the room rules, the agents matching it.
+    pub filter_matches: BTreeMap<String, std::collections::BTreeSet<StableId>>,
 }
 
 impl Snapshot {
@@ -76,6 +78,7 @@ impl Snapshot {
             skipped,
             server: server.into(),
             groups: super::Groups::default(),
+            filter_matches: BTreeMap::new(),
         }
     }
 }

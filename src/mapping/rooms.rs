@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::template::Template;
-use crate::directory::{normalize_dn, Entry, GroupQuery, Groups, Member, Snapshot, StableId};
+use crate::directory::{
+    normalize_dn, Entry, GroupQuery, Groups, Member, RoomSources, Snapshot, StableId,
+};
 
 /// What the daemon may remove in a room.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +113,8 @@ pub struct RoomRule {
     pub groups: Vec<String>,
     /// (attribute, values): agents whose attribute has one of these values (any case).
     pub attribute: Option<(String, Vec<String>)>,
+    /// Agents matching this LDAP filter (searched together with the agent filter).
+    pub filter: Option<String>,
     pub power: Vec<PowerRule>,
     pub create: Option<CreateRule>,
     pub parent: Option<Pattern>,
@@ -152,6 +156,7 @@ pub(super) struct RawRoom {
     attribute: Option<String>,
     #[serde(default)]
     values: Vec<String>,
+    filter: Option<String>,
     #[serde(default)]
     power: Vec<RawPower>,
     create: Option<RawCreate>,
@@ -221,6 +226,17 @@ impl RoomRules {
         Ok(out)
     }
 
+    /// What the directory must read for these rules besides the agents.
+    pub fn sources(&self) -> RoomSources {
+        let mut filters: Vec<String> = self.rooms.iter().filter_map(|r| r.filter.clone()).collect();
+        filters.sort();
+        filters.dedup();
+        RoomSources {
+            groups: self.groups.clone(),
+            filters,
+        }
+    }
+
     /// The agent attributes the rules read.
     pub fn attributes(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -276,10 +292,16 @@ fn parse_room(i: usize, raw: RawRoom) -> Result<RoomRule, RuleError> {
         }
         (None, false) => return Err((key("attribute"), "`values` without an attribute".into())),
     };
-    if !raw.everyone && raw.groups.is_empty() && attribute.is_none() {
+    if let Some(f) = &raw.filter {
+        if ldap3::parse_filter(f).is_err() {
+            return Err((key("filter"), format!("`{f}` is not a valid LDAP filter")));
+        }
+    }
+    if !raw.everyone && raw.groups.is_empty() && attribute.is_none() && raw.filter.is_none() {
         return Err((
             key("room"),
-            "says nobody belongs in it: give `everyone = true`, `groups` or `attribute` + `values`"
+            "says nobody belongs in it: give `everyone = true`, `groups`, `attribute` + \
+             `values` or `filter`"
                 .into(),
         ));
     }
@@ -305,6 +327,7 @@ fn parse_room(i: usize, raw: RawRoom) -> Result<RoomRule, RuleError> {
         everyone: raw.everyone,
         groups: raw.groups,
         attribute,
+        filter: raw.filter,
         power: raw
             .power
             .into_iter()
@@ -392,7 +415,7 @@ pub fn map_rooms(
             .collect();
         let by_group = groups.members_of(&rule.groups, warnings);
         for entry in &agents {
-            let Some(why) = why_member(rule, entry, &by_group) else {
+            let Some(why) = why_member(rule, entry, &by_group, snapshot) else {
                 continue;
             };
             let keys = rule.room.render_all(entry);
@@ -453,12 +476,22 @@ fn why_member(
     rule: &RoomRule,
     entry: &Entry,
     by_group: &HashMap<StableId, String>,
+    snapshot: &Snapshot,
 ) -> Option<String> {
     if rule.everyone {
         return Some("every agent".into());
     }
     if let Some(why) = by_group.get(&entry.id) {
         return Some(why.clone());
+    }
+    if let Some(filter) = &rule.filter {
+        if snapshot
+            .filter_matches
+            .get(filter)
+            .is_some_and(|ids| ids.contains(&entry.id))
+        {
+            return Some(format!("matches {filter}"));
+        }
     }
     let (attr, values) = rule.attribute.as_ref()?;
     entry

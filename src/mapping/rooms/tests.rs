@@ -208,6 +208,7 @@ fn rule_errors_name_the_key() {
         ),
         ("[groups]\nfilter = \"(cn=\"\n[[rooms]]\nroom = \"#a:x\"\neveryone = true", "groups.filter"),
         ("[[rooms]]\nroom = \"#a:x\"\neveryone = true\nparent = \"space\"", "rooms[0].parent"),
+        ("[[rooms]]\nroom = \"#a:x\"\nfilter = \"(l=Paris\"", "rooms[0].filter"),
     ];
     for (text, key) in cases {
         let err = rules(text).unwrap_err();
@@ -234,4 +235,34 @@ fn the_commented_example_in_the_openldap_preset_parses() {
     assert_eq!(r.rooms.rooms.len(), 4, "{uncommented}");
     assert!(r.rooms.groups.is_some());
     assert_eq!(r.rooms.rooms[3].mode, Mode::Exact);
+}
+
+#[test]
+fn filter_rules_use_what_the_directory_matched() {
+    let r = rules(
+        r##"
+[[rooms]]
+room = "#paris:x"
+filter = "(l=Paris)"
+
+[[rooms]]
+room = "#paris2:x"
+filter = "(l=Paris)"
+"##,
+    )
+    .unwrap();
+    assert_eq!(r.rooms.sources().filters, vec!["(l=Paris)"]);
+    assert!(r.rooms.sources().groups.is_none());
+    let mut snapshot = Snapshot::complete(vec![agent("a", &[]), agent("b", &[])], vec![], "t");
+    snapshot.filter_matches.insert(
+        "(l=Paris)".into(),
+        BTreeSet::from([StableId("id-b".into())]),
+    );
+    let ids = snapshot.entries.iter().map(|e| e.id.clone()).collect();
+    let d = map_rooms(&snapshot, &r.rooms, &ids, &mut vec![]);
+    assert_eq!(members(&d, "#paris:x"), vec!["id-b"]);
+    assert_eq!(
+        d.rooms["#paris:x"].members[&StableId("id-b".into())],
+        "matches (l=Paris)"
+    );
 }
