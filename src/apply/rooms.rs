@@ -281,17 +281,21 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
         else {
             return Ok(());
         };
-        let Some(alias_localpart) = room
-            .strip_prefix('#')
-            .and_then(|a| a.split_once(':'))
-            .map(|(l, _)| l.to_string())
+        let Some((alias_localpart, alias_server)) =
+            room.strip_prefix('#').and_then(|a| a.split_once(':'))
         else {
             return Err(Step::Failed(format!(
                 "{room} cannot be created: only a room named by an alias (`#name:server`) can"
             )));
         };
+        let server = self.server_name().await.map_err(Step::Failed)?;
+        if alias_server != server {
+            return Err(Step::Failed(format!(
+                "{room} cannot be created here: its alias is on {alias_server}, this homeserver is {server}"
+            )));
+        }
         let new = NewRoom {
-            alias_localpart,
+            alias_localpart: alias_localpart.to_string(),
             name: creation.name.clone(),
             topic: creation.topic.clone(),
             join_rule: match creation.join_rule {

@@ -311,6 +311,12 @@ fn parse_room(i: usize, raw: RawRoom) -> Result<RoomRule, RuleError> {
             format!("level {} is outside 0..=100", bad.level),
         ));
     }
+    if raw.create.is_some() && raw.room.trim().starts_with('!') {
+        return Err((
+            key("create"),
+            "a room named by its id already exists; to have it created, name it by an alias".into(),
+        ));
+    }
     let create = match raw.create {
         None => None,
         Some(c) => Some(CreateRule {

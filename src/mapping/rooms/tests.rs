@@ -209,6 +209,7 @@ fn rule_errors_name_the_key() {
         ("[groups]\nfilter = \"(cn=\"\n[[rooms]]\nroom = \"#a:x\"\neveryone = true", "groups.filter"),
         ("[[rooms]]\nroom = \"#a:x\"\neveryone = true\nparent = \"space\"", "rooms[0].parent"),
         ("[[rooms]]\nroom = \"#a:x\"\nfilter = \"(l=Paris\"", "rooms[0].filter"),
+        ("[[rooms]]\nroom = \"!a:x\"\neveryone = true\ncreate = {}", "rooms[0].create"),
     ];
     for (text, key) in cases {
         let err = rules(text).unwrap_err();
