@@ -546,3 +546,56 @@ fn bench_joins_against_a_plain_http_loop() {
         n as f64 / loop_time.as_secs_f64()
     );
 }
+
+/// Moves an entry under another parent (its entryUUID, so its identity, stays).
+fn move_entry(site: &Site, uid: &str, from: &str, to: &str) {
+    site.slapd.modify_ldif(&format!(
+        "dn: uid={uid},{from}\nchangetype: modrdn\nnewrdn: uid={uid}\ndeleteoldrdn: 1\nnewsuperior: {to}\n"
+    ));
+}
+
+#[test]
+fn an_agent_gone_from_the_directory_leaves_managed_rooms_and_is_back_on_return() {
+    let site = Site::with_rules(
+        "rooms-return",
+        r##"
+[[rooms]]
+room = "#return-{tag}:example.org"
+everyone = true
+create = { name = "Return" }
+
+[[rooms]]
+room = "#return-additive-{tag}:example.org"
+everyone = true
+mode = "additive"
+create = { name = "Return additive" }
+"##,
+    );
+    site.add_agent("ann", &[]);
+    site.add_agent("ben", &[]);
+    site.sync_ok();
+    let (managed, additive) = (site.alias("return"), site.alias("return-additive"));
+    assert_eq!(members(&site, &managed), set(&site, &["ann", "ben"]));
+
+    // Ben moves out of the synced OU: gone from the directory as the daemon sees it.
+    let elsewhere = site.slapd.new_ou("elsewhere");
+    move_entry(&site, "ben", &site.ou, &elsewhere);
+    let plan = site.run(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "why: leaves {managed}: not in the directory any more"
+        )),
+        "{}",
+        plan.stdout
+    );
+    site.sync_ok();
+    assert_eq!(members(&site, &managed), set(&site, &["ann"]));
+    assert_eq!(members(&site, &additive), set(&site, &["ann", "ben"]));
+
+    // Back: same entryUUID, same account, back in the managed room.
+    move_entry(&site, "ben", &elsewhere, &site.ou);
+    site.sync_ok();
+    assert_eq!(members(&site, &managed), set(&site, &["ann", "ben"]));
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 0, "{plan}");
+}
