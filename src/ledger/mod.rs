@@ -3,8 +3,8 @@
 //! One sled tree per concern: `meta` (schema version), `accounts` (stable id → record),
 //! `localparts` (localpart → stable id, so a localpart is never handed out twice), `audit`
 //! (every applied action), `runs` (the run journal); `rooms`, `room_members`, `room_powers`
-//! (see [`memberships`]). An applied action's account record and
-//! its audit entry are written in one transaction, so a crash leaves either both or neither.
+//! (see [`memberships`]). An applied action's account record and its audit entry are written
+//! in one transaction, so a crash leaves either both or neither.
 
 pub mod memberships;
 mod records;
