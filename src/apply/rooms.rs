@@ -139,8 +139,15 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
         .collect()
         .await;
     for (actions, result) in results {
+        // One write per room: its outcome is each of its actions' outcome.
+        let failure = match result {
+            Ok(()) => None,
+            Err(Step::Failed(e)) => Some(e),
+            Err(Step::Ledger(e)) => return Err(e),
+        };
         for a in actions {
-            r.tally(a, result.clone(), &mut report)?;
+            let outcome = failure.clone().map_or(Ok(()), |e| Err(Step::Failed(e)));
+            r.tally(a, outcome, &mut report)?;
         }
     }
     let kicks: Vec<&RoomAction> = plan
@@ -159,11 +166,12 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
     Ok(report)
 }
 
-/// Why one room action stopped.
-#[derive(Debug, Clone)]
+/// Why one room action stopped: the homeserver refused (the action fails, the run goes on)
+/// or the ledger could not record (the run stops).
+#[derive(Debug)]
 enum Step {
     Failed(String),
-    Ledger(String),
+    Ledger(LedgerError),
 }
 
 impl From<HomeserverError> for Step {
@@ -174,7 +182,7 @@ impl From<HomeserverError> for Step {
 
 impl From<LedgerError> for Step {
     fn from(e: LedgerError) -> Self {
-        Step::Ledger(e.to_string())
+        Step::Ledger(e)
     }
 }
 
@@ -221,7 +229,7 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
                 }
                 Ok(())
             }
-            Err(Step::Ledger(e)) => Err(LedgerError::Corrupt(e)),
+            Err(Step::Ledger(e)) => Err(e),
             Err(Step::Failed(e)) => {
                 let who = action.mxid().unwrap_or("-");
                 tracing::warn!(room = action.room(), mxid = who, action = action.name(), error = %e, "room action failed");
