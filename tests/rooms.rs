@@ -500,7 +500,7 @@ fn a_room_made_by_someone_else_is_joined_after_making_the_daemon_room_admin() {
 
 /// Measures joins/s of a first sync into one room against a plain sequential HTTP loop doing
 /// the same joins into another room. `cargo test --test rooms -- --ignored --nocapture`;
-/// `ROOMS_BENCH_AGENTS` agents (default 200).
+/// `ROOMS_BENCH_AGENTS` agents (default 200), `ROOMS_BENCH_CONCURRENCY` (default 8).
 #[test]
 #[ignore]
 fn bench_joins_against_a_plain_http_loop() {
@@ -512,6 +512,11 @@ fn bench_joins_against_a_plain_http_loop() {
         "rooms-bench",
         "[[rooms]]\nroom = \"#bench-{tag}:example.org\"\neveryone = true\ncreate = { name = \"Bench\" }\n",
     );
+    if let Ok(c) = std::env::var("ROOMS_BENCH_CONCURRENCY") {
+        let config = std::fs::read_to_string(site.config()).unwrap();
+        let config = config.replace("concurrency = 8", &format!("concurrency = {c}"));
+        std::fs::write(site.config(), config).unwrap();
+    }
     let mut ldif = String::new();
     for i in 0..n {
         ldif.push_str(&format!(
