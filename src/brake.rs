@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{BrakeConfig, Config};
 use crate::ledger::LastGood;
 use crate::mapping::Rules;
-use crate::plan::{Action, Plan};
+use crate::plan::Plan;
 
 /// What the brake looks at besides the plan.
 #[derive(Debug, Clone)]
@@ -64,13 +64,12 @@ pub fn check(plan: &Plan, context: &Context, limits: &BrakeConfig) -> Option<Str
     (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
-/// Takes the departures out of `plan`, returning them.
-pub fn hold_back(plan: &mut Plan) -> Vec<Action> {
-    let (held, kept) = std::mem::take(&mut plan.actions)
-        .into_iter()
-        .partition(|a| a.kind().is_departure());
-    plan.actions = kept;
-    held
+/// Takes the departures (and room removals) out of `plan`; returns how many.
+pub fn hold_back(plan: &mut Plan) -> usize {
+    let before = plan.departures();
+    plan.actions.retain(|a| !a.kind().is_departure());
+    plan.rooms.actions.retain(|a| !a.is_destructive());
+    before
 }
 
 /// A fingerprint of what defines who the agents are.
@@ -100,6 +99,7 @@ mod tests {
     use super::*;
     use crate::config::ReversibleStep;
     use crate::directory::StableId;
+    use crate::plan::Action;
 
     fn plan_with(departures: usize, others: usize) -> Plan {
         let mut plan = Plan::default();
@@ -198,7 +198,7 @@ mod tests {
     fn hold_back_keeps_everything_but_departures() {
         let mut plan = plan_with(3, 2);
         let held = hold_back(&mut plan);
-        assert_eq!((held.len(), plan.actions.len()), (3, 2));
+        assert_eq!((held, plan.actions.len()), (3, 2));
         assert_eq!(plan.departures(), 0);
     }
 }

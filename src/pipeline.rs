@@ -1,12 +1,17 @@
 //! One sync run, shared by `plan` (stops before applying) and `sync`: directory → snapshot →
-//! mapping → plan (against the ledger) → brake → apply.
+//! mapping → plan (against the ledger, and the rooms as the homeserver has them) → brake →
+//! apply.
+
+mod observe;
+
+pub use observe::observe_rooms;
 
 use crate::apply::{self, ApplyReport, Observer};
 use crate::brake;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::directory::{self, AgentQuery, DirectoryError};
-use crate::homeserver::{Homeserver, HomeserverError};
+use crate::homeserver::{Homeserver, HomeserverError, Rooms, SynapseClient};
 use crate::ledger::{LastGood, Ledger, LedgerError, LedgerView, RunRecord};
 use crate::mapping::{self, Desired, Rules};
 use crate::plan::{self, Plan, Policy};
@@ -82,16 +87,51 @@ pub fn policy(config: &Config, now: i64) -> Policy {
     }
 }
 
-/// Reads the directory and plans against the ledger's state; changes nothing.
+/// Reads the directory and plans against the ledger's state; changes nothing. Rooms are
+/// planned from the ledger alone: use [`preview_with`] to read their state from the homeserver.
 pub async fn preview(
     config: &Config,
     rules: &Rules,
     state: &State,
     now: i64,
 ) -> Result<Preview, RunError> {
-    let snapshot = directory::read_snapshot(&config.directory, &agent_query(rules)).await?;
+    preview_with::<SynapseClient>(config, rules, state, now, None).await
+}
+
+/// [`preview`], reading the rooms' state from `homeserver` when given (reads only).
+pub async fn preview_with<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    state: &State,
+    now: i64,
+    homeserver: Option<&H>,
+) -> Result<Preview, RunError> {
+    let snapshot = directory::read_snapshot_with(
+        &config.directory,
+        &agent_query(rules),
+        &rules.rooms.sources(),
+    )
+    .await?;
     let desired = mapping::map_snapshot(&snapshot, rules, now);
-    let plan = plan::plan(&desired, &state.view, &policy(config, now));
+    let (observed, daemon) = match homeserver {
+        Some(hs) => {
+            observe_rooms(
+                hs,
+                &desired.rooms,
+                &state.view.rooms,
+                config.homeserver.concurrency,
+            )
+            .await?
+        }
+        None => Default::default(),
+    };
+    let plan = plan::plan_with_rooms(
+        &desired,
+        &state.view,
+        &policy(config, now),
+        &observed,
+        daemon.as_deref(),
+    );
     let agents = snapshot.entries.len() + snapshot.skipped.len();
     let scope = brake::scope(config, rules);
     let context = brake::Context {
@@ -114,7 +154,7 @@ pub async fn preview(
 /// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
 /// With the brake engaged, departures are held back unless an operator allowed up to
 /// `allowed_departures` of them past it (`usize::MAX`: any number).
-pub async fn sync<H: Homeserver>(
+pub async fn sync<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
     ledger: &Ledger,
@@ -125,7 +165,7 @@ pub async fn sync<H: Homeserver>(
 ) -> Result<SyncResult, RunError> {
     let started_at = clock.now();
     let state = State::read(ledger)?;
-    let preview = match preview(config, rules, &state, started_at).await {
+    let preview = match preview_with(config, rules, &state, started_at, Some(homeserver)).await {
         Ok(p) => p,
         Err(e) => {
             let run = RunRecord {
@@ -144,10 +184,10 @@ pub async fn sync<H: Homeserver>(
         (Some(why), false) => {
             let held = brake::hold_back(&mut plan);
             tracing::warn!(
-                held_back = held.len(),
+                held_back = held,
                 "brake engaged: {why}; departures held back until `sync --allow-mass-changes`"
             );
-            held.len()
+            held
         }
         (Some(why), true) => {
             tracing::warn!("brake overridden by an operator: {why}");
@@ -167,7 +207,8 @@ pub async fn sync<H: Homeserver>(
             at: started_at,
         })?;
     }
-    let outcome = match (&report.aborted, report.failed.len()) {
+    let failed = report.failed.len() + report.rooms.failed.len();
+    let outcome = match (&report.aborted, failed) {
         (Some(why), _) => format!("aborted: {why}"),
         (None, 0) if held_back > 0 => "brake engaged".to_string(),
         (None, 0) => "ok".to_string(),
@@ -179,9 +220,9 @@ pub async fn sync<H: Homeserver>(
         server: preview.server.clone(),
         agents: preview.agents,
         skipped: preview.plan.skipped.len(),
-        planned: preview.plan.actions.len(),
-        applied: report.applied,
-        failed: report.failed.len(),
+        planned: preview.plan.actions.len() + preview.plan.rooms.actions.len(),
+        applied: report.applied + report.rooms.applied,
+        failed,
         outcome,
         brake: preview.brake.clone().filter(|_| held_back > 0),
         held_back,

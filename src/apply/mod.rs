@@ -8,6 +8,7 @@
 //! two actions in flight touch the same ledger record.
 
 mod accounts;
+pub mod rooms;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,7 +16,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::clock::Clock;
 use crate::config::DeparturesConfig;
-use crate::homeserver::{Homeserver, HomeserverError};
+use crate::homeserver::{Homeserver, HomeserverError, Rooms};
 use crate::ledger::{AuditEntry, Ledger, LedgerError};
 use crate::plan::{Action, ActionKind, Plan};
 
@@ -40,6 +41,8 @@ pub struct ApplyReport {
     pub not_tried: usize,
     /// Why the rest of the plan was not tried, if it was cut short.
     pub aborted: Option<String>,
+    /// The room part of the plan (run after the accounts).
+    pub rooms: rooms::RoomReport,
 }
 
 /// Told how applying goes, e.g. to show progress.
@@ -68,7 +71,7 @@ pub struct Options {
 
 /// Applies `plan`, telling `observer` of each action. Only a ledger failure is an `Err`: the
 /// homeserver's are counted in the report, and one failed action never stops the others.
-pub async fn apply<H: Homeserver>(
+pub async fn apply<H: Homeserver + Rooms>(
     plan: &Plan,
     homeserver: &H,
     ledger: &Ledger,
@@ -133,6 +136,10 @@ pub async fn apply<H: Homeserver>(
             }
             observer.done(action, &outcome);
         }
+    }
+    if report.aborted.is_none() {
+        report.rooms =
+            rooms::apply_rooms(&plan.rooms, homeserver, ledger, clock, options.concurrency).await?;
     }
     ledger.flush()?;
     Ok(report)

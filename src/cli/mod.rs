@@ -4,6 +4,7 @@ mod check;
 mod explain;
 mod progress;
 mod render;
+mod render_rooms;
 mod status;
 
 use std::path::PathBuf;
@@ -205,7 +206,9 @@ fn open_existing(config: &Config) -> Result<Ledger, String> {
 async fn plan(config: &Config, clock: &dyn Clock, json: bool) -> Result<ExitCode, String> {
     let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
     let state = read_state(config)?;
-    let preview = pipeline::preview(config, &rules, &state, clock.now())
+    // Reads room state from the homeserver when the rules give rooms; writes nothing.
+    let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
+    let preview = pipeline::preview_with(config, &rules, &state, clock.now(), Some(&homeserver))
         .await
         .map_err(|e| e.to_string())?;
     if json {
@@ -244,7 +247,8 @@ async fn sync(
     } else {
         print!("{}", render::sync_text(&result));
     }
-    if !result.report.failed.is_empty() || result.report.aborted.is_some() {
+    let failed = !result.report.failed.is_empty() || !result.report.rooms.failed.is_empty();
+    if failed || result.report.aborted.is_some() {
         Ok(ExitCode::FAILURE)
     } else if result.held_back > 0 {
         Ok(ExitCode::from(EXIT_BRAKE_ENGAGED))

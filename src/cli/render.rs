@@ -38,6 +38,7 @@ pub fn plan_text(preview: &Preview) -> String {
         }
         out.push('\n');
     }
+    out.push_str(&super::render_rooms::plan_text(&plan.rooms));
     section(
         &mut out,
         "Waiting (nothing to do yet)",
@@ -94,6 +95,7 @@ fn summary_line(plan: &Plan) -> String {
         .map(|k| (k, plan.count(*k)))
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| format!("{n} {}", k.name().replace('_', " ")))
+        .chain(super::render_rooms::summary(&plan.rooms))
         .collect();
     format!(
         "Plan: {} ({} accounts unchanged).",
@@ -147,6 +149,8 @@ pub fn plan_json(preview: &Preview) -> String {
         "not_created": plan.not_created,
         "skipped": plan.skipped,
         "warnings": plan.warnings,
+        "rooms": plan.rooms,
+        "removals": plan.rooms.removals(),
     })
     .to_string()
 }
@@ -169,6 +173,7 @@ pub fn sync_text(result: &SyncResult) -> String {
     for (mxid, kind, error) in &r.failed {
         let _ = writeln!(out, "  FAILED {} {mxid}: {error}", kind.name());
     }
+    out.push_str(&super::render_rooms::sync_text(&r.rooms));
     if let Some(why) = &r.aborted {
         let _ = writeln!(
             out,
@@ -207,6 +212,7 @@ pub fn sync_json(result: &SyncResult) -> String {
         "aborted": r.aborted,
         "brake": result.preview.brake,
         "held_back": result.held_back,
+        "rooms": super::render_rooms::sync_json(&r.rooms),
     })
     .to_string()
 }

@@ -49,6 +49,16 @@ pub fn status_text(
     let mut out = String::new();
     let _ = writeln!(out, "Ledger: {}", path.display());
     managed_line(&mut out, c.total, c.adopted);
+    if !view.rooms.rooms.is_empty() {
+        let _ = writeln!(
+            out,
+            "Managed rooms: {} ({} created), {} memberships and {} power levels added",
+            view.rooms.rooms.len(),
+            view.rooms.rooms.values().filter(|r| r.created).count(),
+            view.rooms.members.len(),
+            view.rooms.powers.len()
+        );
+    }
     let _ = writeln!(
         out,
         "  {} active, {} departing (suspended or locked), {} deactivated",
@@ -163,6 +173,8 @@ pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
     let c = counts(view);
     json!({
         "managed_accounts": c.total,
+        "managed_rooms": view.rooms.rooms.len(),
+        "room_memberships": view.rooms.members.len(),
         "adopted": c.adopted,
         "active": c.active,
         "departing": c.departing,

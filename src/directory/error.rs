@@ -78,6 +78,15 @@ pub enum DirectoryError {
         cause: String,
     },
 
+    /// A group's members could not all be read (e.g. AD ranged retrieval that stopped short):
+    /// the run stops, since a group read in part would look like departures.
+    #[error("the members of group `{group}` on {url} could not all be read: {reason}")]
+    IncompleteGroup {
+        url: String,
+        group: String,
+        reason: String,
+    },
+
     /// Every configured URL was tried and none could be used.
     #[error("no directory server could be used: {}", join_failures(.failures))]
     AllServersFailed { failures: Vec<DirectoryError> },

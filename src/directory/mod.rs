@@ -10,12 +10,17 @@
 
 mod entry;
 mod error;
+mod filters;
+mod groups;
 mod guid;
 mod reader;
 mod snapshot;
 mod tls;
 
 pub use error::{result_code_name, DirectoryError};
+pub use groups::{
+    normalize_dn, read_snapshot_with, Group, GroupQuery, Groups, Member, Resolved, RoomSources,
+};
 pub use guid::{guid_to_bytes, guid_to_string};
 pub use reader::{read_snapshot, Directory};
 pub use snapshot::{Entry, SkippedEntry, Snapshot, StableId};

@@ -196,19 +196,16 @@ impl Directory {
         }
         let attrs = requested_attributes(query);
         let mut collector = Collector::new(query);
-        let mut pages = 0;
-        for base in bases {
-            pages += self
-                .read_base(
-                    base,
-                    query,
-                    &attrs,
-                    page_size.max(1),
-                    timeout,
-                    &mut collector,
-                )
-                .await?;
-        }
+        let pages = self
+            .read_bases(
+                bases,
+                &query.filter,
+                &attrs,
+                page_size,
+                timeout,
+                &mut |se| collector.add(se),
+            )
+            .await?;
         let Collector {
             entries, skipped, ..
         } = collector;
@@ -223,15 +220,35 @@ impl Directory {
         Ok(Snapshot::complete(entries, skipped, self.server.clone()))
     }
 
-    /// One base, page by page. Returns the number of pages read.
-    async fn read_base(
+    /// Every base in turn, page by page, each entry handed to `sink`. Returns the number of
+    /// pages read.
+    pub(super) async fn read_bases(
         &mut self,
-        base: &str,
-        query: &AgentQuery,
+        bases: &[String],
+        filter: &str,
         attrs: &[String],
         page_size: i32,
         timeout: Duration,
-        collector: &mut Collector<'_>,
+        sink: &mut (dyn FnMut(SearchEntry) + Send),
+    ) -> Result<usize, DirectoryError> {
+        let mut pages = 0;
+        for base in bases {
+            pages += self
+                .read_base(base, filter, attrs, page_size.max(1), timeout, sink)
+                .await?;
+        }
+        Ok(pages)
+    }
+
+    /// One base, page by page, each entry handed to `sink`. Returns the number of pages read.
+    pub(super) async fn read_base(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[String],
+        page_size: i32,
+        timeout: Duration,
+        sink: &mut (dyn FnMut(SearchEntry) + Send),
     ) -> Result<usize, DirectoryError> {
         let url = self.server.clone();
         let mut cookie: Vec<u8> = Vec::new();
@@ -250,14 +267,14 @@ impl Directory {
                 self.ldap
                     .with_controls(control)
                     .with_timeout(timeout)
-                    .streaming_search(base, Scope::Subtree, &query.filter, attrs),
+                    .streaming_search(base, Scope::Subtree, filter, attrs),
             )
             .await?;
             let mut stream = match started {
                 Ok(stream) => stream,
                 Err(LdapError::FilterParsing) => {
                     return Err(DirectoryError::InvalidFilter {
-                        filter: query.filter.clone(),
+                        filter: filter.to_string(),
                     })
                 }
                 Err(e) => return Err(op_error(&url, &what("requesting"), timeout, e)),
@@ -284,27 +301,17 @@ impl Directory {
                     cause: "an undecodable search entry".into(),
                 })?;
                 in_page += 1;
-                collector.add(se);
+                sink(se);
             }
             let result = stream.finish().await;
             if result.rc != 0 {
-                return Err(DirectoryError::Search {
-                    url,
-                    base: base.to_string(),
-                    filter: query.filter.clone(),
-                    code: result.rc,
-                    text: result.text,
-                    matched: result.matched,
-                    referrals: result.refs,
-                });
+                return Err(search_error(url, base, filter, result));
             }
             debug!(
                 base,
                 page,
                 entries = in_page,
                 references,
-                total_entries = collector.entries.len(),
-                total_skipped = collector.skipped.len(),
                 "directory page read"
             );
             match next_cookie(&result.ctrls) {
@@ -319,6 +326,51 @@ impl Directory {
                 }
             }
         }
+    }
+
+    /// Reads `attrs` of the one entry at `dn` (a base-scope search), e.g. the next slice of a
+    /// ranged attribute (`member;range=1500-*`). `None` if the server returned no entry.
+    pub(super) async fn read_entry(
+        &mut self,
+        dn: &str,
+        attrs: &[String],
+        timeout: Duration,
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
+        let url = self.server.clone();
+        let what = || format!("reading {} of `{dn}`", attrs.join(", "));
+        let filter = "(objectClass=*)";
+        let started = timed(
+            &url,
+            timeout,
+            what,
+            self.ldap
+                .with_timeout(timeout)
+                .streaming_search(dn, Scope::Base, filter, attrs),
+        )
+        .await?
+        .map_err(|e| op_error(&url, &what(), timeout, e))?;
+        let mut stream = started;
+        let mut found = None;
+        loop {
+            let item = timed(&url, timeout, what, stream.next()).await?;
+            match item {
+                Ok(Some(re)) if re.is_ref() || re.is_intermediate() => {}
+                Ok(Some(re)) => {
+                    found = Some(construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
+                        url: url.clone(),
+                        operation: what(),
+                        cause: "an undecodable search entry".into(),
+                    })?);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(op_error(&url, &what(), timeout, e)),
+            }
+        }
+        let result = stream.finish().await;
+        if result.rc != 0 {
+            return Err(search_error(url, dn, filter, result));
+        }
+        Ok(found)
     }
 
     /// Unbinds and closes the connection (best effort, within the connect timeout).
@@ -392,16 +444,16 @@ fn next_cookie(ctrls: &[Control]) -> Result<Option<Vec<u8>>, ()> {
 }
 
 /// Gathers entries across pages and bases; one entry per stable id.
-struct Collector<'q> {
+pub(super) struct Collector<'q> {
     query: &'q AgentQuery,
-    entries: Vec<Entry>,
+    pub(super) entries: Vec<Entry>,
     skipped: Vec<SkippedEntry>,
     by_id: HashMap<String, usize>,
     skipped_dns: HashSet<String>,
 }
 
 impl<'q> Collector<'q> {
-    fn new(query: &'q AgentQuery) -> Self {
+    pub(super) fn new(query: &'q AgentQuery) -> Self {
         Collector {
             query,
             entries: Vec::new(),
@@ -411,7 +463,7 @@ impl<'q> Collector<'q> {
         }
     }
 
-    fn add(&mut self, se: SearchEntry) {
+    pub(super) fn add(&mut self, se: SearchEntry) {
         match convert(se, self.query) {
             Ok(entry) => match self.by_id.get(&entry.id.0) {
                 // The same entry seen again through an overlapping base.
@@ -435,6 +487,24 @@ impl<'q> Collector<'q> {
                 }
             }
         }
+    }
+}
+
+/// A search that ended with a result code other than success.
+fn search_error(
+    url: String,
+    base: &str,
+    filter: &str,
+    result: ldap3::LdapResult,
+) -> DirectoryError {
+    DirectoryError::Search {
+        url,
+        base: base.to_string(),
+        filter: filter.to_string(),
+        code: result.rc,
+        text: result.text,
+        matched: result.matched,
+        referrals: result.refs,
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Snapshot {
     pub skipped: Vec<SkippedEntry>,
     /// The directory URL that answered.
     pub server: String,
+    /// Groups read for room rules (empty when the rules name none).
+    pub groups: super::Groups,
+    /// For each extra filter of the room rules, the agents matching it.
+    pub filter_matches: BTreeMap<String, std::collections::BTreeSet<StableId>>,
 }
 
 impl Snapshot {
@@ -91,6 +95,8 @@ impl Snapshot {
             entries,
             skipped,
             server: server.into(),
+            groups: super::Groups::default(),
+            filter_matches: BTreeMap::new(),
         }
     }
 }

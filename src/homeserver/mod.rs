@@ -6,9 +6,11 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 pub mod retry;
+pub mod rooms;
 pub mod synapse;
 
 pub use retry::Backoff;
+pub use rooms::{NewRoom, RoomState, Rooms};
 pub use synapse::SynapseClient;
 
 /// An account as the homeserver reports it.

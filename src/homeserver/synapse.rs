@@ -12,8 +12,10 @@
 //! user, so they would be refused too).
 //!
 //! Retries are bounded by `max_retries` (so a request is sent at most `max_retries + 1`
-//! times). Only idempotent requests (GET, PUT) can be sent at all, which is what makes
-//! retrying them safe. One consequence: a PUT that created an account but whose answer was
+//! times). Only requests that are safe to repeat are sent: GET, PUT, and the few POSTs whose
+//! repetition is harmless (joining a member, kicking, making the daemon room admin, creating a
+//! room with an alias — a repeat finds the alias taken and the room is resolved instead;
+//! see `rooms.rs`). One consequence: a PUT that created an account but whose answer was
 //! lost is retried and then reports [`Upserted::Updated`].
 
 use std::collections::HashSet;
@@ -31,6 +33,8 @@ use url::Url;
 use super::retry::{self, Backoff, Verdict};
 use super::{Homeserver, HomeserverError, RemoteUser, Upserted, UserChanges};
 use crate::config::HomeserverConfig;
+
+mod rooms;
 
 /// Characters left as they are in a path segment: RFC 3986 "unreserved". Everything else in
 /// an mxid (`@`, `:`, `/`, `?`, `#`, `%`, non-ASCII...) is percent-encoded.
@@ -64,7 +68,7 @@ pub struct SynapseClient {
 enum Method {
     Get,
     Put,
-    /// Only for requests whose repetition does no harm (deactivate, delete devices).
+    /// Only for requests whose repetition does no harm (deactivate, delete devices, joins).
     Post,
 }
 

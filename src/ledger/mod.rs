@@ -2,11 +2,14 @@
 //!
 //! One sled tree per concern: `meta` (schema version), `accounts` (stable id → record),
 //! `localparts` (localpart → stable id, so a localpart is never handed out twice), `audit`
-//! (every applied action), `runs` (the run journal). An applied action's account record and
-//! its audit entry are written in one transaction, so a crash leaves either both or neither.
+//! (every applied action), `runs` (the run journal); `rooms`, `room_members`, `room_powers`
+//! (see [`memberships`]). An applied action's account record and its audit entry are written
+//! in one transaction, so a crash leaves either both or neither.
 
+pub mod memberships;
 mod records;
 
+pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
 pub use records::{AccountRecord, AccountStatus, AuditEntry, Origin, RunRecord};
 
 use std::collections::BTreeMap;
@@ -63,6 +66,7 @@ pub struct LastGood {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerView {
     pub accounts: BTreeMap<StableId, AccountRecord>,
+    pub rooms: RoomsView,
 }
 
 impl Ledger {
@@ -127,7 +131,10 @@ impl Ledger {
             let record: AccountRecord = decode(&value)?;
             accounts.insert(record.id.clone(), record);
         }
-        Ok(LedgerView { accounts })
+        Ok(LedgerView {
+            accounts,
+            rooms: self.rooms_view()?,
+        })
     }
 
     pub fn account(&self, id: &StableId) -> Result<Option<AccountRecord>, LedgerError> {

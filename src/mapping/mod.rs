@@ -3,6 +3,7 @@
 
 mod departure;
 mod normalize;
+pub mod rooms;
 mod rules;
 mod template;
 
@@ -48,6 +49,8 @@ pub struct Desired {
     pub skipped: Vec<SkippedAgent>,
     /// Notes that do not stop an agent (e.g. an e-mail value that is not an address).
     pub warnings: Vec<String>,
+    /// Room and space memberships (`[[rooms]]` rules).
+    pub rooms: rooms::DesiredRooms,
 }
 
 /// Maps every entry of the snapshot as of `now` (Unix seconds, for expiry dates); a bad entry
@@ -80,6 +83,14 @@ pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules, now: i64) -> Desired {
     }
     desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
     keep_emails_unique(&mut desired);
+    // Agents who left are in no room: a departure leaves the managed rooms, a return rejoins.
+    let mapped = desired
+        .accounts
+        .iter()
+        .filter(|a| !matches!(a.state, AgentState::Departed { .. }))
+        .map(|a| a.id.clone())
+        .collect();
+    desired.rooms = rooms::map_rooms(snapshot, &rules.rooms, &mapped, &mut desired.warnings);
     desired
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::departure::DepartureRules;
+use super::rooms::{RawGroups, RawRoom, RoomRules};
 use super::template::Template;
 use crate::config::ConfigError;
 use crate::directory::IdFormat;
@@ -16,6 +17,8 @@ pub struct Rules {
     pub agent: AgentRules,
     pub account: AccountRules,
     pub departure: DepartureRules,
+    /// `[groups]` and `[[rooms]]`: room and space memberships (see `mapping::rooms`).
+    pub rooms: RoomRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,9 @@ struct RawRules {
     account: RawAccount,
     #[serde(default)]
     departure: DepartureRules,
+    groups: Option<RawGroups>,
+    #[serde(default)]
+    rooms: Vec<RawRoom>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +120,7 @@ impl Rules {
         raw.departure
             .validate()
             .map_err(|(key, message)| err(&key, message))?;
+        let rooms = RoomRules::parse(raw.groups, raw.rooms).map_err(|(k, m)| err(&k, m))?;
         Ok(Rules {
             source: path.to_path_buf(),
             agent: AgentRules {
@@ -128,6 +135,7 @@ impl Rules {
                 emails,
             },
             departure: raw.departure,
+            rooms,
         })
     }
 
@@ -140,6 +148,7 @@ impl Rules {
             .chain(self.departure.attributes())
             .chain(self.agent.login_attribute.as_deref())
             .map(str::to_string)
+            .chain(self.rooms.attributes())
             .collect();
         attrs.sort_by_key(|a| a.to_ascii_lowercase());
         attrs.dedup_by(|a, b| a.eq_ignore_ascii_case(b));

@@ -4,8 +4,11 @@
 mod actions;
 mod lifecycle;
 mod localparts;
+pub mod memberships;
 
 pub use actions::{Action, ActionKind, Change};
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -73,29 +76,82 @@ pub struct Plan {
     pub not_created: Vec<SkippedAgent>,
     pub skipped: Vec<SkippedAgent>,
     pub warnings: Vec<String>,
+    /// Room and space memberships; they run after the account actions.
+    pub rooms: memberships::RoomPlan,
 }
 
 impl Plan {
     /// True when applying would write to the homeserver.
     pub fn has_changes(&self) -> bool {
-        !self.actions.is_empty()
+        !self.actions.is_empty() || self.rooms.has_changes()
     }
 
     pub fn count(&self, kind: ActionKind) -> usize {
         self.actions.iter().filter(|a| a.kind() == kind).count()
     }
 
-    /// Actions that take something away (suspend, lock, deactivate): what the brake counts.
+    /// Actions that take something away (suspend, lock, deactivate; room removals and power
+    /// levels lowered): what the brake counts.
     pub fn departures(&self) -> usize {
         self.actions
             .iter()
             .filter(|a| a.kind().is_departure())
             .count()
+            + self.rooms.removals()
     }
 }
 
-/// Diffs what the directory wants against what the ledger says was applied.
+/// Diffs what the directory wants against what the ledger says was applied. Rooms are planned
+/// from the ledger alone: see [`plan_with_rooms`].
 pub fn plan(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Plan {
+    plan_with_rooms(desired, ledger, policy, &memberships::Observed::new(), None)
+}
+
+/// [`plan`], with the rooms as the homeserver has them (`observed`) and the daemon's own
+/// user (never removed from a room).
+pub fn plan_with_rooms(
+    desired: &Desired,
+    ledger: &LedgerView,
+    policy: &Policy,
+    observed: &memberships::Observed,
+    daemon: Option<&str>,
+) -> Plan {
+    let mut result = plan_accounts(desired, ledger, policy);
+    let mut mxids: BTreeMap<StableId, String> = ledger
+        .accounts
+        .values()
+        .map(|r| (r.id.clone(), r.mxid.clone()))
+        .collect();
+    for action in &result.actions {
+        if let Action::CreateAccount { id, mxid, .. } = action {
+            mxids.insert(id.clone(), mxid.clone());
+        }
+    }
+    let present = desired.accounts.iter().map(|a| a.id.clone()).collect();
+    let departed = desired
+        .accounts
+        .iter()
+        .filter(|a| matches!(a.state, AgentState::Departed { .. }))
+        .map(|a| a.id.clone())
+        .collect();
+    let skipped = desired
+        .skipped
+        .iter()
+        .filter_map(|s| s.id.clone())
+        .collect();
+    let ctx = memberships::Context {
+        mxids: &mxids,
+        present: &present,
+        departed: &departed,
+        skipped: &skipped,
+        observed,
+        daemon,
+    };
+    result.rooms = memberships::plan_rooms(&desired.rooms, &ledger.rooms, ctx);
+    result
+}
+
+fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Plan {
     let mut plan = Plan {
         skipped: desired.skipped.clone(),
         warnings: desired.warnings.clone(),

@@ -50,6 +50,7 @@ fn ledger(records: Vec<AccountRecord>) -> LedgerView {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect::<BTreeMap<_, _>>(),
+        ..LedgerView::default()
     }
 }
 

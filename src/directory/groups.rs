@@ -1,0 +1,452 @@
+//! Reading groups, complete or not at all, and resolving nested groups.
+//!
+//! Members come from groupOfNames `member`, groupOfUniqueNames `uniqueMember` (an optional
+//! `#'…'B` uid suffix is dropped), AD `group` `member` (DNs) and posixGroup `memberUid`
+//! (logins). Active Directory sends at most `MaxValRange` values of a large attribute at once,
+//! named `member;range=0-1499`; the rest is asked for slice by slice (`member;range=1500-*`)
+//! until a slice ends with `*`. A group whose slices stop short is an
+//! [`DirectoryError::IncompleteGroup`], never a smaller group: a group read in part would look
+//! like people leaving.
+//!
+//! Nested groups are resolved here, transitively, from the groups read (a member DN that is a
+//! group's DN is that group's members); cycles are cut and reported.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use ldap3::SearchEntry;
+use tracing::{debug, info};
+
+use super::error::DirectoryError;
+use super::reader::Directory;
+
+/// Which entries are groups and which of their attributes list members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupQuery {
+    /// LDAP filter selecting groups.
+    pub filter: String,
+    /// Where groups are searched (subtree). Empty: the directory's base DNs.
+    pub bases: Vec<String>,
+    /// Member attributes; `memberUid` values are logins, every other one holds DNs.
+    pub member_attributes: Vec<String>,
+}
+
+impl GroupQuery {
+    /// groupOfNames, groupOfUniqueNames, posixGroup and AD groups.
+    pub const DEFAULT_FILTER: &'static str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)(objectClass=group))";
+
+    pub fn default_member_attributes() -> Vec<String> {
+        ["member", "uniqueMember", "memberUid"]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
+/// One group as read: its direct members, in the order the directory gave them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Group {
+    pub dn: String,
+    /// Member DNs (`member`, `uniqueMember`): agents or other groups.
+    pub members: Vec<String>,
+    /// posixGroup `memberUid` values: logins, matched against the agents' uid attribute.
+    pub member_uids: Vec<String>,
+}
+
+/// A resolved member: an entry DN (normalized, see [`normalize_dn`]) or a login.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Member {
+    Dn(String),
+    Uid(String),
+}
+
+/// The transitive members of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Each member with the groups it was found through, from the asked group down to the
+    /// one that lists it directly (one group for a direct member).
+    pub members: BTreeMap<Member, Vec<String>>,
+    /// Cycles met and cut, e.g. "cn=a → cn=b → cn=a".
+    pub cycles: Vec<String>,
+}
+
+/// Every group read, by normalized DN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Groups {
+    by_dn: BTreeMap<String, Group>,
+}
+
+impl Groups {
+    pub fn new(groups: impl IntoIterator<Item = Group>) -> Groups {
+        Groups {
+            by_dn: groups
+                .into_iter()
+                .map(|g| (normalize_dn(&g.dn), g))
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_dn.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_dn.is_empty()
+    }
+
+    /// The group at `dn` (any case and spacing).
+    pub fn get(&self, dn: &str) -> Option<&Group> {
+        self.by_dn.get(&normalize_dn(dn))
+    }
+
+    /// Every member of `dn`, nested groups followed (breadth first, so each member comes with
+    /// its shortest chain of groups). `None` if no such group was read.
+    pub fn resolve(&self, dn: &str) -> Option<Resolved> {
+        let root = normalize_dn(dn);
+        self.by_dn.get(&root)?;
+        let mut out = Resolved::default();
+        let mut seen: BTreeSet<String> = BTreeSet::from([root.clone()]);
+        let mut queue: VecDeque<(String, Vec<String>)> = VecDeque::from([(root, Vec::new())]);
+        while let Some((key, path)) = queue.pop_front() {
+            let Some(group) = self.by_dn.get(&key) else {
+                continue;
+            };
+            let mut path = path;
+            path.push(group.dn.clone());
+            for dn in &group.members {
+                let member = normalize_dn(dn);
+                if self.by_dn.contains_key(&member) {
+                    if seen.insert(member.clone()) {
+                        queue.push_back((member, path.clone()));
+                    } else if path.iter().any(|p| normalize_dn(p) == member) {
+                        let mut chain = path.clone();
+                        chain.push(dn.clone());
+                        out.cycles.push(chain.join(" → "));
+                    }
+                } else {
+                    out.members
+                        .entry(Member::Dn(member))
+                        .or_insert_with(|| path.clone());
+                }
+            }
+            for uid in &group.member_uids {
+                out.members
+                    .entry(Member::Uid(uid.clone()))
+                    .or_insert_with(|| path.clone());
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A DN in one comparable form: lowercase, no spaces around `,` and `=` (escaped ones kept).
+pub fn normalize_dn(dn: &str) -> String {
+    let mut out = String::with_capacity(dn.len());
+    let mut escaped = false;
+    let mut skip_spaces = true;
+    for c in dn.chars() {
+        if escaped {
+            out.extend(c.to_lowercase());
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => {
+                out.push(c);
+                escaped = true;
+                skip_spaces = false;
+            }
+            ',' | '=' | '+' => {
+                let trimmed = out.trim_end_matches(' ').len();
+                out.truncate(trimmed);
+                out.push(c);
+                skip_spaces = true;
+            }
+            ' ' if skip_spaces => {}
+            c => {
+                out.extend(c.to_lowercase());
+                skip_spaces = false;
+            }
+        }
+    }
+    let trimmed = out.trim_end_matches(' ').len();
+    out.truncate(trimmed);
+    out
+}
+
+/// `member;range=0-1499` → the attribute `member`, values 0 to 1499 (`end: None` for `*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Range {
+    pub attr: String,
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+pub(crate) fn parse_range(name: &str) -> Option<Range> {
+    let mut parts = name.split(';');
+    let attr = parts.next()?.to_string();
+    for option in parts {
+        let Some(bounds) = option
+            .to_ascii_lowercase()
+            .strip_prefix("range=")
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let (start, end) = bounds.split_once('-')?;
+        let start = start.parse().ok()?;
+        let end = match end {
+            "*" => None,
+            n => Some(n.parse().ok()?),
+        };
+        return Some(Range { attr, start, end });
+    }
+    None
+}
+
+/// Reads one slice of a ranged attribute of one entry.
+pub(crate) trait SliceReader {
+    /// The entry's attributes (names as the server sent them) when asking `dn` for `request`,
+    /// e.g. `member;range=1500-*`.
+    async fn read_slice(
+        &mut self,
+        dn: &str,
+        request: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, DirectoryError>;
+
+    fn server(&self) -> String;
+}
+
+/// Asks for the slices after `first` until one ends with `*`; returns those values, in order.
+/// A slice missing, starting elsewhere than asked, or empty without being the last one is an
+/// incomplete group.
+pub(crate) async fn follow_ranges<R: SliceReader>(
+    reader: &mut R,
+    dn: &str,
+    first: &Range,
+) -> Result<Vec<String>, DirectoryError> {
+    let mut values = Vec::new();
+    let mut end = first.end;
+    let incomplete = |reason: String, reader: &R| DirectoryError::IncompleteGroup {
+        url: reader.server(),
+        group: dn.to_string(),
+        reason,
+    };
+    while let Some(last) = end {
+        let next = last + 1;
+        let request = format!("{};range={next}-*", first.attr);
+        let attrs = reader.read_slice(dn, &request).await?;
+        let slice = attrs.into_iter().find_map(|(name, vals)| {
+            parse_range(&name)
+                .filter(|r| r.attr.eq_ignore_ascii_case(&first.attr))
+                .map(|r| (r, vals))
+        });
+        match slice {
+            None => {
+                return Err(incomplete(
+                    format!(
+                        "asked for `{request}`, the server sent no such slice (after {next} values)"
+                    ),
+                    reader,
+                ))
+            }
+            Some((r, _)) if r.start != next => {
+                return Err(incomplete(
+                    format!(
+                        "asked for `{request}`, the server sent values from {}",
+                        r.start
+                    ),
+                    reader,
+                ))
+            }
+            Some((r, vals)) => {
+                if r.end.is_some() && vals.is_empty() {
+                    return Err(incomplete(
+                        format!("`{request}` came back empty but not as the last slice"),
+                        reader,
+                    ));
+                }
+                values.extend(vals);
+                end = r.end;
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// A group as found in a search page, before its ranged attributes are followed.
+struct Partial {
+    group: Group,
+    /// Ranged attributes still to follow, and whether they hold logins.
+    pending: Vec<(Range, bool)>,
+}
+
+fn is_uid_attribute(attr: &str) -> bool {
+    attr.eq_ignore_ascii_case("memberUid")
+}
+
+/// `cn=x,dc=y#'0101'B` (uniqueMember with its optional uid) → `cn=x,dc=y`.
+fn strip_unique_uid(value: &str) -> &str {
+    match value.rfind("#'") {
+        Some(i) if value.ends_with("'B") => &value[..i],
+        _ => value,
+    }
+}
+
+fn partial_group(se: SearchEntry, member_attributes: &[String]) -> Partial {
+    let mut partial = Partial {
+        group: Group {
+            dn: se.dn,
+            ..Group::default()
+        },
+        pending: Vec::new(),
+    };
+    let mut attrs: Vec<(String, Vec<String>)> = se.attrs.into_iter().collect();
+    attrs.sort();
+    for (name, values) in attrs {
+        let base = name.split(';').next().unwrap_or_default();
+        if !member_attributes
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(base))
+        {
+            continue;
+        }
+        let uid = is_uid_attribute(base);
+        add_values(&mut partial.group, uid, values);
+        if let Some(range) = parse_range(&name).filter(|r| r.end.is_some()) {
+            partial.pending.push((range, uid));
+        }
+    }
+    partial
+}
+
+fn add_values(group: &mut Group, uid: bool, values: Vec<String>) {
+    if uid {
+        group.member_uids.extend(values);
+    } else {
+        group.members.extend(
+            values
+                .into_iter()
+                .map(|v| strip_unique_uid(&v).trim().to_string()),
+        );
+    }
+}
+
+impl SliceReader for (&mut Directory, Duration) {
+    async fn read_slice(
+        &mut self,
+        dn: &str,
+        request: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, DirectoryError> {
+        let timeout = self.1;
+        let entry = self
+            .0
+            .read_entry(dn, &[request.to_string()], timeout)
+            .await?;
+        Ok(entry
+            .map(|e| e.attrs.into_iter().collect())
+            .unwrap_or_default())
+    }
+
+    fn server(&self) -> String {
+        self.0.server().to_string()
+    }
+}
+
+impl Directory {
+    /// Reads every group matching `query.filter` under each of `bases` (paged, complete or
+    /// error), following ranged member attributes to their end.
+    pub async fn read_groups(
+        &mut self,
+        bases: &[String],
+        query: &GroupQuery,
+        page_size: i32,
+        timeout: Duration,
+    ) -> Result<Groups, DirectoryError> {
+        let mut attrs: Vec<String> = query.member_attributes.clone();
+        attrs.push("cn".into());
+        let mut partials: Vec<Partial> = Vec::new();
+        let pages = self
+            .read_bases(
+                bases,
+                &query.filter,
+                &attrs,
+                page_size,
+                timeout,
+                &mut |se| partials.push(partial_group(se, &query.member_attributes)),
+            )
+            .await?;
+        let mut groups = Vec::with_capacity(partials.len());
+        let mut ranged = 0;
+        for Partial { mut group, pending } in partials {
+            for (range, uid) in pending {
+                ranged += 1;
+                let rest = follow_ranges(&mut (&mut *self, timeout), &group.dn, &range).await?;
+                debug!(group = %group.dn, attr = %range.attr, more = rest.len(), "ranged attribute followed");
+                add_values(&mut group, uid, rest);
+            }
+            groups.push(group);
+        }
+        info!(
+            groups = groups.len(),
+            ranged,
+            pages,
+            server = %self.server(),
+            "directory groups complete"
+        );
+        Ok(Groups::new(groups))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
+
+/// What room rules need read besides the agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomSources {
+    /// Groups, if any rule names one.
+    pub groups: Option<GroupQuery>,
+    /// Extra LDAP filters whose matching agents the rules want.
+    pub filters: Vec<String>,
+}
+
+/// Connects to `cfg.urls` (failover), reads the agents of every base of `cfg.base_dns`, then
+/// what `extra` asks for (groups under their bases or the same ones; agents matching each
+/// filter), then closes. Every search is complete or the whole read is an error.
+pub async fn read_snapshot_with(
+    cfg: &crate::config::DirectoryConfig,
+    agents: &super::AgentQuery,
+    extra: &RoomSources,
+) -> Result<super::Snapshot, DirectoryError> {
+    let mut dir = Directory::connect(cfg).await?;
+    let result = async {
+        let mut snapshot = dir
+            .read_snapshot(&cfg.base_dns, agents, cfg.page_size, cfg.timeout)
+            .await?;
+        if let Some(query) = &extra.groups {
+            let bases = if query.bases.is_empty() {
+                &cfg.base_dns
+            } else {
+                &query.bases
+            };
+            snapshot.groups = dir
+                .read_groups(bases, query, cfg.page_size, cfg.timeout)
+                .await?;
+        }
+        if !extra.filters.is_empty() {
+            snapshot.filter_matches = dir
+                .read_filter_matches(
+                    &cfg.base_dns,
+                    agents,
+                    &extra.filters,
+                    cfg.page_size,
+                    cfg.timeout,
+                )
+                .await?;
+        }
+        Ok(snapshot)
+    }
+    .await;
+    dir.close().await;
+    result
+}
