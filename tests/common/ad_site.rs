@@ -1,0 +1,143 @@
+//! One test's corner of the shared Samba AD DC and Synapse, with the Active Directory preset:
+//! its own OU and its own tag, carried by every `sAMAccountName` it creates (`<name>-<tag>`),
+//! so its localparts (`{sAMAccountName|localpart}`) are its own. Derefs to its [`Daemon`].
+
+use std::sync::RwLockReadGuard;
+
+use super::samba::{unicode_pwd, SambaDc};
+use super::site::{Daemon, DirectoryDefaults, Settings};
+
+/// The password every agent gets (strong enough for the default password policy).
+pub const AGENT_PASSWORD: &str = "Agent-Passw0rd!";
+
+pub struct AdSite {
+    pub dc: &'static SambaDc,
+    /// `OU=<name>-<n>-<pid>,DC=samdom,DC=test`
+    pub ou: String,
+    daemon: Daemon,
+    _running: RwLockReadGuard<'static, ()>,
+}
+
+impl std::ops::Deref for AdSite {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+/// An AD agent as the tests create it.
+#[derive(Clone, Copy, Default)]
+pub struct Agent<'a> {
+    /// The sAMAccountName before the tag (keep it short: AD allows 20 characters in all).
+    pub name: &'a str,
+    pub given: &'a str,
+    pub sn: &'a str,
+    pub department: Option<&'a str>,
+    pub mail: Option<&'a str>,
+}
+
+impl AdSite {
+    /// A new OU on the shared DC; the site holds the DC running for its lifetime.
+    pub fn new(name: &str) -> AdSite {
+        let dc = SambaDc::shared();
+        let running = dc.shared_use();
+        let site = AdSite {
+            dc,
+            ou: dc.new_ou(name),
+            daemon: Daemon::fresh(),
+            _running: running,
+        };
+        site.configure(&Settings::default());
+        site
+    }
+
+    /// What the config gets unless `Settings` says otherwise: LDAPS to `localhost` with the
+    /// test CA, bound as the service account's UPN, the site's OU, the AD preset.
+    pub fn defaults(&self) -> DirectoryDefaults {
+        DirectoryDefaults {
+            url: self.dc.ldaps_url.clone(),
+            bind: (self.dc.sync_upn.clone(), self.dc.sync_password.clone()),
+            base: self.ou.clone(),
+            ca_file: Some(self.dc.ca_file.clone()),
+            preset: "active-directory.toml",
+            preset_filter: "(&(objectClass=user)(objectCategory=person))",
+        }
+    }
+
+    /// (Re)writes config.toml, the mapping and the secret files.
+    pub fn configure(&self, settings: &Settings) {
+        self.daemon.configure(&self.defaults(), settings);
+    }
+
+    /// The sAMAccountName of `name` in this site: `<name>-<tag>`; its mxid is `self.mxid(name)`.
+    pub fn sam(&self, name: &str) -> String {
+        format!("{name}-{}", self.tag)
+    }
+
+    /// Adds an enabled user (`userAccountControl` 512, with a password) in the site's OU, as
+    /// `CN=<given> <sn>`; `extra`: more LDIF attribute lines.
+    pub fn add_agent_with(&self, agent: Agent<'_>, extra: &str) {
+        let sam = self.sam(agent.name);
+        let mut ldif = format!(
+            "dn: CN={given} {sn},{ou}\nobjectClass: user\nsAMAccountName: {sam}\n\
+             userPrincipalName: {sam}@{domain}\ngivenName: {given}\nsn: {sn}\n\
+             displayName: {given} {sn}\nunicodePwd:: {pwd}\nuserAccountControl: 512\n",
+            given = agent.given,
+            sn = agent.sn,
+            ou = self.ou,
+            domain = self.dc.dns_domain,
+            pwd = unicode_pwd(AGENT_PASSWORD),
+        );
+        if let Some(dept) = agent.department {
+            ldif.push_str(&format!("department: {dept}\n"));
+        }
+        if let Some(mail) = agent.mail {
+            ldif.push_str(&format!("mail: {mail}\n"));
+        }
+        ldif.push_str(extra);
+        self.dc.add_ldif(&ldif);
+    }
+
+    pub fn add_agent(&self, agent: Agent<'_>) {
+        self.add_agent_with(agent, "");
+    }
+
+    /// The current DN of agent `name` (looked up by sAMAccountName).
+    pub fn dn(&self, name: &str) -> String {
+        let out = self.dc.search(
+            &self.dc.base_dn,
+            &format!("(sAMAccountName={})", self.sam(name)),
+            &["1.1"],
+        );
+        out.lines()
+            .find_map(|l| l.strip_prefix("dn: "))
+            .unwrap_or_else(|| panic!("no entry with sAMAccountName {}: {out}", self.sam(name)))
+            .to_string()
+    }
+
+    /// Replaces (or with no values, deletes) an attribute of agent `name`.
+    pub fn set_attr(&self, name: &str, attr: &str, values: &[&str]) {
+        let mut ldif = format!(
+            "dn: {}\nchangetype: modify\nreplace: {attr}\n",
+            self.dn(name)
+        );
+        for v in values {
+            ldif.push_str(&format!("{attr}: {v}\n"));
+        }
+        self.dc.modify_ldif(&ldif);
+    }
+
+    /// The objectGUID of agent `name` as `ldbsearch` shows it (Samba's string form).
+    pub fn guid(&self, name: &str) -> String {
+        let out = self.dc.ldbsearch(
+            &self.ou,
+            &format!("(sAMAccountName={})", self.sam(name)),
+            &["objectGUID"],
+        );
+        out.lines()
+            .find_map(|l| l.strip_prefix("objectGUID: "))
+            .unwrap_or_else(|| panic!("no objectGUID for {}: {out}", self.sam(name)))
+            .trim()
+            .to_string()
+    }
+}
