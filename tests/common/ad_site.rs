@@ -2,7 +2,7 @@
 //! its own OU and its own tag, carried by every `sAMAccountName` it creates (`<name>-<tag>`),
 //! so its localparts (`{sAMAccountName|localpart}`) are its own. Derefs to its [`Daemon`].
 
-use std::sync::RwLockReadGuard;
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use super::samba::{unicode_pwd, SambaDc};
 use super::site::{Daemon, DirectoryDefaults, Settings};
@@ -15,7 +15,13 @@ pub struct AdSite {
     /// `OU=<name>-<n>-<pid>,DC=samdom,DC=test`
     pub ou: String,
     daemon: Daemon,
-    _running: RwLockReadGuard<'static, ()>,
+    _guard: Guard,
+}
+
+/// How a site holds the shared DC: running for everyone, or all to itself.
+enum Guard {
+    Shared(RwLockReadGuard<'static, ()>),
+    Exclusive(RwLockWriteGuard<'static, ()>),
 }
 
 impl std::ops::Deref for AdSite {
@@ -40,12 +46,21 @@ impl AdSite {
     /// A new OU on the shared DC; the site holds the DC running for its lifetime.
     pub fn new(name: &str) -> AdSite {
         let dc = SambaDc::shared();
-        let running = dc.shared_use();
+        AdSite::with_guard(dc, name, Guard::Shared(dc.shared_use()))
+    }
+
+    /// A site that has the DC to itself (no other AD test runs meanwhile): it may stop it.
+    pub fn exclusive(name: &str) -> AdSite {
+        let dc = SambaDc::shared();
+        AdSite::with_guard(dc, name, Guard::Exclusive(dc.exclusive()))
+    }
+
+    fn with_guard(dc: &'static SambaDc, name: &str, guard: Guard) -> AdSite {
         let site = AdSite {
             dc,
             ou: dc.new_ou(name),
             daemon: Daemon::fresh(),
-            _running: running,
+            _guard: guard,
         };
         site.configure(&Settings::default());
         site
@@ -127,6 +142,30 @@ impl AdSite {
         self.dc.modify_ldif(&ldif);
     }
 
+    /// Stops the DC until the returned guard is dropped (only on an `exclusive` site).
+    pub fn stop_dc(&self) -> StoppedDc {
+        assert!(
+            matches!(self._guard, Guard::Exclusive(_)),
+            "stop the DC only from an AdSite::exclusive site"
+        );
+        self.dc.stop();
+        StoppedDc { dc: self.dc }
+    }
+
+    /// Binds `times` as agent `name` with a wrong password (LDAPS), as a user mistyping it.
+    pub fn bad_binds(&self, name: &str, times: usize) {
+        for _ in 0..times {
+            let (code, _) = self.dc.bind_as(
+                &format!("{}@{}", self.sam(name), self.dc.dns_domain),
+                "Wrong-Passw0rd!",
+            );
+            assert_eq!(
+                code, 49,
+                "a wrong password must fail with invalidCredentials"
+            );
+        }
+    }
+
     /// The objectGUID of agent `name` as `ldbsearch` shows it (Samba's string form).
     pub fn guid(&self, name: &str) -> String {
         let out = self.dc.ldbsearch(
@@ -139,5 +178,16 @@ impl AdSite {
             .unwrap_or_else(|| panic!("no objectGUID for {}: {out}", self.sam(name)))
             .trim()
             .to_string()
+    }
+}
+
+/// The DC is stopped while this lives; dropping it starts the DC again (also when a test fails).
+pub struct StoppedDc {
+    dc: &'static SambaDc,
+}
+
+impl Drop for StoppedDc {
+    fn drop(&mut self) {
+        self.dc.start_again();
     }
 }

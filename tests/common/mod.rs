@@ -6,6 +6,7 @@
 //! outlives the test binary, whatever way it ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod accounts;
 pub mod ad_site;
 pub mod process;
 pub mod samba;

@@ -5,7 +5,8 @@
 //!
 //! Provisioning takes seconds, so it is done once and cached under
 //! `target/tmp/samba-provision/<key>` (the key names the harness version and Samba's); each
-//! test binary copies it. AD ports are fixed (389, 636, 3268): one DC per machine, one per test
+//! test binary copies it. The domain has a lockout policy (3 wrong passwords) and a plain
+//! domain user `svc-matrix` as the sync service account. AD ports are fixed (389, 636, 3268): one DC per machine, one per test
 //! binary, shared by its tests. Tests that stop the DC take [`SambaDc::exclusive`]; the others
 //! hold [`SambaDc::shared_use`] (an `AdSite` does) so they never see it stopped.
 
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 const SAMBA: &str = "/usr/sbin/samba";
 /// Change when the provisioned content changes, so cached copies are not reused.
-const PROVISION_VERSION: &str = "v1";
+const PROVISION_VERSION: &str = "v2";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const REALM: &str = "SAMDOM.TEST";
 const DOMAIN: &str = "SAMDOM";
@@ -201,6 +202,61 @@ impl SambaDc {
         self.ldap_tool("ldapsearch", &args, None)
     }
 
+    /// A simple bind over LDAPS as `who` (UPN or DN): (ldapwhoami-style exit code: 0 ok,
+    /// 49 invalid credentials, …; output).
+    pub fn bind_as(&self, who: &str, password: &str) -> (i32, String) {
+        let out = std::process::Command::new("ldapsearch")
+            .args(["-x", "-H", "ldaps://127.0.0.1", "-D", who, "-w", password])
+            .args(["-s", "base", "-b", "", "(objectClass=*)", "1.1"])
+            .env("LDAPTLS_CACERT", &self.ca_file)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ldapsearch: {e}"));
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Restores a deleted object (tombstone reanimation, as AD admins do without a Recycle Bin):
+    /// with the Show Deleted control, remove `isDeleted` and give it back `dn`.
+    pub fn restore_deleted(&self, guid: &str, dn: &str) {
+        let sam = self.sam_ldb();
+        let deleted_objects = format!("CN=Deleted Objects,{}", self.base_dn);
+        let out = run_env(
+            &[
+                "ldbsearch",
+                "-H",
+                &sam,
+                "--show-deleted",
+                "-b",
+                &deleted_objects,
+                "(isDeleted=TRUE)",
+                "objectGUID",
+            ],
+            None,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut tombstone = None;
+        let mut current = None;
+        for line in out.lines() {
+            if let Some(d) = line.strip_prefix("dn: ") {
+                current = Some(d.to_string());
+            } else if line.strip_prefix("objectGUID: ") == Some(guid) {
+                tombstone = current.clone();
+            }
+        }
+        let tombstone =
+            tombstone.unwrap_or_else(|| panic!("no deleted object with objectGUID {guid}: {out}"));
+        self.ldap_tool(
+            "ldapmodify",
+            &["-e", "!1.2.840.113556.1.4.417"],
+            Some(&format!(
+                "dn: {tombstone}\nchangetype: modify\ndelete: isDeleted\n-\n\
+                 replace: distinguishedName\ndistinguishedName: {dn}\n-\n"
+            )),
+        );
+    }
+
     /// `ldbsearch` straight on the DC's `sam.ldb`: Samba's own view, which shows `objectGUID`
     /// in its string form.
     pub fn ldbsearch(&self, base: &str, filter: &str, attrs: &[&str]) -> String {
@@ -327,7 +383,9 @@ fn provisioned() -> Result<(PathBuf, Option<Duration>), String> {
             .trim_start_matches("Version ")
             .replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_")
     );
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tmp = option_env!("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::repo_root().join("target/tmp"));
     let cache = tmp.join("samba-provision").join(&key);
     let dc = cache.join("dc");
     if dc.join("ready").exists() {
@@ -378,6 +436,22 @@ fn provisioned() -> Result<(PathBuf, Option<Duration>), String> {
             SYNC_USER,
             SYNC_PASSWORD,
             "--description=matrix-ldap-sync service account",
+            "-H",
+            &sam,
+            "-s",
+            &conf,
+        ],
+        None,
+        &[],
+    )?;
+    // A lockout policy, so a test can lock an account out with wrong passwords.
+    run_env(
+        &[
+            "samba-tool",
+            "domain",
+            "passwordsettings",
+            "set",
+            "--account-lockout-threshold=3",
             "-H",
             &sam,
             "-s",
