@@ -336,11 +336,7 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
     let (anne, paul) = (site.mxid("anne"), site.mxid("paul"));
 
     site.dc.samba_tool(&["user", "disable", &site.sam("anne")]);
-    let out = site.dc.search(
-        &site.ou,
-        &format!("(sAMAccountName={})", site.sam("anne")),
-        &["userAccountControl"],
-    );
+    let out = site.attrs("anne", &["userAccountControl"]);
     assert!(out.contains("userAccountControl: 514"), "{out}");
 
     let (code, plan) = site.plan_json_with(&["--now", &at(T0 + DAY)]);
@@ -362,9 +358,8 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
 fn a_locked_out_agent_is_not_a_departure() {
     let site = departures_site("lockout");
     site.bad_binds("anne", 3);
-    let out = site.dc.search(
-        &site.ou,
-        &format!("(sAMAccountName={})", site.sam("anne")),
+    let out = site.attrs(
+        "anne",
         &["userAccountControl", "msDS-User-Account-Control-Computed"],
     );
     assert!(

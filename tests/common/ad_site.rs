@@ -119,15 +119,13 @@ impl AdSite {
 
     /// The current DN of agent `name` (looked up by sAMAccountName).
     pub fn dn(&self, name: &str) -> String {
-        let out = self.dc.search(
-            &self.dc.base_dn,
-            &format!("(sAMAccountName={})", self.sam(name)),
-            &["1.1"],
-        );
-        out.lines()
-            .find_map(|l| l.strip_prefix("dn: "))
-            .unwrap_or_else(|| panic!("no entry with sAMAccountName {}: {out}", self.sam(name)))
-            .to_string()
+        first_value(&self.attrs(name, &["1.1"]), "dn", &self.sam(name))
+    }
+
+    /// Agent `name`'s entry (LDIF, as Administrator sees it) with the attributes asked for.
+    pub fn attrs(&self, name: &str, attrs: &[&str]) -> String {
+        let filter = format!("(sAMAccountName={})", self.sam(name));
+        self.dc.search(&self.dc.base_dn, &filter, attrs)
     }
 
     /// Replaces (or with no values, deletes) an attribute of agent `name`.
@@ -168,17 +166,20 @@ impl AdSite {
 
     /// The objectGUID of agent `name` as `ldbsearch` shows it (Samba's string form).
     pub fn guid(&self, name: &str) -> String {
-        let out = self.dc.ldbsearch(
-            &self.ou,
-            &format!("(sAMAccountName={})", self.sam(name)),
-            &["objectGUID"],
-        );
-        out.lines()
-            .find_map(|l| l.strip_prefix("objectGUID: "))
-            .unwrap_or_else(|| panic!("no objectGUID for {}: {out}", self.sam(name)))
-            .trim()
-            .to_string()
+        let filter = format!("(sAMAccountName={})", self.sam(name));
+        let out = self.dc.ldbsearch(&self.ou, &filter, &["objectGUID"]);
+        first_value(&out, "objectGUID", &self.sam(name))
     }
+}
+
+/// The value of the first `<attr>: ` line of an LDIF text, or a panic naming whose it is.
+fn first_value(ldif: &str, attr: &str, whose: &str) -> String {
+    let prefix = format!("{attr}: ");
+    ldif.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {attr} for {whose}: {ldif}"))
+        .trim()
+        .to_string()
 }
 
 /// The DC is stopped while this lives; dropping it starts the DC again (also when a test fails).

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod ad_site;
+pub mod pki;
 pub mod process;
 pub mod samba;
 pub mod site;

@@ -6,10 +6,11 @@
 //! Provisioning takes seconds, so it is done once and cached under
 //! `target/tmp/samba-provision/<key>` (the key names the harness version and Samba's); each
 //! test binary copies it. The domain has a lockout policy (3 wrong passwords) and a plain
-//! domain user `svc-matrix` as the sync service account. AD ports are fixed (389, 636, 3268): one DC per machine, one per test
-//! binary, shared by its tests. Tests that stop the DC take [`SambaDc::exclusive`]; the others
+//! domain user `svc-matrix` as the sync service account. AD ports are fixed (389, 636, 3268):
+//! one DC per machine, one per test binary, shared by its tests. Tests that stop the DC take [`SambaDc::exclusive`]; the others
 //! hold [`SambaDc::shared_use`] (an `AdSite` does) so they never see it stopped.
 
+use super::pki::{base64, TestPki};
 use super::process::{run_env, scratch_dir, Server};
 use super::{require_installed, unique};
 use std::net::TcpStream;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 const SAMBA: &str = "/usr/sbin/samba";
 /// Change when the provisioned content changes, so cached copies are not reused.
-const PROVISION_VERSION: &str = "v2";
+const PROVISION_VERSION: &str = "v3";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const REALM: &str = "SAMDOM.TEST";
 const DOMAIN: &str = "SAMDOM";
@@ -53,7 +54,6 @@ pub struct SambaDc {
     /// From `samba` started to LDAPS answering a search.
     pub started_in: Duration,
     server: Server,
-    smb_conf: PathBuf,
     lock: RwLock<()>,
     /// The copy of the provisioned domain: `etc/smb.conf`, `private/sam.ldb`, `tls/`.
     pub dir: tempfile::TempDir,
@@ -145,7 +145,6 @@ impl SambaDc {
             provisioned_in,
             started_in,
             server,
-            smb_conf,
             lock: RwLock::new(()),
             dir,
         })
@@ -275,12 +274,7 @@ impl SambaDc {
 
     /// `samba-tool <args>` on this DC's database (as its administrator would on the DC).
     pub fn samba_tool(&self, args: &[&str]) -> String {
-        let sam = self.sam_ldb();
-        let conf = self.smb_conf.to_string_lossy();
-        let mut argv = vec!["samba-tool"];
-        argv.extend_from_slice(args);
-        argv.extend_from_slice(&["-H", &sam, "-s", &conf]);
-        run_env(&argv, None, &[]).unwrap_or_else(|e| panic!("{}", self.server.failure(&e)))
+        samba_tool_on(&self.root(), args).unwrap_or_else(|e| panic!("{}", self.server.failure(&e)))
     }
 
     /// Creates `OU=<name>-<n>-<pid>,DC=samdom,DC=test` and returns its DN.
@@ -310,24 +304,9 @@ impl SambaDc {
 
 /// The AD `unicodePwd` value of a password: the quoted password in UTF-16LE, base64 (for `::`).
 pub fn unicode_pwd(password: &str) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let quoted = format!("\"{password}\"");
     let bytes: Vec<u8> = quoted.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64(bytes)
 }
 
 /// Fails with a clear message when something already listens on an AD port.
@@ -426,41 +405,29 @@ fn provisioned() -> Result<(PathBuf, Option<Duration>), String> {
         None,
         &[],
     )?;
-    let sam = format!("{targetdir}/private/sam.ldb");
-    let conf = format!("{targetdir}/etc/smb.conf");
-    run_env(
+    samba_tool_on(
+        &target,
         &[
-            "samba-tool",
             "user",
             "create",
             SYNC_USER,
             SYNC_PASSWORD,
             "--description=matrix-ldap-sync service account",
-            "-H",
-            &sam,
-            "-s",
-            &conf,
         ],
-        None,
-        &[],
     )?;
     // A lockout policy, so a test can lock an account out with wrong passwords.
-    run_env(
+    samba_tool_on(
+        &target,
         &[
-            "samba-tool",
             "domain",
             "passwordsettings",
             "set",
             "--account-lockout-threshold=3",
-            "-H",
-            &sam,
-            "-s",
-            &conf,
         ],
-        None,
-        &[],
     )?;
-    make_certificates(&target.join("tls"))?;
+    let tls = target.join("tls");
+    std::fs::create_dir_all(&tls).map_err(|e| format!("mkdir {}: {e}", tls.display()))?;
+    TestPki::new(&tls, "DNS:localhost,IP:127.0.0.1");
     // The provisioned smb.conf names the work directory: remember it for `write_smb_conf`.
     std::fs::write(target.join("provisioned-at"), &targetdir)
         .map_err(|e| format!("write provisioned-at: {e}"))?;
@@ -478,70 +445,14 @@ fn provisioned() -> Result<(PathBuf, Option<Duration>), String> {
     Ok((dc, Some(began.elapsed())))
 }
 
-/// A test CA and a DC certificate it signs, valid for `localhost` and `127.0.0.1`.
-fn make_certificates(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let ext = p("dc.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .map_err(|e| format!("write {ext}: {e}"))?;
-    let openssl = |args: &[&str]| {
-        let mut argv = vec!["openssl"];
-        argv.extend_from_slice(args);
-        run_env(&argv, None, &[]).map(drop)
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=matrix-ldap-sync test CA",
-    ])?;
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &p("dc.key"),
-        "-out",
-        &p("dc.csr"),
-        "-subj",
-        "/CN=dc1.samdom.test",
-    ])?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("dc.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-out",
-        &p("dc.pem"),
-        "-days",
-        "3650",
-        "-extfile",
-        &ext,
-    ])?;
-    // Samba refuses a key file others can read.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p("dc.key"), std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod dc.key: {e}"))
+/// `samba-tool <args>` on the domain database under `root` (`private/sam.ldb`, `etc/smb.conf`).
+fn samba_tool_on(root: &Path, args: &[&str]) -> Result<String, String> {
+    let sam = root.join("private/sam.ldb").to_string_lossy().into_owned();
+    let conf = root.join("etc/smb.conf").to_string_lossy().into_owned();
+    let mut argv = vec!["samba-tool"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["-H", &sam, "-s", &conf]);
+    run_env(&argv, None, &[])
 }
 
 /// The provisioned smb.conf moved to `root`, LDAP only, with the test CA's certificate.
@@ -563,8 +474,8 @@ fn write_smb_conf(root: &Path, smb_conf: &Path) -> Result<(), String> {
         if line.trim() == "[global]" {
             out.push_str(&format!(
                 "\ttls enabled = yes\n\ttls keyfile = {k}\n\ttls certfile = {c}\n\ttls cafile = {ca}\n",
-                k = tls.join("dc.key").display(),
-                c = tls.join("dc.pem").display(),
+                k = tls.join("server.key").display(),
+                c = tls.join("server.pem").display(),
                 ca = tls.join("ca.pem").display(),
             ));
         }
