@@ -30,7 +30,7 @@ pub fn base64(data: impl AsRef<[u8]>) -> String {
 }
 
 /// A test CA, a server certificate it signed for the given subjectAltNames only, and an
-/// unrelated CA. Files in `dir`: `ca.pem`, `other-ca.pem`, `server.pem`, `server.key` (0600).
+/// unrelated CA, valid two days (make them per test run, never cache them). Files in `dir`: `ca.pem`, `other-ca.pem`, `server.pem`, `server.key` (0600).
 pub struct TestPki {
     pub ca: PathBuf,
     pub other_ca: PathBuf,
@@ -42,30 +42,27 @@ impl TestPki {
     /// `sans`: the certificate's subjectAltName, e.g. `DNS:localhost,IP:127.0.0.1`.
     pub fn new(dir: &Path, sans: &str) -> TestPki {
         let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let ca_ext = [
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ];
-        for (name, cn) in [
-            ("ca", "matrix-ldap-sync test CA"),
-            ("other-ca", "unrelated CA"),
-        ] {
-            let (key, pem, subj) = (
-                p(&format!("{name}.key")),
-                p(&format!("{name}.pem")),
-                format!("/CN={cn}"),
-            );
+        // `openssl req` making a new P-256 key, then `rest`.
+        let new_key_req = |rest: &[&str]| {
             let mut argv = vec![
                 "openssl",
                 "req",
-                "-x509",
                 "-newkey",
                 "ec",
                 "-pkeyopt",
                 "ec_paramgen_curve:prime256v1",
                 "-nodes",
+            ];
+            argv.extend_from_slice(rest);
+            run(&argv, None).unwrap();
+        };
+        for (name, cn) in [
+            ("ca", "matrix-ldap-sync test CA"),
+            ("other-ca", "unrelated CA"),
+        ] {
+            let (key, pem) = (p(&format!("{name}.key")), p(&format!("{name}.pem")));
+            new_key_req(&[
+                "-x509",
                 "-keyout",
                 &key,
                 "-out",
@@ -73,10 +70,12 @@ impl TestPki {
                 "-days",
                 "2",
                 "-subj",
-                &subj,
-            ];
-            argv.extend_from_slice(&ca_ext);
-            run(&argv, None).unwrap();
+                &format!("/CN={cn}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
         }
         std::fs::write(
             p("server.ext"),
@@ -87,25 +86,14 @@ impl TestPki {
         )
         .unwrap();
         let (key, csr, pem) = (p("server.key"), p("server.csr"), p("server.pem"));
-        run(
-            &[
-                "openssl",
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=matrix-ldap-sync test server",
-            ],
-            None,
-        )
-        .unwrap();
+        new_key_req(&[
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=matrix-ldap-sync test server",
+        ]);
         run(
             &[
                 "openssl",

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 const SAMBA: &str = "/usr/sbin/samba";
 /// Change when the provisioned content changes, so cached copies are not reused.
-const PROVISION_VERSION: &str = "v3";
+const PROVISION_VERSION: &str = "v4";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const REALM: &str = "SAMDOM.TEST";
 const DOMAIN: &str = "SAMDOM";
@@ -98,6 +98,10 @@ impl SambaDc {
             None,
             &[],
         )?;
+        // A fresh certificate per run (test certificates are short-lived).
+        let tls = root.join("tls");
+        std::fs::create_dir_all(&tls).map_err(|e| format!("mkdir {}: {e}", tls.display()))?;
+        TestPki::new(&tls, "DNS:localhost,IP:127.0.0.1");
         let smb_conf = root.join("etc/smb.conf");
         write_smb_conf(&root, &smb_conf)?;
         let argv = vec![
@@ -425,9 +429,6 @@ fn provisioned() -> Result<(PathBuf, Option<Duration>), String> {
             "--account-lockout-threshold=3",
         ],
     )?;
-    let tls = target.join("tls");
-    std::fs::create_dir_all(&tls).map_err(|e| format!("mkdir {}: {e}", tls.display()))?;
-    TestPki::new(&tls, "DNS:localhost,IP:127.0.0.1");
     // The provisioned smb.conf names the work directory: remember it for `write_smb_conf`.
     std::fs::write(target.join("provisioned-at"), &targetdir)
         .map_err(|e| format!("write provisioned-at: {e}"))?;
