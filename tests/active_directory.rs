@@ -418,6 +418,17 @@ fn a_deleted_agent_is_suspended_and_a_restored_one_gets_its_account_back() {
     // objectGUID and sAMAccountName but loses its names and mail, which the admin sets again).
     site.dc.restore_deleted(&guid, &dn);
     assert_eq!(site.guid("anne"), guid);
+    // Until then it is skipped as incomplete (no displayName), and stays suspended.
+    let (_, plan) = site.plan_json_with(&["--now", &at(T0 + 2 * DAY)]);
+    assert_eq!(plan["actions"].as_array().unwrap().len(), 0, "{plan}");
+    assert_eq!(plan["skipped"][0]["id"], guid.as_str(), "{plan}");
+    assert!(
+        plan["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("displayName"),
+        "{plan}"
+    );
     site.set_attr("anne", "displayName", &["Anne Leroy"]);
     site.set_attr("anne", "mail", &["anne.leroy@example.org"]);
     let mark = site.synapse.log_mark();
@@ -464,4 +475,52 @@ fn a_page_size_above_max_page_size_reads_all_of_many_agents() {
             plan["counts"]
         );
     }
+}
+
+/// The `[directory]` section of docs/active-directory.md, pointed at the test DC, in the site's
+/// config: `check` and `sync` work with it as documented.
+#[test]
+fn the_documented_example_config_works() {
+    let site = AdSite::new("doc");
+    site.add_agent(ANNE);
+    let doc =
+        std::fs::read_to_string(common::repo_root().join("docs/active-directory.md")).unwrap();
+    let block = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in docs/active-directory.md");
+    let section = block.split("\n[mapping]").next().unwrap().to_string();
+    let dead = format!("localhost:{}", common::free_port());
+    let documented = section
+        .replace("dc1.ad.example.org", &dead)
+        .replace("dc2.ad.example.org", "localhost")
+        .replace(
+            "/etc/matrix-ldap-sync/ad-ca.pem",
+            &site.dc.ca_file.to_string_lossy(),
+        )
+        .replace("svc-matrix@ad.example.org", &site.dc.sync_upn)
+        .replace("$CREDENTIALS_DIRECTORY/ldap-password", "ldap.pw")
+        .replace("OU=Staff,DC=ad,DC=example,DC=org", &site.ou);
+    for placeholder in ["example.org", "/etc/"] {
+        assert!(
+            !documented.contains(placeholder),
+            "not replaced: {documented}"
+        );
+    }
+    let config = std::fs::read_to_string(site.config()).unwrap();
+    let start = config.find("[directory]").unwrap();
+    let end = config.find("[homeserver]").unwrap();
+    let config = format!("{}{documented}\n{}", &config[..start], &config[end..]);
+    std::fs::write(site.config(), config).unwrap();
+
+    let check = site.run(&["check"]);
+    assert_eq!(check.code, 0, "{}", all_output(&check));
+    let run = site.sync_ok();
+    assert!(
+        run.stdout.contains("Sync from ldaps://localhost: 1 agents")
+            && run.stdout.contains("1 applied"),
+        "{}",
+        all_output(&run)
+    );
 }
