@@ -84,10 +84,17 @@ fn agents_are_created_then_updated_from_ad_attributes_over_ldaps() {
     let site = AdSite::new("create");
     site.add_agent(ANNE);
     site.add_agent(PAUL);
+    // A computer account is a `user` too, but not a person: not an agent.
+    site.dc.add_ldif(&format!(
+        "dn: CN=PC01,{ou}\nobjectClass: computer\nsAMAccountName: pc01-{tag}$\n\
+         userAccountControl: 4096\n",
+        ou = site.ou,
+        tag = site.tag
+    ));
     let run = site.sync_ok();
     assert!(run.stdout.contains("2 applied"), "{}", all_output(&run));
     assert!(
-        run.stdout.contains("Sync from ldaps://localhost"),
+        run.stdout.contains("Sync from ldaps://localhost: 2 agents"),
         "{}",
         run.stdout
     );
@@ -153,6 +160,22 @@ fn ldaps_without_the_test_ca_is_an_untrusted_certificate_error() {
 }
 
 #[test]
+fn a_certificate_without_the_url_host_in_its_sans_is_a_wrong_name_error() {
+    // A DC certificate naming only the DC's FQDN, and a config that connects by another name.
+    let site = AdSite::exclusive("wrongname");
+    let _cert = site.dc_certificate_for("DNS:dc1.samdom.test");
+    let run = site.run(&["check"]);
+    let out = all_output(&run);
+    assert_ne!(run.code, 0, "{out}");
+    assert!(
+        out.contains("FAILED  directory bind: TLS with ldaps://localhost")
+            && out.contains("not valid for the name `localhost`")
+            && out.contains("subjectAltName"),
+        "{out}"
+    );
+}
+
+#[test]
 fn starttls_with_a_bind_by_dn_reads_the_domain() {
     let site = AdSite::new("starttls");
     site.configure(&Settings {
@@ -177,7 +200,7 @@ fn starttls_with_a_bind_by_dn_reads_the_domain() {
 }
 
 #[test]
-fn a_bind_as_upn_works_and_a_wrong_password_is_explained() {
+fn binds_as_upn_or_down_level_name_work_and_a_bare_account_name_is_explained() {
     let site = AdSite::new("upn");
     let run = site.run(&["check"]);
     let out = all_output(&run);
@@ -186,6 +209,16 @@ fn a_bind_as_upn_works_and_a_wrong_password_is_explained() {
             "OK      directory bind: ldaps://localhost as {}",
             site.dc.sync_upn
         )),
+        "{out}"
+    );
+    // The down-level logon name works too (a TOML string: the backslash is escaped).
+    site.configure(&Settings {
+        bind: Some(("SAMDOM\\\\svc-matrix".into(), site.dc.sync_password.clone())),
+        ..Settings::default()
+    });
+    let out = all_output(&site.run(&["check"]));
+    assert!(
+        out.contains("OK      directory bind: ldaps://localhost as SAMDOM\\svc-matrix"),
         "{out}"
     );
     // The sAMAccountName alone is not a bind name in AD; the error says why (data 52e).

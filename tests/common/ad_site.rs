@@ -4,7 +4,7 @@
 
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
-use super::samba::{unicode_pwd, SambaDc};
+use super::samba::{unicode_pwd, SambaDc, DC_SANS};
 use super::site::{Daemon, DirectoryDefaults, Settings};
 
 /// The password every agent gets (strong enough for the default password policy).
@@ -142,12 +142,24 @@ impl AdSite {
 
     /// Stops the DC until the returned guard is dropped (only on an `exclusive` site).
     pub fn stop_dc(&self) -> StoppedDc {
-        assert!(
-            matches!(self._guard, Guard::Exclusive(_)),
-            "stop the DC only from an AdSite::exclusive site"
-        );
+        self.assert_exclusive();
         self.dc.stop();
         StoppedDc { dc: self.dc }
+    }
+
+    /// Gives the DC a certificate for `sans` until the returned guard is dropped (only on an
+    /// `exclusive` site); then the usual one again.
+    pub fn dc_certificate_for(&self, sans: &str) -> ReissuedCertificate {
+        self.assert_exclusive();
+        self.dc.reissue_certificate(sans);
+        ReissuedCertificate { dc: self.dc }
+    }
+
+    fn assert_exclusive(&self) {
+        assert!(
+            matches!(self._guard, Guard::Exclusive(_)),
+            "only an AdSite::exclusive site may stop the DC"
+        );
     }
 
     /// Binds `times` as agent `name` with a wrong password (LDAPS), as a user mistyping it.
@@ -190,5 +202,16 @@ pub struct StoppedDc {
 impl Drop for StoppedDc {
     fn drop(&mut self) {
         self.dc.start_again();
+    }
+}
+
+/// The DC has another certificate while this lives; dropping it reissues the usual one.
+pub struct ReissuedCertificate {
+    dc: &'static SambaDc,
+}
+
+impl Drop for ReissuedCertificate {
+    fn drop(&mut self) {
+        self.dc.reissue_certificate(DC_SANS);
     }
 }

@@ -27,6 +27,8 @@ const DOMAIN: &str = "SAMDOM";
 const ADMIN_PASSWORD: &str = "Admin-Passw0rd!";
 const SYNC_USER: &str = "svc-matrix";
 const SYNC_PASSWORD: &str = "Sync-Passw0rd!";
+/// The names the DC's certificate carries.
+pub const DC_SANS: &str = "DNS:localhost,IP:127.0.0.1";
 /// The ports a DC always takes.
 pub const AD_PORTS: [u16; 3] = [389, 636, 3268];
 
@@ -101,7 +103,7 @@ impl SambaDc {
         // A fresh certificate per run (test certificates are short-lived).
         let tls = root.join("tls");
         std::fs::create_dir_all(&tls).map_err(|e| format!("mkdir {}: {e}", tls.display()))?;
-        TestPki::new(&tls, "DNS:localhost,IP:127.0.0.1");
+        TestPki::new(&tls, DC_SANS);
         let smb_conf = root.join("etc/smb.conf");
         write_smb_conf(&root, &smb_conf)?;
         let argv = vec![
@@ -119,7 +121,7 @@ impl SambaDc {
         let began = Instant::now();
         let probe = {
             let ca_file = ca_file.clone();
-            move || ldaps_answers(&ca_file)
+            move || ldaps_answers(&ca_file, true)
         };
         let server = Server::start(
             "samba",
@@ -296,7 +298,19 @@ impl SambaDc {
     pub fn start_again(&self) {
         let ca = self.ca_file.clone();
         self.server
-            .restart(START_TIMEOUT, move || ldaps_answers(&ca))
+            .restart(START_TIMEOUT, move || ldaps_answers(&ca, true))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Restarts the DC with a new test CA (same `ca_file` path) and a certificate for `sans`
+    /// (hold `exclusive`). The harness's own tools trust it only if it names 127.0.0.1.
+    pub fn reissue_certificate(&self, sans: &str) {
+        self.server.stop();
+        TestPki::new(&self.root().join("tls"), sans);
+        let ca = self.ca_file.clone();
+        let verify = sans.contains("IP:127.0.0.1");
+        self.server
+            .restart(START_TIMEOUT, move || ldaps_answers(&ca, verify))
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
@@ -327,8 +341,9 @@ fn ports_free() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether an LDAPS search of the rootDSE works (the DC is ready to serve).
-fn ldaps_answers(ca_file: &Path) -> bool {
+/// Whether an LDAPS search of the rootDSE works (the DC is ready to serve); `verify`: check
+/// the certificate's name too.
+fn ldaps_answers(ca_file: &Path, verify: bool) -> bool {
     if TcpStream::connect(("127.0.0.1", 636)).is_err() {
         return false;
     }
@@ -351,7 +366,10 @@ fn ldaps_answers(ca_file: &Path) -> bool {
             "highestCommittedUSN",
         ],
         None,
-        &[("LDAPTLS_CACERT", &ca)],
+        &[
+            ("LDAPTLS_CACERT", &ca),
+            ("LDAPTLS_REQCERT", if verify { "demand" } else { "allow" }),
+        ],
     )
     .is_ok()
 }
