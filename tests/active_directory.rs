@@ -388,6 +388,46 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
 }
 
 #[test]
+fn a_move_into_the_departed_ou_is_a_departure_and_a_move_back_a_return() {
+    let site = AdSite::new("departed");
+    let departed = format!("OU=Departed,{}", site.ou);
+    site.dc.add_ldif(&format!(
+        "dn: {departed}\nobjectClass: organizationalUnit\n"
+    ));
+    // The preset's signals, plus the departed OU.
+    let preset =
+        std::fs::read_to_string(common::repo_root().join("mappings/active-directory.toml"))
+            .unwrap();
+    let departure = &preset[preset.find("[departure]").unwrap()..];
+    site.configure(&Settings {
+        config_extra: DEPARTURES.into(),
+        mapping_extra: format!("\n{departure}\ndeparted_ous = [\"{departed}\"]\n"),
+        ..Settings::default()
+    });
+    site.add_agent(ANNE);
+    site.sync_ok_with(&["--now", &at(T0)]);
+    let anne = site.mxid("anne");
+    let move_to = |parent: &str| {
+        site.dc.modify_ldif(&format!(
+            "dn: {}\nchangetype: modrdn\nnewrdn: CN=Anne Leroy\ndeleteoldrdn: 1\nnewsuperior: {parent}\n",
+            site.dn("anne")
+        ))
+    };
+
+    move_to(&departed);
+    let (_, plan) = site.plan_json_with(&["--now", &at(T0 + DAY)]);
+    let reason = plan["actions"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("moved into"), "{plan}");
+    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    assert!(flag(&user(&site, &anne), "suspended"));
+
+    move_to(&site.ou);
+    site.sync_ok_with(&["--now", &at(T0 + 2 * DAY)]);
+    let u = user(&site, &anne);
+    assert!(!flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
+}
+
+#[test]
 fn a_locked_out_agent_is_not_a_departure() {
     let site = departures_site("lockout");
     site.bad_binds("anne", 3);
