@@ -110,8 +110,9 @@ impl SambaDc {
             SAMBA.to_string(),
             "-s".into(),
             smb_conf.to_string_lossy().into_owned(),
-            "--foreground".into(),
-            "--debug-stdout".into(),
+            // Interactive: foreground, logs on stdout (it does not stop at EOF on stdin).
+            "--interactive".into(),
+            // One process: killed with the test binary (prefork leaves orphan workers).
             "--model=single".into(),
             "--no-process-group".into(),
         ];
