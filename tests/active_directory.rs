@@ -42,8 +42,23 @@ fn user(site: &AdSite, mxid: &str) -> Value {
         .unwrap_or_else(|| panic!("{mxid} does not exist"))
 }
 
+/// Whether the account has a flag (`suspended`, `deactivated`, …).
+fn has(site: &AdSite, mxid: &str, name: &str) -> bool {
+    flag(&user(site, mxid), name)
+}
+
 fn all_output(run: &Run) -> String {
     format!("{}\n{}", run.stdout, run.stderr)
+}
+
+/// Runs `check`; asserts it passed (or failed) and that its output has every one of `says`.
+fn check_says(site: &AdSite, passes: bool, says: &[&str]) {
+    let run = site.run(&["check"]);
+    let out = all_output(&run);
+    assert_eq!(run.code == 0, passes, "{out}");
+    for text in says {
+        assert!(out.contains(text), "`check` does not say {text:?}:\n{out}");
+    }
 }
 
 /// Log text without its ANSI colours (`key=value` pairs are coloured apart).
@@ -148,14 +163,14 @@ fn ldaps_without_the_test_ca_is_an_untrusted_certificate_error() {
         no_ca_file: true,
         ..Settings::default()
     });
-    let run = site.run(&["check"]);
-    assert_ne!(run.code, 0, "{}", all_output(&run));
-    let out = all_output(&run);
-    assert!(
-        out.contains("FAILED  directory bind: TLS with ldaps://localhost")
-            && out.contains("the server certificate is not trusted")
-            && out.contains("directory.ca_file"),
-        "{out}"
+    check_says(
+        &site,
+        false,
+        &[
+            "FAILED  directory bind: TLS with ldaps://localhost",
+            "the server certificate is not trusted",
+            "directory.ca_file",
+        ],
     );
 }
 
@@ -164,14 +179,14 @@ fn a_certificate_without_the_url_host_in_its_sans_is_a_wrong_name_error() {
     // A DC certificate naming only the DC's FQDN, and a config that connects by another name.
     let site = AdSite::exclusive("wrongname");
     let _cert = site.dc_certificate_for("DNS:dc1.samdom.test");
-    let run = site.run(&["check"]);
-    let out = all_output(&run);
-    assert_ne!(run.code, 0, "{out}");
-    assert!(
-        out.contains("FAILED  directory bind: TLS with ldaps://localhost")
-            && out.contains("not valid for the name `localhost`")
-            && out.contains("subjectAltName"),
-        "{out}"
+    check_says(
+        &site,
+        false,
+        &[
+            "FAILED  directory bind: TLS with ldaps://localhost",
+            "not valid for the name `localhost`",
+            "subjectAltName",
+        ],
     );
 }
 
@@ -185,15 +200,11 @@ fn starttls_with_a_bind_by_dn_reads_the_domain() {
         ..Settings::default()
     });
     site.add_agent(ANNE);
-    let run = site.run(&["check"]);
-    let out = all_output(&run);
-    assert!(
-        out.contains(&format!(
-            "OK      directory bind: ldap://localhost as {}",
-            site.dc.sync_dn
-        )),
-        "{out}"
+    let bound = format!(
+        "OK      directory bind: ldap://localhost as {}",
+        site.dc.sync_dn
     );
+    check_says(&site, true, &[&bound]);
     let run = site.sync_ok();
     assert!(run.stdout.contains("1 applied"), "{}", all_output(&run));
     assert!(site.synapse.get_user(&site.mxid("anne")).is_some());
@@ -202,36 +213,27 @@ fn starttls_with_a_bind_by_dn_reads_the_domain() {
 #[test]
 fn binds_as_upn_or_down_level_name_work_and_a_bare_account_name_is_explained() {
     let site = AdSite::new("upn");
-    let run = site.run(&["check"]);
-    let out = all_output(&run);
-    assert!(
-        out.contains(&format!(
-            "OK      directory bind: ldaps://localhost as {}",
-            site.dc.sync_upn
-        )),
-        "{out}"
+    let bound = format!(
+        "OK      directory bind: ldaps://localhost as {}",
+        site.dc.sync_upn
     );
+    check_says(&site, true, &[&bound]);
     // The down-level logon name works too (a TOML string: the backslash is escaped).
     site.configure(&Settings {
         bind: Some(("SAMDOM\\\\svc-matrix".into(), site.dc.sync_password.clone())),
         ..Settings::default()
     });
-    let out = all_output(&site.run(&["check"]));
-    assert!(
-        out.contains("OK      directory bind: ldaps://localhost as SAMDOM\\svc-matrix"),
-        "{out}"
+    check_says(
+        &site,
+        true,
+        &["OK      directory bind: ldaps://localhost as SAMDOM\\svc-matrix"],
     );
     // The sAMAccountName alone is not a bind name in AD; the error says why (data 52e).
     site.configure(&Settings {
         bind: Some(("svc-matrix".into(), site.dc.sync_password.clone())),
         ..Settings::default()
     });
-    let run = site.run(&["check"]);
-    let out = all_output(&run);
-    assert!(
-        out.contains("FAILED  directory bind") && out.contains("wrong password"),
-        "{out}"
-    );
+    check_says(&site, false, &["FAILED  directory bind", "wrong password"]);
 }
 
 #[test]
@@ -263,10 +265,10 @@ fn failover_skips_a_dead_dc_url_and_says_which_one_answered() {
         ..Settings::default()
     });
     site.add_agent(ANNE);
-    let check = all_output(&site.run(&["check"]));
-    assert!(
-        check.contains("OK      directory bind: ldaps://localhost as"),
-        "{check}"
+    check_says(
+        &site,
+        true,
+        &["OK      directory bind: ldaps://localhost as"],
     );
     let run = site.sync_ok();
     assert!(
@@ -316,7 +318,7 @@ fn a_stopped_dc_stops_the_run_without_departures_and_its_return_resumes() {
         "{}",
         run.stdout
     );
-    assert!(!flag(&user(&site, &anne), "suspended"));
+    assert!(!has(&site, &anne, "suspended"));
 }
 
 #[test]
@@ -380,11 +382,11 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
     site.sync_ok_with(&["--now", &at(T0 + DAY)]);
     let u = user(&site, &anne);
     assert!(flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
-    assert!(!flag(&user(&site, &paul), "suspended"));
+    assert!(!has(&site, &paul, "suspended"));
 
     site.sync_ok_with(&["--now", &at(T0 + 9 * DAY)]);
-    assert!(flag(&user(&site, &anne), "deactivated"));
-    assert!(!flag(&user(&site, &paul), "deactivated"));
+    assert!(has(&site, &anne, "deactivated"));
+    assert!(!has(&site, &paul, "deactivated"));
 }
 
 #[test]
@@ -419,7 +421,7 @@ fn a_move_into_the_departed_ou_is_a_departure_and_a_move_back_a_return() {
     let reason = plan["actions"][0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("moved into"), "{plan}");
     site.sync_ok_with(&["--now", &at(T0 + DAY)]);
-    assert!(flag(&user(&site, &anne), "suspended"));
+    assert!(has(&site, &anne, "suspended"));
 
     move_to(&site.ou);
     site.sync_ok_with(&["--now", &at(T0 + 2 * DAY)]);
@@ -444,7 +446,7 @@ fn a_locked_out_agent_is_not_a_departure() {
     let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
     assert!(run.stdout.contains("0 planned"), "{}", all_output(&run));
     assert_eq!(site.writes_since(mark), vec![]);
-    assert!(!flag(&user(&site, &site.mxid("anne")), "suspended"));
+    assert!(!has(&site, &site.mxid("anne"), "suspended"));
 }
 
 #[test]
@@ -468,12 +470,12 @@ fn account_expiry_in_the_past_departs_in_the_future_is_scheduled_and_zero_is_nev
     assert_eq!(plan["actions"][0]["mxid"], anne.as_str(), "{plan}");
     assert_eq!(plan["pending"][0]["mxid"], paul.as_str(), "{plan}");
     site.sync_ok_with(&["--now", &at(T0 + DAY)]);
-    assert!(flag(&user(&site, &anne), "suspended"));
-    assert!(!flag(&user(&site, &paul), "suspended"));
+    assert!(has(&site, &anne, "suspended"));
+    assert!(!has(&site, &paul, "suspended"));
 
     site.sync_ok_with(&["--now", &at(T0 + 11 * DAY)]);
-    assert!(flag(&user(&site, &paul), "suspended"));
-    assert!(!flag(&user(&site, &rose), "suspended"));
+    assert!(has(&site, &paul, "suspended"));
+    assert!(!has(&site, &rose, "suspended"));
 }
 
 #[test]
@@ -484,8 +486,8 @@ fn a_deleted_agent_is_suspended_and_a_restored_one_gets_its_account_back() {
     site.dc.delete(&dn);
     let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
     assert!(run.stdout.contains("1 applied"), "{}", all_output(&run));
-    assert!(flag(&user(&site, &anne), "suspended"));
-    assert!(!flag(&user(&site, &site.mxid("paul")), "suspended"));
+    assert!(has(&site, &anne, "suspended"));
+    assert!(!has(&site, &site.mxid("paul"), "suspended"));
 
     // Restored from the Deleted Objects container (no Recycle Bin: the object keeps its
     // objectGUID and sAMAccountName but loses its names and mail, which the admin sets again).
@@ -587,8 +589,7 @@ fn the_documented_example_config_works() {
     let config = format!("{}{documented}\n{}", &config[..start], &config[end..]);
     std::fs::write(site.config(), config).unwrap();
 
-    let check = site.run(&["check"]);
-    assert_eq!(check.code, 0, "{}", all_output(&check));
+    check_says(&site, true, &[]);
     let run = site.sync_ok();
     assert!(
         run.stdout.contains("Sync from ldaps://localhost: 1 agents")
