@@ -322,6 +322,26 @@ fn a_stopped_dc_stops_the_run_without_departures_and_its_return_resumes() {
 }
 
 #[test]
+fn a_hung_dc_times_out_instead_of_hanging_the_run() {
+    let site = AdSite::exclusive("hung");
+    site.add_agent(ANNE);
+    site.sync_ok();
+    let paused = site.pause_dc();
+    let began = std::time::Instant::now();
+    let run = site.run(&["sync"]);
+    let took = began.elapsed();
+    drop(paused);
+    let out = all_output(&run);
+    assert_ne!(run.code, 0, "{out}");
+    // timeout_secs = 3 in the site's config: one step, not minutes.
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}: {out}");
+    assert!(
+        out.contains("ldaps://localhost did not answer within 3s"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_renamed_or_moved_agent_keeps_its_account() {
     let site = AdSite::new("rename");
     site.add_agent(ANNE);

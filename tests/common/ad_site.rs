@@ -147,6 +147,13 @@ impl AdSite {
         StoppedDc { dc: self.dc }
     }
 
+    /// Pauses the DC until the returned guard is dropped (only on an `exclusive` site).
+    pub fn pause_dc(&self) -> PausedDc {
+        self.assert_exclusive();
+        self.dc.pause();
+        PausedDc { dc: self.dc }
+    }
+
     /// Gives the DC a certificate for `sans` until the returned guard is dropped (only on an
     /// `exclusive` site); then the usual one again.
     pub fn dc_certificate_for(&self, sans: &str) -> ReissuedCertificate {
@@ -213,5 +220,16 @@ pub struct ReissuedCertificate {
 impl Drop for ReissuedCertificate {
     fn drop(&mut self) {
         self.dc.reissue_certificate(DC_SANS);
+    }
+}
+
+/// The DC is paused while this lives; dropping it resumes it.
+pub struct PausedDc {
+    dc: &'static SambaDc,
+}
+
+impl Drop for PausedDc {
+    fn drop(&mut self) {
+        self.dc.resume();
     }
 }

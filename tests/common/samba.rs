@@ -303,6 +303,15 @@ impl SambaDc {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Freezes the DC (SIGSTOP): it accepts connections and never answers (hold `exclusive`).
+    pub fn pause(&self) {
+        self.server.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.server.signal("CONT");
+    }
+
     /// Restarts the DC with a new test CA (same `ca_file` path) and a certificate for `sans`
     /// (hold `exclusive`). The harness's own tools trust it only if it names 127.0.0.1.
     pub fn reissue_certificate(&self, sans: &str) {
