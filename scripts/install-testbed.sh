@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need: OpenLDAP (slapd + ldap-utils, from Debian, with no
-# system instance configured or started) and Synapse (from PyPI, into .testbed/venv in the repo).
+# system instance configured or started), Samba AD DC (samba, samba-ad-dc, samba-ad-provision,
+# ldb-tools, openssl, from Debian; no system DC is provisioned, and the samba-ad-dc service the
+# package may start is stopped) and Synapse (from PyPI, into .testbed/venv in the repo).
 # Idempotent, and fast (well under a second) when everything is already there.
 #
 # Usage: scripts/install-testbed.sh
@@ -58,6 +60,29 @@ for m in back_mdb syncprov; do
         || { say "missing slapd module /usr/lib/ldap/$m"; exit 1; }
 done
 say "$(/usr/sbin/slapd -VV 2>&1 | sed -n 's/^.*\(slapd [0-9][^ ]*\).*$/\1/p' | head -n1)"
+
+# --- Samba AD DC -----------------------------------------------------------------------------
+# The tests provision their own domain (tests/common/samba.rs); the package's own service is not
+# used. It needs the fixed ports 389, 636 and 3268, so a system DC must not hold them.
+need_apt=()
+command -v samba >/dev/null 2>&1 || [ -x /usr/sbin/samba ] || need_apt+=(samba)
+[ -e /usr/share/samba/setup/provision.ldif ] || need_apt+=(samba-ad-provision)
+dpkg-query -W -f='${Status}' samba-ad-dc 2>/dev/null | grep -q 'ok installed' || need_apt+=(samba-ad-dc)
+command -v ldbsearch >/dev/null 2>&1 || need_apt+=(ldb-tools)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    say "installing ${need_apt[*]} from Debian"
+    samba_start=$SECONDS
+    apt_install "${need_apt[@]}"
+    # Debian may enable a system DC unit; the tests need its ports.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now samba-ad-dc smbd nmbd winbind >/dev/null 2>&1 || true
+    fi
+    say "Samba installed in $((SECONDS - samba_start)) s"
+else
+    say "Samba AD DC packages already installed"
+fi
+say "$(/usr/sbin/samba -V 2>/dev/null | head -n1)"
 
 # --- Synapse ----------------------------------------------------------------------------------
 python="${PYTHON:-}"

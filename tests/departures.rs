@@ -5,19 +5,9 @@
 
 mod common;
 
+use common::accounts::{at, emails, flag, DAY, T0};
 use common::site::{Settings, Site};
 use serde_json::Value;
-
-const DAY: i64 = 86_400;
-/// 2026-12-01T00:00:00Z: the tests' "today".
-const T0: i64 = 1_796_083_200;
-
-fn at(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
 
 /// A site whose mapping reads `employeeType=departed` as disabled, `shadowExpire` as an expiry
 /// date and `ou=departed` as the departed OU, with a 7-day grace period.
@@ -54,22 +44,6 @@ fn user(site: &Site, mxid: &str) -> Value {
     site.synapse
         .get_user(mxid)
         .unwrap_or_else(|| panic!("{mxid} does not exist"))
-}
-
-fn flag(user: &Value, name: &str) -> bool {
-    user[name]
-        .as_bool()
-        .or(user[name].as_i64().map(|n| n != 0))
-        .unwrap_or(false)
-}
-
-fn emails(user: &Value) -> Vec<String> {
-    user["threepids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["address"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]

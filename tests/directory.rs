@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::pki::{base64, TestPki};
 use common::Slapd;
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
@@ -127,9 +128,9 @@ async fn accents_multi_valued_and_binary_attributes() {
         "dn: uid=zoe,{ou}\nobjectClass: inetOrgPerson\nuid: zoe\ncn:: {}\nsn:: {}\n\
          displayName:: {}\nmail: zoe@example.org\nmail: z.nunez@example.org\n\
          jpegPhoto:: /9j/4AAQSkZJRgABAQ==\n",
-        b64(display),
-        b64("Ñúñez-Ørsted"),
-        b64(display),
+        base64(display),
+        base64("Ñúñez-Ørsted"),
+        base64(display),
     ));
 
     let snap = read_snapshot(&config(slapd, &ou), &people()).await.unwrap();
@@ -402,132 +403,6 @@ async fn a_stopped_server_is_a_connect_error() {
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
 }
 
-fn b64(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A test CA, a server certificate it signed for `IP:127.0.0.1` only, and an unrelated CA.
-struct TestPki {
-    ca: std::path::PathBuf,
-    other_ca: std::path::PathBuf,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
-impl TestPki {
-    fn new(dir: &std::path::Path) -> TestPki {
-        let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let ca_ext = [
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ];
-        for (name, cn) in [
-            ("ca", "matrix-ldap-sync test CA"),
-            ("other-ca", "unrelated CA"),
-        ] {
-            let (key, pem, subj) = (
-                p(&format!("{name}.key")),
-                p(&format!("{name}.pem")),
-                format!("/CN={cn}"),
-            );
-            let mut argv = vec![
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-subj",
-                &subj,
-            ];
-            argv.extend_from_slice(&ca_ext);
-            common::process::run(&argv, None).unwrap();
-        }
-        std::fs::write(
-            p("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let (key, csr, pem) = (p("server.key"), p("server.csr"), p("server.pem"));
-        common::process::run(
-            &[
-                "openssl",
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-            None,
-        )
-        .unwrap();
-        common::process::run(
-            &[
-                "openssl",
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &p("ca.pem"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &p("server.ext"),
-            ],
-            None,
-        )
-        .unwrap();
-        TestPki {
-            ca: dir.join("ca.pem"),
-            other_ca: dir.join("other-ca.pem"),
-            cert: dir.join("server.pem"),
-            key: dir.join("server.key"),
-        }
-    }
-}
-
 /// Gives a running slapd a certificate (cn=config at run time), so StartTLS works.
 fn enable_tls(slapd: &Slapd, pki: &TestPki) {
     let ldif = format!(
@@ -557,7 +432,7 @@ fn enable_tls(slapd: &Slapd, pki: &TestPki) {
 #[tokio::test]
 async fn starttls_with_a_ca_file_and_plain_tls_errors() {
     let slapd = Slapd::start();
-    let pki = TestPki::new(slapd.dir.path());
+    let pki = TestPki::new(slapd.dir.path(), "IP:127.0.0.1");
     enable_tls(&slapd, &pki);
     let ou = slapd.new_ou("tls");
     add_people(&slapd, &ou, "t", 3, "");

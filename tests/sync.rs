@@ -5,19 +5,10 @@ mod common;
 
 use std::path::Path;
 
+use common::accounts::emails;
 use common::site::{Settings, Site};
 use common::{write_secret, Slapd, Synapse};
 use serde_json::Value;
-
-fn emails(user: &Value) -> Vec<String> {
-    user["threepids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["medium"] == "email")
-        .map(|t| t["address"].as_str().unwrap().to_string())
-        .collect()
-}
 
 fn display_name(synapse: &Synapse, mxid: &str) -> String {
     let user = synapse

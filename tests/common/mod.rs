@@ -1,11 +1,16 @@
-//! Test harness: a real slapd and a real Synapse on loopback ports, for integration tests.
+//! Test harness: a real slapd, a real Samba AD DC and a real Synapse on loopback ports, for
+//! integration tests.
 //!
 //! Use it from a test binary with `mod common;`. Needs `scripts/install-testbed.sh` to have run.
 //! Servers are started by one dedicated thread under `setpriv --pdeathsig KILL`, so none of them
 //! outlives the test binary, whatever way it ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod accounts;
+pub mod ad_site;
+pub mod pki;
 pub mod process;
+pub mod samba;
 pub mod site;
 pub mod slapd;
 pub mod synapse;

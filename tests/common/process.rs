@@ -220,9 +220,15 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// Runs a short command to completion (stdin from `input`), returning stdout; on failure a
 /// message with the command line, exit status and stderr.
 pub fn run(argv: &[&str], input: Option<&str>) -> Result<String, String> {
+    run_env(argv, input, &[])
+}
+
+/// `run` with more environment variables.
+pub fn run_env(argv: &[&str], input: Option<&str>, env: &[(&str, &str)]) -> Result<String, String> {
     use std::io::Write;
     let mut child = Command::new(argv[0])
         .args(&argv[1..])
+        .envs(env.iter().copied())
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {

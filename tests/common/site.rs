@@ -1,6 +1,6 @@
-//! One test's corner of the shared slapd and Synapse, driven through the real
-//! `matrix-ldap-sync` binary: its own OU, its own name tag (so its localparts are its own),
-//! its own config, mapping and ledger.
+//! One test's corner of the shared slapd (or, with `ad_site`, Samba DC) and Synapse, driven
+//! through the real `matrix-ldap-sync` binary: its own OU, its own name tag (so its localparts
+//! are its own), its own config, mapping and ledger.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,12 +9,26 @@ use serde_json::Value;
 
 use super::{binary, repo_root, unique, write_secret, Slapd, Synapse};
 
-pub struct Site {
-    pub slapd: &'static Slapd,
+/// What every test site shares, whatever the directory: its own name tag (so its localparts
+/// are its own), its own config, mapping and ledger, and the real binary to run on them.
+pub struct Daemon {
     pub synapse: &'static Synapse,
-    pub ou: String,
     pub tag: String,
     pub dir: tempfile::TempDir,
+}
+
+/// One test's corner of the shared slapd: its own OU. Derefs to its [`Daemon`].
+pub struct Site {
+    pub slapd: &'static Slapd,
+    pub ou: String,
+    daemon: Daemon,
+}
+
+impl std::ops::Deref for Site {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
 }
 
 /// How a site's config and mapping differ from the defaults.
@@ -24,10 +38,32 @@ pub struct Settings {
     pub bind: Option<(String, String)>,
     /// Appended to config.toml (e.g. `[departures]`, `[brake]` sections).
     pub config_extra: String,
-    /// Appended to the mapping (the OpenLDAP preset), e.g. a `[departure]` section.
+    /// Appended to the mapping (the preset), e.g. a `[departure]` section.
     pub mapping_extra: String,
     /// Replaces the preset's agent filter.
     pub filter: Option<String>,
+    /// Replaces the directory URLs.
+    pub urls: Option<Vec<String>>,
+    /// `directory.starttls`.
+    pub starttls: bool,
+    /// Leaves out `directory.ca_file` (system roots only).
+    pub no_ca_file: bool,
+    /// Replaces the page size (default 2, so that paging is always exercised).
+    pub page_size: Option<u32>,
+}
+
+/// What a directory harness gives a site's config: where it is and how to read it.
+pub struct DirectoryDefaults {
+    pub url: String,
+    /// (bind DN or UPN, password) of the sync account.
+    pub bind: (String, String),
+    pub base: String,
+    /// The CA of the directory's certificate, if it uses TLS.
+    pub ca_file: Option<PathBuf>,
+    /// The mapping preset under `mappings/`, and its agent filter line (replaced by
+    /// `Settings::filter`).
+    pub preset: &'static str,
+    pub preset_filter: &'static str,
 }
 
 pub struct Run {
@@ -44,10 +80,8 @@ impl Site {
     pub fn on(slapd: &'static Slapd, name: &str) -> Site {
         let site = Site {
             slapd,
-            synapse: Synapse::shared(),
             ou: slapd.new_ou(name),
-            tag: unique("t"),
-            dir: tempfile::tempdir().unwrap(),
+            daemon: Daemon::fresh(),
         };
         site.configure(&Settings::default());
         site
@@ -55,63 +89,15 @@ impl Site {
 
     /// (Re)writes config.toml, the mapping and the secret files.
     pub fn configure(&self, settings: &Settings) {
-        let dir = self.dir.path();
-        let (bind_dn, password) = settings
-            .bind
-            .clone()
-            .unwrap_or_else(|| (self.slapd.sync_dn.clone(), self.slapd.sync_password.clone()));
-        write_secret(dir, "ldap.pw", &password);
-        write_secret(dir, "token", &self.synapse.admin_token);
-        let mut mapping =
-            std::fs::read_to_string(repo_root().join("mappings/openldap.toml")).unwrap();
-        if let Some(filter) = &settings.filter {
-            mapping = mapping.replace(
-                "filter = \"(&(objectClass=inetOrgPerson)(uid=*))\"",
-                &format!("filter = \"{filter}\""),
-            );
-        }
-        // A `[departure]` section of the test's replaces the preset's.
-        if settings.mapping_extra.contains("[departure]") {
-            if let Some(at) = mapping.find("\n[departure]") {
-                mapping.truncate(at + 1);
-            }
-        }
-        mapping.push_str(&settings.mapping_extra);
-        std::fs::write(dir.join("mapping.toml"), mapping).unwrap();
-        let config = format!(
-            r#"
-[directory]
-urls = ["{url}"]
-bind_dn = "{bind_dn}"
-bind_password_file = "ldap.pw"
-base_dns = ["{ou}"]
-page_size = 2
-timeout_secs = 3
-
-[homeserver]
-url = "{hs}"
-server_name = "{server_name}"
-access_token_file = "token"
-max_retries = 1
-
-[state]
-directory = "state"
-
-[mapping]
-file = "mapping.toml"
-{extra}
-"#,
-            url = self.slapd.url,
-            ou = self.ou,
-            hs = self.synapse.url,
-            server_name = self.synapse.server_name,
-            extra = settings.config_extra,
-        );
-        std::fs::write(self.config(), config).unwrap();
-    }
-
-    pub fn config(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
+        let defaults = DirectoryDefaults {
+            url: self.slapd.url.clone(),
+            bind: (self.slapd.sync_dn.clone(), self.slapd.sync_password.clone()),
+            base: self.ou.clone(),
+            ca_file: None,
+            preset: "openldap.toml",
+            preset_filter: "(&(objectClass=inetOrgPerson)(uid=*))",
+        };
+        self.daemon.configure(&defaults, settings);
     }
 
     /// Adds an inetOrgPerson agent; its surname carries the test's tag. `extra`: more LDIF
@@ -151,6 +137,90 @@ file = "mapping.toml"
             ldif.push_str(&format!("{attr}: {v}\n"));
         }
         self.slapd.modify_ldif(&ldif);
+    }
+}
+
+impl Daemon {
+    pub fn fresh() -> Daemon {
+        Daemon {
+            synapse: Synapse::shared(),
+            tag: unique("t"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// (Re)writes config.toml, the mapping (the preset with the settings' changes) and the
+    /// secret files.
+    pub fn configure(&self, defaults: &DirectoryDefaults, settings: &Settings) {
+        let dir = self.dir.path();
+        let (bind_dn, password) = settings.bind.clone().unwrap_or(defaults.bind.clone());
+        write_secret(dir, "ldap.pw", &password);
+        write_secret(dir, "token", &self.synapse.admin_token);
+        let mut mapping =
+            std::fs::read_to_string(repo_root().join("mappings").join(defaults.preset)).unwrap();
+        if let Some(filter) = &settings.filter {
+            let line = format!("filter = \"{}\"", defaults.preset_filter);
+            assert!(
+                mapping.contains(&line),
+                "{} has no `{line}`",
+                defaults.preset
+            );
+            mapping = mapping.replace(&line, &format!("filter = \"{filter}\""));
+        }
+        // A `[departure]` section of the test's replaces the preset's.
+        if settings.mapping_extra.contains("[departure]") {
+            if let Some(at) = mapping.find("\n[departure]") {
+                mapping.truncate(at + 1);
+            }
+        }
+        mapping.push_str(&settings.mapping_extra);
+        std::fs::write(dir.join("mapping.toml"), mapping).unwrap();
+        let urls = settings
+            .urls
+            .clone()
+            .unwrap_or_else(|| vec![defaults.url.clone()]);
+        let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let ca_file = match &defaults.ca_file {
+            Some(ca) if !settings.no_ca_file => format!("ca_file = \"{}\"\n", ca.display()),
+            _ => String::new(),
+        };
+        let config = format!(
+            r#"
+[directory]
+urls = [{urls}]
+starttls = {starttls}
+{ca_file}bind_dn = "{bind_dn}"
+bind_password_file = "ldap.pw"
+base_dns = ["{base}"]
+page_size = {page_size}
+timeout_secs = 3
+
+[homeserver]
+url = "{hs}"
+server_name = "{server_name}"
+access_token_file = "token"
+max_retries = 1
+
+[state]
+directory = "state"
+
+[mapping]
+file = "mapping.toml"
+{extra}
+"#,
+            urls = urls.join(", "),
+            starttls = settings.starttls,
+            base = defaults.base,
+            page_size = settings.page_size.unwrap_or(2),
+            hs = self.synapse.url,
+            server_name = self.synapse.server_name,
+            extra = settings.config_extra,
+        );
+        std::fs::write(self.config(), config).unwrap();
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     /// The mxid an agent gets from the preset's `{givenName}.{sn}` localpart.
