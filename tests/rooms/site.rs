@@ -1,73 +1,46 @@
-//! One test's corner of the shared slapd and Synapse, for end-to-end runs of the real binary:
-//! its own OU, a tag in every name it makes (so localparts and aliases are its own), its own
-//! config, mapping file (the OpenLDAP preset plus the test's extra rules) and ledger.
+//! A test site for room rules: the shared [`common::site::Site`] (its own OU, tag, config and
+//! ledger, the real binary) with the test's extra mapping rules and helpers for groups and
+//! room aliases.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use serde_json::Value;
-
-use crate::common::{repo_root, unique, write_secret, Slapd, Synapse};
+use crate::common::site::{self, Settings};
 
 pub struct Site {
-    pub slapd: &'static Slapd,
-    pub synapse: &'static Synapse,
-    pub ou: String,
-    pub tag: String,
-    pub dir: tempfile::TempDir,
+    inner: site::Site,
 }
 
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+impl std::ops::Deref for Site {
+    type Target = site::Site;
+    fn deref(&self) -> &site::Site {
+        &self.inner
+    }
 }
+
+/// Small test sites: one room removal is a large share of them, so the brake's percentages
+/// are opened up (the brake has tests of its own).
+const OPEN_BRAKE: &str = "\n[brake]\nmax_departures_percent = 100.0\nmax_shrink_percent = 100.0\n";
 
 impl Site {
     /// A site whose mapping is the OpenLDAP preset followed by `extra_rules`, where `{tag}`
     /// and `{ou}` stand for the site's tag and OU DN.
     pub fn with_rules(name: &str, extra_rules: &str) -> Site {
-        let slapd = Slapd::shared();
         let site = Site {
-            slapd,
-            synapse: Synapse::shared(),
-            ou: slapd.new_ou(name),
-            tag: unique("t"),
-            dir: tempfile::tempdir().unwrap(),
+            inner: site::Site::new(name),
         };
         site.set_rules(extra_rules);
-        let dir = site.dir.path();
-        write_secret(dir, "ldap.pw", &slapd.sync_password);
-        write_secret(dir, "token", &site.synapse.admin_token);
-        let config = format!(
-            "[directory]\nurls = [\"{}\"]\nbind_dn = \"{}\"\nbind_password_file = \"ldap.pw\"\n\
-             base_dns = [\"{}\"]\npage_size = 50\ntimeout_secs = 5\n\n\
-             [homeserver]\nurl = \"{}\"\nserver_name = \"{}\"\naccess_token_file = \"token\"\n\
-             concurrency = 8\nmax_retries = 2\n\n\
-             [state]\ndirectory = \"state\"\n\n[mapping]\nfile = \"mapping.toml\"\n\n\
-             # Small test sites: a room removal is a large share of them.\n\
-             [brake]\nmax_departures_percent = 100.0\nmax_shrink_percent = 100.0\n",
-            slapd.url, slapd.sync_dn, site.ou, site.synapse.url, site.synapse.server_name
-        );
-        std::fs::write(dir.join("config.toml"), config).unwrap();
         site
     }
 
     /// Replaces the extra rules (same placeholders as [`Site::with_rules`]).
     pub fn set_rules(&self, extra_rules: &str) {
-        let preset = std::fs::read_to_string(repo_root().join("mappings/openldap.toml")).unwrap();
         let rules = extra_rules
             .replace("{tag}", &self.tag)
             .replace("{ou}", &self.ou);
-        std::fs::write(
-            self.dir.path().join("mapping.toml"),
-            format!("{preset}\n{rules}"),
-        )
-        .unwrap();
-    }
-
-    pub fn config(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
+        self.inner.configure(&Settings {
+            mapping_extra: format!("\n{rules}"),
+            config_extra: OPEN_BRAKE.to_string(),
+            page_size: Some(50),
+            ..Settings::default()
+        });
     }
 
     /// An inetOrgPerson `uid=<uid>` with given name = uid, the tag as surname, and extra
@@ -109,39 +82,12 @@ impl Site {
         self.slapd.modify_ldif(&ldif);
     }
 
+    /// The mxid of an agent added with [`Site::add_agent`] (localpart `<uid>.<tag>`).
     pub fn mxid(&self, uid: &str) -> String {
         format!("@{uid}.{}:{}", self.tag, self.synapse.server_name)
     }
 
     pub fn alias(&self, name: &str) -> String {
         format!("#{name}-{}:{}", self.tag, self.synapse.server_name)
-    }
-
-    pub fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_matrix-ldap-sync"))
-            .arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    pub fn sync_ok(&self) -> Run {
-        let run = self.run(&["sync"]);
-        assert_eq!(run.code, 0, "sync failed:\n{}\n{}", run.stdout, run.stderr);
-        run
-    }
-
-    pub fn plan_json(&self) -> (i32, Value) {
-        let run = self.run(&["plan", "--json"]);
-        let json = serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
-        (run.code, json)
     }
 }
