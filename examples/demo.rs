@@ -44,8 +44,9 @@ fn main() {
     cli(&["plan"]);
     banner("matrix-ldap-sync sync");
     cli(&["sync"]);
-    banner("The homeserver now has these accounts (Synapse admin API)");
+    banner("The homeserver now has these accounts and rooms (Synapse admin API)");
     list_users(&synapse);
+    list_rooms(&synapse);
     banner("matrix-ldap-sync plan   (again: the directory has not changed)");
     cli(&["plan"]);
 
@@ -63,6 +64,7 @@ fn main() {
         "matrix-ldap-sync status   (Marc Roux is suspended; deactivation after the grace period)",
     );
     cli(&["status"]);
+    list_rooms(&synapse);
     banner("matrix-ldap-sync explain mroux");
     cli(&["explain", "mroux"]);
 
@@ -100,17 +102,52 @@ access_token_file = "homeserver-token"
 directory = "state"
 
 [mapping]
-file = "{mapping}"
+file = "mapping.toml"
+
+[departures]
+grace = "30d"
+
+[brake]
+# A small directory: one person leaving is already 3% of it, and a move out of a room counts.
+max_departures_percent = 20.0
 "#,
         ldap = slapd.url,
         bind_dn = slapd.sync_dn,
         hs = synapse.url,
         server_name = synapse.server_name,
-        mapping = root.join("mappings/openldap.toml").display(),
     );
     std::fs::write(&config, text).unwrap();
+    let preset = std::fs::read_to_string(root.join("mappings/openldap.toml")).unwrap();
+    std::fs::write(demo.join("mapping.toml"), format!("{preset}\n{ROOM_RULES}")).unwrap();
     config
 }
+
+/// The demo's rooms: a ministry space for everyone, a room for the management (a nested
+/// group), and one room per department, with the executive committee as moderators.
+const ROOM_RULES: &str = r##"
+[groups]
+bases = ["ou=groups,dc=example,dc=org"]
+
+[[rooms]]
+room = "#ministere:example.org"
+space = true
+everyone = true
+mode = "additive"
+create = { name = "Ministère" }
+
+[[rooms]]
+room = "#encadrement:example.org"
+groups = ["cn=encadrement,ou=groups,dc=example,dc=org"]
+parent = "#ministere:example.org"
+create = { name = "Encadrement" }
+
+[[rooms]]
+room = "#dept-{ou|localpart}:example.org"
+everyone = true
+parent = "#ministere:example.org"
+power = [{ groups = ["cn=comite-de-direction,ou=groups,dc=example,dc=org"], level = 50 }]
+create = { name = "Département {ou}" }
+"##;
 
 fn run(bin: &Path, config: &Path, args: &[&str]) {
     let status = Command::new(bin)
@@ -143,6 +180,24 @@ fn list_users(synapse: &Synapse) {
             "  {:<40} {}",
             u["name"].as_str().unwrap_or_default(),
             u["displayname"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+fn list_rooms(synapse: &Synapse) {
+    let (_, body) = synapse.request(
+        "GET",
+        "/_synapse/admin/v1/rooms?limit=100&order_by=name",
+        None,
+    );
+    for room in body["rooms"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  room {:<32} {:>3} members",
+            room["canonical_alias"]
+                .as_str()
+                .or(room["name"].as_str())
+                .unwrap_or_default(),
+            room["joined_members"].as_u64().unwrap_or_default()
         );
     }
 }
