@@ -150,6 +150,34 @@ impl Server {
         }
     }
 
+    /// Freezes the process (SIGSTOP) and waits until every one of its threads is stopped:
+    /// `kill` only queues the signal, and a busy thread on another core may still answer a
+    /// request or two before it takes it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let stopped = || {
+            std::fs::read_dir(&tasks)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .all(|task| {
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name: `pid (comm) T ...`.
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stopped() {
+            if Instant::now() > deadline {
+                panic!("{} did not stop after SIGSTOP", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Stops gracefully (SIGCONT + SIGTERM, 10 s), then SIGKILL. No-op when not running.
     pub fn stop(&self) {
         let Some(mut child) = self.child().take() else {

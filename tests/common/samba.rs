@@ -305,7 +305,7 @@ impl SambaDc {
 
     /// Freezes the DC (SIGSTOP): it accepts connections and never answers (hold `exclusive`).
     pub fn pause(&self) {
-        self.server.signal("STOP");
+        self.server.pause();
     }
 
     pub fn resume(&self) {

@@ -228,7 +228,7 @@ impl Slapd {
 
     /// Freezes slapd (SIGSTOP): connections are accepted and never answered.
     pub fn pause(&self) {
-        self.server.signal("STOP");
+        self.server.pause();
     }
 
     /// Unfreezes a paused slapd (SIGCONT).
