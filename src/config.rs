@@ -788,6 +788,21 @@ file = "mappings/openldap.toml"
     }
 
     #[test]
+    fn the_documented_example_config_loads() {
+        let f = Fixture::new();
+        let creds = f.dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("ldap-password"), "pw").unwrap();
+        std::fs::write(creds.join("homeserver-token"), "tok").unwrap();
+        std::env::set_var("CREDENTIALS_DIRECTORY", &creds);
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = Config::parse(&example, &std::fs::read_to_string(&example).unwrap()).unwrap();
+        assert_eq!(c.directory.urls.len(), 2);
+        assert_eq!(c.homeserver.access_token.expose(), "tok");
+        assert_eq!(c.brake.protected.len(), 2);
+    }
+
+    #[test]
     fn starttls_with_ldaps_is_refused() {
         let f = Fixture::new();
         let text = GOOD
