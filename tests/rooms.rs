@@ -11,39 +11,16 @@ use common::Synapse;
 use serde_json::{json, Value};
 use site::Site;
 
-fn enc(s: &str) -> String {
-    s.replace('#', "%23").replace('!', "%21")
-}
+use common::synapse::url_path_part as enc;
 
 /// The room id an alias points to, if any.
 fn room_id(synapse: &Synapse, alias: &str) -> Option<String> {
-    match synapse.request(
-        "GET",
-        &format!("/_matrix/client/v3/directory/room/{}", enc(alias)),
-        None,
-    ) {
-        (200, v) => Some(v["room_id"].as_str().unwrap().to_string()),
-        (404, _) => None,
-        (s, v) => panic!("resolve {alias}: {s} {v}"),
-    }
+    synapse.room_id(alias)
 }
 
 /// Joined members of the room an alias names.
 fn members(site: &Site, alias: &str) -> BTreeSet<String> {
-    let id = room_id(site.synapse, alias).unwrap_or_else(|| panic!("no room {alias}"));
-    let (s, v) = site.synapse.request(
-        "GET",
-        &format!("/_synapse/admin/v1/rooms/{}/members", enc(&id)),
-        None,
-    );
-    assert_eq!(s, 200, "{v}");
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap().to_string())
-        .filter(|m| m != &site.synapse.admin_mxid)
-        .collect()
+    site.synapse.room_members(alias)
 }
 
 fn set(site: &Site, uids: &[&str]) -> BTreeSet<String> {
