@@ -844,3 +844,51 @@ create = { name = "Big" }
         }
     }
 }
+
+/// The room rules of docs/active-directory.md ("Rooms from AD groups"), with the test's names:
+/// nested Staff (in chain), a power level from Heads, and Domain Users by primary group.
+#[test]
+fn the_documented_room_rules_work() {
+    let site = AdSite::new("docrooms");
+    for name in ["ann", "ben", "cat"] {
+        site.add_agent(agent(name));
+    }
+    let dev = site.add_group("Dev", &[site.dn("ben")]);
+    site.add_group("Staff", &[site.dn("ann"), dev]);
+    site.add_group("Heads", &[site.dn("ann")]);
+    let doc =
+        std::fs::read_to_string(common::repo_root().join("docs/active-directory.md")).unwrap();
+    let rules = doc
+        .split("```toml\n")
+        .find(|block| block.starts_with("[groups]"))
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block with [groups] in docs/active-directory.md");
+    let rules = rules
+        .replace("OU=Groups,DC=ad,DC=example,DC=org", "{ou}")
+        .replace("DC=ad,DC=example,DC=org", "{base}")
+        .replace("#staff:example.org", "#staff-{tag}:{server}")
+        .replace("#everyone:example.org", "#everyone-{tag}:{server}");
+    assert!(!rules.contains("example"), "not replaced: {rules}");
+    configure_rooms(&site, "", &rules);
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    let power: Vec<(&str, i64)> = plan["rooms"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "set_power")
+        .map(|a| (a["mxid"].as_str().unwrap(), a["to"].as_i64().unwrap()))
+        .collect();
+    let ann = site.mxid("ann");
+    assert_eq!(power, vec![(ann.as_str(), 50)], "{}", plan["rooms"]);
+    site.sync_ok();
+    assert_eq!(
+        site.synapse.room_members(&alias(&site, "staff")),
+        mxids(&site, &["ann", "ben"])
+    );
+    assert_eq!(
+        site.synapse.room_members(&alias(&site, "everyone")),
+        mxids(&site, &["ann", "ben", "cat"])
+    );
+    nothing_to_do(&site);
+}
