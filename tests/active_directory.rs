@@ -841,6 +841,10 @@ create = { name = "Big" }
         assert!(log.contains(ranged), "{groups}: {log}");
         if ranged == "ranged=1 " {
             assert!(log.contains("more=1100"), "{log}");
+            for (slice, values) in [("500-999", 500), ("1000-1499", 500), ("1500-1999", 100)] {
+                let line = format!("request=member;range={slice} values={values}\n");
+                assert!(log.contains(&line), "{line}: {log}");
+            }
         }
     }
 }

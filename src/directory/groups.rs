@@ -325,6 +325,7 @@ pub(crate) async fn follow_ranges<R: SliceReader>(
                         reader,
                     ));
                 }
+                debug!(group = dn, request = %request, values = vals.len(), "ranged slice read");
                 values.extend(vals);
                 end = r.end;
             }
