@@ -499,7 +499,7 @@ pub struct RoomSources {
 
 /// `(memberOf:1.2.840.113556.1.4.1941:=<dn>)`: the agents in `dn` or in a group nested in it
 /// (LDAP_MATCHING_RULE_IN_CHAIN; the DC follows nesting and cuts cycles).
-pub fn in_chain_filter(dn: &str) -> String {
+fn in_chain_filter(dn: &str) -> String {
     format!(
         "(memberOf:1.2.840.113556.1.4.1941:={})",
         ldap3::ldap_escape(dn)
@@ -553,7 +553,7 @@ pub async fn read_snapshot_with(
                     .iter()
                     .map(|dn| in_chain_filter(dn))
                     .collect();
-                let matches = dir
+                let mut matches = dir
                     .read_filter_matches(
                         &cfg.base_dns,
                         agents,
@@ -566,12 +566,7 @@ pub async fn read_snapshot_with(
                     .in_chain
                     .iter()
                     .zip(filters)
-                    .map(|(dn, f)| {
-                        (
-                            normalize_dn(dn),
-                            matches.get(&f).cloned().unwrap_or_default(),
-                        )
-                    })
+                    .map(|(dn, f)| (normalize_dn(dn), matches.remove(&f).unwrap_or_default()))
                     .collect();
             }
         }
