@@ -527,3 +527,43 @@ create = { name = "Return additive" }
     let (code, plan) = site.plan_json();
     assert_eq!(code, 0, "{plan}");
 }
+
+/// `[groups] range_size` is for Active Directory; a directory without range options (slapd
+/// ignores `member;range=0-1`) still gives whole groups, never empty ones.
+#[test]
+fn explicit_ranges_on_a_directory_without_them_still_read_whole_groups() {
+    let site = Site::with_rules(
+        "rooms-range",
+        r##"
+[groups]
+range_size = 2
+
+[[rooms]]
+room = "#team-{tag}:example.org"
+groups = ["cn=team,{ou}"]
+create = { name = "Team" }
+"##,
+    );
+    for uid in ["ann", "ben", "cat"] {
+        site.add_agent(uid, &[]);
+    }
+    let members: Vec<String> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|u| site.agent_dn(u))
+        .collect();
+    site.add_group("team", &members);
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    let joins: BTreeSet<&str> = plan["rooms"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "join")
+        .filter_map(|a| a["mxid"].as_str())
+        .collect();
+    let expected = set(&site, &["ann", "ben", "cat"]);
+    assert_eq!(
+        joins,
+        expected.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+}

@@ -426,7 +426,37 @@ impl SliceReader for (&mut Directory, Duration) {
     }
 }
 
+impl Partial {
+    fn is_empty(&self) -> bool {
+        self.group.members.is_empty()
+            && self.group.member_uids.is_empty()
+            && self.pending.is_empty()
+    }
+}
+
 impl Directory {
+    /// A server without range options (e.g. OpenLDAP) ignores `member;range=0-N` and sends
+    /// nothing: a group that came back empty from an explicit range request is asked again for
+    /// its plain member attributes, so it is never taken for an empty group by mistake.
+    async fn reread_plain(
+        &mut self,
+        partial: Partial,
+        member_attributes: &[String],
+        timeout: Duration,
+    ) -> Result<Partial, DirectoryError> {
+        if member_attributes.is_empty() {
+            return Ok(partial);
+        }
+        let dn = partial.group.dn.clone();
+        let Some(se) = self.read_entry(&dn, member_attributes, timeout).await? else {
+            return Ok(partial);
+        };
+        let mut again = partial_group(se, member_attributes);
+        again.group.dn = dn;
+        again.group.rid = partial.group.rid;
+        Ok(again)
+    }
+
     /// Reads every group matching `query.filter` under each of `bases` (paged, complete or
     /// error), following ranged member attributes to their end.
     pub async fn read_groups(
@@ -458,7 +488,14 @@ impl Directory {
             .await?;
         let mut groups = Vec::with_capacity(partials.len());
         let mut ranged = 0;
-        for Partial { mut group, pending } in partials {
+        for partial in partials {
+            let Partial { mut group, pending } = match query.range_size {
+                Some(_) if partial.is_empty() => {
+                    self.reread_plain(partial, &query.member_attributes, timeout)
+                        .await?
+                }
+                _ => partial,
+            };
             for (range, uid) in pending {
                 ranged += 1;
                 let rest = follow_ranges(
