@@ -7,7 +7,7 @@ mod common;
 
 use common::accounts::{at, emails, flag, DAY, T0};
 use common::ad_site::{AdSite, Agent};
-use common::site::{Run, Settings};
+use common::site::{plan_joins, Run, Settings};
 use serde_json::Value;
 
 /// A 7-day grace period and a brake that never stops these small sites.
@@ -828,15 +828,9 @@ create = { name = "Big" }
         let run = site.run(&["-v", "plan", "--json"]);
         assert_eq!(run.code, 2, "{groups}: {}", run.stderr);
         let plan: Value = serde_json::from_str(&run.stdout).unwrap();
-        let joins: std::collections::BTreeSet<&str> = plan["rooms"]["actions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["kind"] == "join")
-            .filter_map(|a| a["mxid"].as_str())
-            .collect();
+        let joins = plan_joins(&plan);
         assert_eq!(joins.len(), 1600, "{groups}: {}", plan["rooms"]["warnings"]);
-        assert!(joins.contains(site.mxid("b1599").as_str()), "{groups}");
+        assert!(joins.contains(&site.mxid("b1599")), "{groups}");
         let log = plain(&run.stderr);
         assert!(log.contains(ranged), "{groups}: {log}");
         if ranged == "ranged=1 " {

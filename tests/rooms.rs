@@ -7,6 +7,7 @@ mod site;
 
 use std::collections::BTreeSet;
 
+use common::site::plan_joins;
 use common::Synapse;
 use serde_json::{json, Value};
 use site::Site;
@@ -430,14 +431,11 @@ create = { name = "Big" }
     );
     let (code, plan) = site.plan_json();
     assert_eq!(code, 2, "{plan}");
-    let joins: BTreeSet<String> = plan["rooms"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["kind"] == "join")
-        .map(|a| a["mxid"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(joins, set(&site, &["ann", "ben", "cat"]), "{plan}");
+    assert_eq!(
+        plan_joins(&plan),
+        set(&site, &["ann", "ben", "cat"]),
+        "{plan}"
+    );
 }
 
 #[test]
@@ -554,16 +552,5 @@ create = { name = "Team" }
     site.add_group("team", &members);
     let (code, plan) = site.plan_json();
     assert_eq!(code, 2, "{plan}");
-    let joins: BTreeSet<&str> = plan["rooms"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["kind"] == "join")
-        .filter_map(|a| a["mxid"].as_str())
-        .collect();
-    let expected = set(&site, &["ann", "ben", "cat"]);
-    assert_eq!(
-        joins,
-        expected.iter().map(String::as_str).collect::<BTreeSet<_>>()
-    );
+    assert_eq!(plan_joins(&plan), set(&site, &["ann", "ben", "cat"]));
 }
