@@ -7,7 +7,7 @@ mod common;
 
 use common::accounts::{at, emails, flag, DAY, T0};
 use common::ad_site::{AdSite, Agent};
-use common::site::{Run, Settings};
+use common::site::{plan_joins, Run, Settings};
 use serde_json::Value;
 
 /// A 7-day grace period and a brake that never stops these small sites.
@@ -540,22 +540,30 @@ fn a_deleted_agent_is_suspended_and_a_restored_one_gets_its_account_back() {
     assert!(!flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
 }
 
-#[test]
-fn a_page_size_above_max_page_size_reads_all_of_many_agents() {
-    let site = AdSite::new("paging");
+/// Adds `n` enabled users `CN=Bulk <i>` with `ldbadd` (fast); returns their DNs.
+fn bulk_agents(site: &AdSite, n: usize) -> Vec<String> {
     let mut ldif = String::new();
-    for i in 0..1200 {
+    let mut dns = Vec::with_capacity(n);
+    for i in 0..n {
         let sam = site.sam(&format!("b{i:04}"));
+        let dn = format!("CN=Bulk {i:04},{}", site.ou);
         ldif.push_str(&format!(
-            "dn: CN=Bulk {i:04},{ou}\nobjectClass: user\nsAMAccountName: {sam}\n\
+            "dn: {dn}\nobjectClass: user\nsAMAccountName: {sam}\n\
              givenName: Bulk\nsn: {i:04}\ndisplayName: Bulk {i:04}\n\
-             userAccountControl: 544\n\n",
-            ou = site.ou
+             userAccountControl: 544\n\n"
         ));
+        dns.push(dn);
     }
     let began = std::time::Instant::now();
     site.dc.ldbadd(&ldif);
-    eprintln!("1200 AD users added with ldbadd in {:.2?}", began.elapsed());
+    eprintln!("{n} AD users added with ldbadd in {:.2?}", began.elapsed());
+    dns
+}
+
+#[test]
+fn a_page_size_above_max_page_size_reads_all_of_many_agents() {
+    let site = AdSite::new("paging");
+    bulk_agents(&site, 1200);
 
     // Samba does not enforce MaxPageSize (1,000): 2,000 is one page here. 300 is four full
     // pages and an empty last one (the DC sends a cookie after the fourth).
@@ -625,4 +633,260 @@ fn the_documented_example_config_works() {
         "{}",
         all_output(&run)
     );
+}
+
+/// Sets the site's room rules: the preset, then `groups` (a `[groups]` table or nothing) and
+/// `rooms`, with `{tag}`, `{ou}`, `{base}` (the domain) and `{server}` replaced; departures
+/// and an open brake as in [`DEPARTURES`]; pages of 1,000.
+fn configure_rooms(site: &AdSite, groups: &str, rooms: &str) {
+    let rules = format!("\n{groups}\n{rooms}")
+        .replace("{tag}", &site.tag)
+        .replace("{ou}", &site.ou)
+        .replace("{base}", &site.dc.base_dn)
+        .replace("{server}", &site.synapse.server_name);
+    site.configure(&Settings {
+        mapping_extra: rules,
+        config_extra: DEPARTURES.into(),
+        page_size: Some(1000),
+        ..Settings::default()
+    });
+}
+
+fn alias(site: &AdSite, name: &str) -> String {
+    format!("#{name}-{}:{}", site.tag, site.synapse.server_name)
+}
+
+fn mxids(site: &AdSite, names: &[&str]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|n| site.mxid(n)).collect()
+}
+
+fn agent(name: &str) -> Agent<'_> {
+    Agent {
+        name,
+        given: name,
+        sn: "Test",
+        ..Agent::default()
+    }
+}
+
+/// `plan` finds nothing to do (exit code 0); returns its log.
+fn nothing_to_do(site: &AdSite) -> String {
+    let run = site.run(&["plan"]);
+    assert_eq!(run.code, 0, "{}", all_output(&run));
+    plain(&run.stderr)
+}
+
+const STAFF_ROOM: &str = r##"
+[[rooms]]
+room = "#staff-{tag}:{server}"
+groups = ["CN=Top,{ou}"]
+create = { name = "Staff" }
+"##;
+
+const IN_CHAIN: &str = "[groups]\nin_chain = true\n";
+
+#[test]
+fn nested_ad_groups_with_a_cycle_fill_a_room_read_recursively_or_in_chain() {
+    let site = AdSite::new("nested");
+    for name in ["ann", "ben", "cat", "dan"] {
+        site.add_agent(agent(name));
+    }
+    // Top → Mid → Low → Top (a cycle); dan is in no group.
+    let low = site.add_group("Low", &[site.dn("cat")]);
+    let mid = site.add_group("Mid", &[site.dn("ben"), low.clone()]);
+    let top = site.add_group("Top", &[site.dn("ann"), mid.clone()]);
+    site.change_member(&low, "add", &top);
+    configure_rooms(&site, "", STAFF_ROOM);
+    let staff = alias(&site, "staff");
+
+    let plan = site.run(&["plan"]);
+    assert_eq!(plan.code, 2, "{}", all_output(&plan));
+    assert!(
+        plan.stdout.contains(&format!(
+            "why: joins {staff}: member of {top} via {mid} → {low}"
+        )),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("cycle"), "{}", plan.stdout);
+    assert_eq!(
+        plan.stdout.matches(&format!("joins {staff}:")).count(),
+        3,
+        "each member joins once: {}",
+        plan.stdout
+    );
+    let run = site.sync_ok();
+    assert!(run.stdout.contains("Rooms: "), "{}", run.stdout);
+    assert_eq!(
+        site.synapse.room_members(&staff),
+        mxids(&site, &["ann", "ben", "cat"])
+    );
+    let log = nothing_to_do(&site);
+    assert!(log.contains("directory groups complete groups=3 "), "{log}");
+
+    // The DC resolves the nesting (and the cycle) itself: the same members, nothing to do;
+    // only the rule's group is read, not its members.
+    configure_rooms(&site, IN_CHAIN, STAFF_ROOM);
+    let log = nothing_to_do(&site);
+    assert!(log.contains("directory groups complete groups=1 "), "{log}");
+
+    // Cat leaves the innermost group: she leaves the (managed) room on the next run.
+    site.change_member(&low, "delete", &site.dn("cat"));
+    let plan = site.run(&["plan"]);
+    assert_eq!(plan.code, 2, "{}", all_output(&plan));
+    assert!(plan.stdout.contains(&site.mxid("cat")), "{}", plan.stdout);
+    site.sync_ok();
+    assert_eq!(
+        site.synapse.room_members(&staff),
+        mxids(&site, &["ann", "ben"])
+    );
+    // And the recursive reader agrees.
+    configure_rooms(&site, "", STAFF_ROOM);
+    nothing_to_do(&site);
+}
+
+#[test]
+fn agents_whose_primary_group_a_rule_names_are_its_members() {
+    let site = AdSite::new("primary");
+    site.add_agent(agent("ann"));
+    site.add_agent(agent("eve"));
+    // Eve's primary group becomes Prim (she must be a member first, as in AD).
+    let prim = site.add_group("Prim", &[site.dn("eve")]);
+    site.set_attr("eve", "primaryGroupID", &[&site.rid(&prim)]);
+    let listed = site.dc.search(&prim, "(objectClass=*)", &["member"]);
+    assert!(
+        !listed.contains("member: "),
+        "the DC no longer lists a primary member in `member`: {listed}"
+    );
+    let users = format!("CN=Domain Users,CN=Users,{}", site.dc.base_dn);
+    let listed = site.dc.search(&users, "(objectClass=*)", &["member"]);
+    assert!(!listed.contains(&site.sam("ann")), "{listed}");
+    let rooms = r##"
+[[rooms]]
+room = "#users-{tag}:{server}"
+groups = ["CN=Domain Users,CN=Users,{base}"]
+create = { name = "Domain Users" }
+
+[[rooms]]
+room = "#prim-{tag}:{server}"
+groups = ["CN=Prim,{ou}"]
+create = { name = "Prim" }
+"##;
+    // Domain Users is outside the site's OU: groups are searched from the domain root.
+    let groups = "[groups]\nbases = [\"{base}\"]\n";
+    configure_rooms(&site, groups, rooms);
+    let plan = site.run(&["plan"]);
+    assert_eq!(plan.code, 2, "{}", all_output(&plan));
+    assert!(
+        plan.stdout.contains(&format!(
+            "joins {}: member of {users} (primary group)",
+            alias(&site, "users")
+        )),
+        "{}",
+        plan.stdout
+    );
+    site.sync_ok();
+    assert_eq!(
+        site.synapse.room_members(&alias(&site, "prim")),
+        mxids(&site, &["eve"])
+    );
+    // Ann through her primary group (513); Eve whichever way the DC lists her now.
+    let users_room = site.synapse.room_members(&alias(&site, "users"));
+    assert!(users_room.contains(&site.mxid("ann")), "{users_room:?}");
+    nothing_to_do(&site);
+    // In-chain mode counts primary members the same way.
+    configure_rooms(&site, &format!("{groups}in_chain = true\n"), rooms);
+    nothing_to_do(&site);
+}
+
+#[test]
+fn a_group_of_1600_members_is_read_completely_in_explicit_range_slices() {
+    let site = AdSite::new("ranged");
+    let dns = bulk_agents(&site, 1600);
+    let mut ldif = format!(
+        "dn: CN=Big,{ou}\nobjectClass: group\nsAMAccountName: {sam}\n",
+        ou = site.ou,
+        sam = site.sam("big")
+    );
+    for dn in &dns {
+        ldif.push_str(&format!("member: {dn}\n"));
+    }
+    site.dc.ldbadd(&ldif);
+    let rooms = r##"
+[[rooms]]
+room = "#big-{tag}:{server}"
+groups = ["CN=Big,{ou}"]
+create = { name = "Big" }
+"##;
+    // Samba sends all 1,600 at once unless asked for slices (it does not enforce MaxValRange);
+    // asked for 500 at a time it answers 0-499, 500-999, 1000-1499, then 1500-*.
+    for (groups, ranged) in [
+        ("", "ranged=0 "),
+        ("[groups]\nrange_size = 500\n", "ranged=1 "),
+    ] {
+        configure_rooms(&site, groups, rooms);
+        let run = site.run(&["-v", "plan", "--json"]);
+        assert_eq!(run.code, 2, "{groups}: {}", run.stderr);
+        let plan: Value = serde_json::from_str(&run.stdout).unwrap();
+        let joins = plan_joins(&plan);
+        assert_eq!(joins.len(), 1600, "{groups}: {}", plan["rooms"]["warnings"]);
+        assert!(joins.contains(&site.mxid("b1599")), "{groups}");
+        let log = plain(&run.stderr);
+        assert!(log.contains(ranged), "{groups}: {log}");
+        if ranged == "ranged=1 " {
+            assert!(log.contains("more=1100"), "{log}");
+            for (slice, values) in [("500-999", 500), ("1000-1499", 500), ("1500-1999", 100)] {
+                let line = format!("request=member;range={slice} values={values}\n");
+                assert!(log.contains(&line), "{line}: {log}");
+            }
+        }
+    }
+}
+
+/// The room rules of docs/active-directory.md ("Rooms from AD groups"), with the test's names:
+/// nested Staff (in chain), a power level from Heads, and Domain Users by primary group.
+#[test]
+fn the_documented_room_rules_work() {
+    let site = AdSite::new("docrooms");
+    for name in ["ann", "ben", "cat"] {
+        site.add_agent(agent(name));
+    }
+    let dev = site.add_group("Dev", &[site.dn("ben")]);
+    site.add_group("Staff", &[site.dn("ann"), dev]);
+    site.add_group("Heads", &[site.dn("ann")]);
+    let doc =
+        std::fs::read_to_string(common::repo_root().join("docs/active-directory.md")).unwrap();
+    let rules = doc
+        .split("```toml\n")
+        .find(|block| block.starts_with("[groups]"))
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block with [groups] in docs/active-directory.md");
+    let rules = rules
+        .replace("OU=Groups,DC=ad,DC=example,DC=org", "{ou}")
+        .replace("DC=ad,DC=example,DC=org", "{base}")
+        .replace("#staff:example.org", "#staff-{tag}:{server}")
+        .replace("#everyone:example.org", "#everyone-{tag}:{server}");
+    assert!(!rules.contains("example"), "not replaced: {rules}");
+    configure_rooms(&site, "", &rules);
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    let power: Vec<(&str, i64)> = plan["rooms"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "set_power")
+        .map(|a| (a["mxid"].as_str().unwrap(), a["to"].as_i64().unwrap()))
+        .collect();
+    let ann = site.mxid("ann");
+    assert_eq!(power, vec![(ann.as_str(), 50)], "{}", plan["rooms"]);
+    site.sync_ok();
+    assert_eq!(
+        site.synapse.room_members(&alias(&site, "staff")),
+        mxids(&site, &["ann", "ben"])
+    );
+    assert_eq!(
+        site.synapse.room_members(&alias(&site, "everyone")),
+        mxids(&site, &["ann", "ben", "cat"])
+    );
+    nothing_to_do(&site);
 }

@@ -209,6 +209,8 @@ async fn read(
         filter: GroupQuery::DEFAULT_FILTER.into(),
         bases: vec![],
         member_attributes: GroupQuery::default_member_attributes(),
+        in_chain: vec![],
+        range_size: None,
     };
     let mut dir = Directory::connect(&cfg).await?;
     let groups = dir

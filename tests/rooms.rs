@@ -7,43 +7,21 @@ mod site;
 
 use std::collections::BTreeSet;
 
+use common::site::plan_joins;
 use common::Synapse;
 use serde_json::{json, Value};
 use site::Site;
 
-fn enc(s: &str) -> String {
-    s.replace('#', "%23").replace('!', "%21")
-}
+use common::synapse::url_path_part as enc;
 
 /// The room id an alias points to, if any.
 fn room_id(synapse: &Synapse, alias: &str) -> Option<String> {
-    match synapse.request(
-        "GET",
-        &format!("/_matrix/client/v3/directory/room/{}", enc(alias)),
-        None,
-    ) {
-        (200, v) => Some(v["room_id"].as_str().unwrap().to_string()),
-        (404, _) => None,
-        (s, v) => panic!("resolve {alias}: {s} {v}"),
-    }
+    synapse.room_id(alias)
 }
 
 /// Joined members of the room an alias names.
 fn members(site: &Site, alias: &str) -> BTreeSet<String> {
-    let id = room_id(site.synapse, alias).unwrap_or_else(|| panic!("no room {alias}"));
-    let (s, v) = site.synapse.request(
-        "GET",
-        &format!("/_synapse/admin/v1/rooms/{}/members", enc(&id)),
-        None,
-    );
-    assert_eq!(s, 200, "{v}");
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_str().unwrap().to_string())
-        .filter(|m| m != &site.synapse.admin_mxid)
-        .collect()
+    site.synapse.room_members(alias)
 }
 
 fn set(site: &Site, uids: &[&str]) -> BTreeSet<String> {
@@ -453,14 +431,11 @@ create = { name = "Big" }
     );
     let (code, plan) = site.plan_json();
     assert_eq!(code, 2, "{plan}");
-    let joins: BTreeSet<String> = plan["rooms"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["kind"] == "join")
-        .map(|a| a["mxid"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(joins, set(&site, &["ann", "ben", "cat"]), "{plan}");
+    assert_eq!(
+        plan_joins(&plan),
+        set(&site, &["ann", "ben", "cat"]),
+        "{plan}"
+    );
 }
 
 #[test]
@@ -549,4 +524,33 @@ create = { name = "Return additive" }
     assert_eq!(members(&site, &managed), set(&site, &["ann", "ben"]));
     let (code, plan) = site.plan_json();
     assert_eq!(code, 0, "{plan}");
+}
+
+/// `[groups] range_size` is for Active Directory; a directory without range options (slapd
+/// ignores `member;range=0-1`) still gives whole groups, never empty ones.
+#[test]
+fn explicit_ranges_on_a_directory_without_them_still_read_whole_groups() {
+    let site = Site::with_rules(
+        "rooms-range",
+        r##"
+[groups]
+range_size = 2
+
+[[rooms]]
+room = "#team-{tag}:example.org"
+groups = ["cn=team,{ou}"]
+create = { name = "Team" }
+"##,
+    );
+    for uid in ["ann", "ben", "cat"] {
+        site.add_agent(uid, &[]);
+    }
+    let members: Vec<String> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|u| site.agent_dn(u))
+        .collect();
+    site.add_group("team", &members);
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    assert_eq!(plan_joins(&plan), set(&site, &["ann", "ben", "cat"]));
 }

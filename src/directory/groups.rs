@@ -10,6 +10,17 @@
 //!
 //! Nested groups are resolved here, transitively, from the groups read (a member DN that is a
 //! group's DN is that group's members); cycles are cut and reported.
+//!
+//! Active Directory specifics:
+//! - a user's primary group (`primaryGroupID`, e.g. 513 Domain Users) does not list the user
+//!   in its `member`: each group's RID (the last part of its `objectSid`) is kept, and
+//!   resolving the group yields [`Member::PrimaryGroup`] for the agents to match;
+//! - with [`GroupQuery::in_chain`] the DC itself resolves nesting: one agent search per rule
+//!   group with the in-chain matching rule (`memberOf:1.2.840.113556.1.4.1941:=<group DN>`),
+//!   instead of reading every group's members;
+//! - with [`GroupQuery::range_size`] member attributes are asked for in explicit slices
+//!   (`member;range=0-999`, then `1000-1999`, …), for DCs (or tests) where the server's own
+//!   `MaxValRange` is not the limit wanted.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -29,6 +40,12 @@ pub struct GroupQuery {
     pub bases: Vec<String>,
     /// Member attributes; `memberUid` values are logins, every other one holds DNs.
     pub member_attributes: Vec<String>,
+    /// AD: the rule groups whose transitive members the DC is asked for with the in-chain
+    /// matching rule. Empty: groups are read and resolved here.
+    pub in_chain: Vec<String>,
+    /// Ask for member attributes in slices of this many values (`member;range=0-N`).
+    /// `None`: the server decides (AD slices at `MaxValRange`, others send everything).
+    pub range_size: Option<u32>,
 }
 
 impl GroupQuery {
@@ -50,6 +67,9 @@ pub struct Group {
     pub members: Vec<String>,
     /// posixGroup `memberUid` values: logins, matched against the agents' uid attribute.
     pub member_uids: Vec<String>,
+    /// AD: the group's RID (from its `objectSid`), which its primary members carry as
+    /// `primaryGroupID` (they are not in `member`).
+    pub rid: Option<u32>,
 }
 
 /// A resolved member: an entry DN (normalized, see [`normalize_dn`]) or a login.
@@ -57,6 +77,8 @@ pub struct Group {
 pub enum Member {
     Dn(String),
     Uid(String),
+    /// Every agent whose `primaryGroupID` is this RID.
+    PrimaryGroup(u32),
 }
 
 /// The transitive members of one group.
@@ -98,6 +120,20 @@ impl Groups {
         self.by_dn.get(&normalize_dn(dn))
     }
 
+    /// The group at `dn` with only its own primary members as members (for groups whose
+    /// nested members the DC resolved, see [`GroupQuery::in_chain`]).
+    pub fn primary_only(&self, dn: &str) -> Option<Resolved> {
+        let group = self.get(dn)?;
+        Some(Resolved {
+            members: group
+                .rid
+                .map(|rid| (Member::PrimaryGroup(rid), vec![group.dn.clone()]))
+                .into_iter()
+                .collect(),
+            cycles: Vec::new(),
+        })
+    }
+
     /// Every member of `dn`, nested groups followed (breadth first, so each member comes with
     /// its shortest chain of groups). `None` if no such group was read.
     pub fn resolve(&self, dn: &str) -> Option<Resolved> {
@@ -128,10 +164,15 @@ impl Groups {
                         .or_insert_with(|| path.clone());
                 }
             }
-            for uid in &group.member_uids {
-                out.members
-                    .entry(Member::Uid(uid.clone()))
-                    .or_insert_with(|| path.clone());
+            let primary = group.rid.map(Member::PrimaryGroup);
+            for member in group
+                .member_uids
+                .iter()
+                .cloned()
+                .map(Member::Uid)
+                .chain(primary)
+            {
+                out.members.entry(member).or_insert_with(|| path.clone());
             }
         }
         Some(out)
@@ -181,6 +222,24 @@ pub(crate) struct Range {
     pub end: Option<u64>,
 }
 
+/// `range=<start>-*`, or `range=<start>-<start + size - 1>` for explicit slices.
+fn range_option(start: u64, size: Option<u32>) -> String {
+    match size {
+        Some(n) => format!("range={start}-{}", start + u64::from(n.max(1)) - 1),
+        None => format!("range={start}-*"),
+    }
+}
+
+/// The RID of a binary SID (its last sub-authority), e.g. 513 for Domain Users.
+pub(crate) fn sid_rid(sid: &[u8]) -> Option<u32> {
+    let count = usize::from(*sid.get(1)?);
+    if count == 0 || sid.len() != 8 + 4 * count {
+        return None;
+    }
+    let last: [u8; 4] = sid.get(sid.len() - 4..)?.try_into().ok()?;
+    Some(u32::from_le_bytes(last))
+}
+
 pub(crate) fn parse_range(name: &str) -> Option<Range> {
     let mut parts = name.split(';');
     let attr = parts.next()?.to_string();
@@ -216,13 +275,14 @@ pub(crate) trait SliceReader {
     fn server(&self) -> String;
 }
 
-/// Asks for the slices after `first` until one ends with `*`; returns those values, in order.
-/// A slice missing, starting elsewhere than asked, or empty without being the last one is an
-/// incomplete group.
+/// Asks for the slices after `first` (of `size` values each, or as many as the server sends)
+/// until one ends with `*`; returns those values, in order. A slice missing, starting elsewhere
+/// than asked, or empty without being the last one is an incomplete group.
 pub(crate) async fn follow_ranges<R: SliceReader>(
     reader: &mut R,
     dn: &str,
     first: &Range,
+    size: Option<u32>,
 ) -> Result<Vec<String>, DirectoryError> {
     let mut values = Vec::new();
     let mut end = first.end;
@@ -233,7 +293,7 @@ pub(crate) async fn follow_ranges<R: SliceReader>(
     };
     while let Some(last) = end {
         let next = last + 1;
-        let request = format!("{};range={next}-*", first.attr);
+        let request = format!("{};{}", first.attr, range_option(next, size));
         let attrs = reader.read_slice(dn, &request).await?;
         let slice = attrs.into_iter().find_map(|(name, vals)| {
             parse_range(&name)
@@ -265,6 +325,7 @@ pub(crate) async fn follow_ranges<R: SliceReader>(
                         reader,
                     ));
                 }
+                debug!(group = dn, request = %request, values = vals.len(), "ranged slice read");
                 values.extend(vals);
                 end = r.end;
             }
@@ -293,9 +354,22 @@ fn strip_unique_uid(value: &str) -> &str {
 }
 
 fn partial_group(se: SearchEntry, member_attributes: &[String]) -> Partial {
+    // objectSid is binary; ldap3 hands it over as text when its bytes happen to be UTF-8.
+    let is_sid = |name: &&String| name.eq_ignore_ascii_case("objectSid");
+    let sid = se
+        .bin_attrs
+        .iter()
+        .find(|(name, _)| is_sid(name))
+        .and_then(|(_, v)| v.first().cloned())
+        .or_else(|| {
+            let (_, v) = se.attrs.iter().find(|(name, _)| is_sid(name))?;
+            v.first().map(|s| s.as_bytes().to_vec())
+        })
+        .and_then(|bytes| sid_rid(&bytes));
     let mut partial = Partial {
         group: Group {
             dn: se.dn,
+            rid: sid,
             ..Group::default()
         },
         pending: Vec::new(),
@@ -352,7 +426,37 @@ impl SliceReader for (&mut Directory, Duration) {
     }
 }
 
+impl Partial {
+    fn is_empty(&self) -> bool {
+        self.group.members.is_empty()
+            && self.group.member_uids.is_empty()
+            && self.pending.is_empty()
+    }
+}
+
 impl Directory {
+    /// A server without range options (e.g. OpenLDAP) ignores `member;range=0-N` and sends
+    /// nothing: a group that came back empty from an explicit range request is asked again for
+    /// its plain member attributes, so it is never taken for an empty group by mistake.
+    async fn reread_plain(
+        &mut self,
+        partial: Partial,
+        member_attributes: &[String],
+        timeout: Duration,
+    ) -> Result<Partial, DirectoryError> {
+        if member_attributes.is_empty() {
+            return Ok(partial);
+        }
+        let dn = partial.group.dn.clone();
+        let Some(se) = self.read_entry(&dn, member_attributes, timeout).await? else {
+            return Ok(partial);
+        };
+        let mut again = partial_group(se, member_attributes);
+        again.group.dn = dn;
+        again.group.rid = partial.group.rid;
+        Ok(again)
+    }
+
     /// Reads every group matching `query.filter` under each of `bases` (paged, complete or
     /// error), following ranged member attributes to their end.
     pub async fn read_groups(
@@ -362,8 +466,15 @@ impl Directory {
         page_size: i32,
         timeout: Duration,
     ) -> Result<Groups, DirectoryError> {
-        let mut attrs: Vec<String> = query.member_attributes.clone();
-        attrs.push("cn".into());
+        let mut attrs: Vec<String> = query
+            .member_attributes
+            .iter()
+            .map(|a| match query.range_size {
+                Some(_) => format!("{a};{}", range_option(0, query.range_size)),
+                None => a.clone(),
+            })
+            .collect();
+        attrs.extend(["cn".into(), "objectSid".into()]);
         let mut partials: Vec<Partial> = Vec::new();
         let pages = self
             .read_bases(
@@ -377,10 +488,23 @@ impl Directory {
             .await?;
         let mut groups = Vec::with_capacity(partials.len());
         let mut ranged = 0;
-        for Partial { mut group, pending } in partials {
+        for partial in partials {
+            let Partial { mut group, pending } = match query.range_size {
+                Some(_) if partial.is_empty() => {
+                    self.reread_plain(partial, &query.member_attributes, timeout)
+                        .await?
+                }
+                _ => partial,
+            };
             for (range, uid) in pending {
                 ranged += 1;
-                let rest = follow_ranges(&mut (&mut *self, timeout), &group.dn, &range).await?;
+                let rest = follow_ranges(
+                    &mut (&mut *self, timeout),
+                    &group.dn,
+                    &range,
+                    query.range_size,
+                )
+                .await?;
                 debug!(group = %group.dn, attr = %range.attr, more = rest.len(), "ranged attribute followed");
                 add_values(&mut group, uid, rest);
             }
@@ -410,6 +534,24 @@ pub struct RoomSources {
     pub filters: Vec<String>,
 }
 
+/// `(memberOf:1.2.840.113556.1.4.1941:=<dn>)`: the agents in `dn` or in a group nested in it
+/// (LDAP_MATCHING_RULE_IN_CHAIN; the DC follows nesting and cuts cycles).
+fn in_chain_filter(dn: &str) -> String {
+    format!(
+        "(memberOf:1.2.840.113556.1.4.1941:={})",
+        ldap3::ldap_escape(dn)
+    )
+}
+
+/// `(|(distinguishedName=<dn>)…)`: the entries at these DNs (AD).
+fn dn_filter(dns: &[String]) -> String {
+    let parts: String = dns
+        .iter()
+        .map(|dn| format!("(distinguishedName={})", ldap3::ldap_escape(dn)))
+        .collect();
+    format!("(|{parts})")
+}
+
 /// Connects to `cfg.urls` (failover), reads the agents of every base of `cfg.base_dns`, then
 /// what `extra` asks for (groups under their bases or the same ones; agents matching each
 /// filter), then closes. Every search is complete or the whole read is an error.
@@ -429,9 +571,41 @@ pub async fn read_snapshot_with(
             } else {
                 &query.bases
             };
-            snapshot.groups = dir
-                .read_groups(bases, query, cfg.page_size, cfg.timeout)
-                .await?;
+            if query.in_chain.is_empty() {
+                snapshot.groups = dir
+                    .read_groups(bases, query, cfg.page_size, cfg.timeout)
+                    .await?;
+            } else {
+                // The rule groups themselves (that they exist, their RID), not their members.
+                let named = GroupQuery {
+                    filter: format!("(&{}{})", query.filter, dn_filter(&query.in_chain)),
+                    member_attributes: Vec::new(),
+                    ..query.clone()
+                };
+                snapshot.groups = dir
+                    .read_groups(bases, &named, cfg.page_size, cfg.timeout)
+                    .await?;
+                let filters: Vec<String> = query
+                    .in_chain
+                    .iter()
+                    .map(|dn| in_chain_filter(dn))
+                    .collect();
+                let mut matches = dir
+                    .read_filter_matches(
+                        &cfg.base_dns,
+                        agents,
+                        &filters,
+                        cfg.page_size,
+                        cfg.timeout,
+                    )
+                    .await?;
+                snapshot.in_chain = query
+                    .in_chain
+                    .iter()
+                    .zip(filters)
+                    .map(|(dn, f)| (normalize_dn(dn), matches.remove(&f).unwrap_or_default()))
+                    .collect();
+            }
         }
         if !extra.filters.is_empty() {
             snapshot.filter_matches = dir

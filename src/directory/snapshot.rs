@@ -83,6 +83,9 @@ pub struct Snapshot {
     pub groups: super::Groups,
     /// For each extra filter of the room rules, the agents matching it.
     pub filter_matches: BTreeMap<String, std::collections::BTreeSet<StableId>>,
+    /// AD in-chain mode: for each rule group (normalized DN), the agents the DC says are in it
+    /// or in a group nested in it.
+    pub in_chain: BTreeMap<String, std::collections::BTreeSet<StableId>>,
 }
 
 impl Snapshot {
@@ -97,6 +100,7 @@ impl Snapshot {
             server: server.into(),
             groups: super::Groups::default(),
             filter_matches: BTreeMap::new(),
+            in_chain: BTreeMap::new(),
         }
     }
 }

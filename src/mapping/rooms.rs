@@ -12,7 +12,7 @@ mod rules;
 pub use rules::{CreateRule, JoinRule, Mode, Pattern, PowerRule, RoomRule, RoomRules};
 pub(super) use rules::{RawGroups, RawRoom};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -69,7 +69,17 @@ pub fn map_rooms(
         .iter()
         .filter(|e| accounts.contains(&e.id))
         .collect();
-    let mut groups = GroupIndex::new(&snapshot.groups, &agents, &rules.member_uid_attribute);
+    let in_chain = rules
+        .groups
+        .as_ref()
+        .is_some_and(|q| !q.in_chain.is_empty())
+        .then_some(&snapshot.in_chain);
+    let mut groups = GroupIndex::new(
+        &snapshot.groups,
+        in_chain,
+        &agents,
+        &rules.member_uid_attribute,
+    );
     let mut out = DesiredRooms::default();
     for rule in &rules.rooms {
         let source = rule.room.source();
@@ -180,15 +190,34 @@ fn why_member(
 /// Resolves groups to agents once per run.
 struct GroupIndex<'a> {
     groups: &'a Groups,
+    /// AD in-chain mode: the DC's transitive members of each rule group (normalized DN).
+    in_chain: Option<&'a BTreeMap<String, BTreeSet<StableId>>>,
     by_dn: HashMap<String, StableId>,
     by_uid: HashMap<String, StableId>,
+    /// Agents by `primaryGroupID` (AD).
+    by_primary: HashMap<u32, Vec<StableId>>,
     cache: HashMap<String, HashMap<StableId, String>>,
 }
 
 impl<'a> GroupIndex<'a> {
-    fn new(groups: &'a Groups, agents: &[&Entry], uid_attribute: &str) -> GroupIndex<'a> {
+    fn new(
+        groups: &'a Groups,
+        in_chain: Option<&'a BTreeMap<String, BTreeSet<StableId>>>,
+        agents: &[&Entry],
+        uid_attribute: &str,
+    ) -> GroupIndex<'a> {
+        let mut by_primary: HashMap<u32, Vec<StableId>> = HashMap::new();
+        for e in agents {
+            for rid in e.values("primaryGroupID") {
+                if let Ok(rid) = rid.trim().parse() {
+                    by_primary.entry(rid).or_default().push(e.id.clone());
+                }
+            }
+        }
         GroupIndex {
             groups,
+            in_chain,
+            by_primary,
             by_dn: agents
                 .iter()
                 .map(|e| (normalize_dn(&e.dn), e.id.clone()))
@@ -224,7 +253,16 @@ impl<'a> GroupIndex<'a> {
         let key = normalize_dn(dn);
         if !self.cache.contains_key(&key) {
             let mut members = HashMap::new();
-            match self.groups.resolve(dn) {
+            let resolved = match self.in_chain {
+                Some(_) => self.groups.primary_only(dn),
+                None => self.groups.resolve(dn),
+            };
+            if let (Some(found), Some(_)) = (self.in_chain, &resolved) {
+                for id in found.get(&key).into_iter().flatten() {
+                    members.insert(id.clone(), format!("member of {dn} (in chain)"));
+                }
+            }
+            match resolved {
                 None => warnings.push(format!(
                     "room rules: group `{dn}` was not found in the directory (no members from it)"
                 )),
@@ -233,18 +271,25 @@ impl<'a> GroupIndex<'a> {
                         warnings.push(format!("nested groups form a cycle, cut: {cycle}"));
                     }
                     for (member, path) in resolved.members {
-                        let id = match &member {
-                            Member::Dn(d) => self.by_dn.get(d),
-                            Member::Uid(u) => self.by_uid.get(u),
+                        let ids: Vec<&StableId> = match &member {
+                            Member::Dn(d) => self.by_dn.get(d).into_iter().collect(),
+                            Member::Uid(u) => self.by_uid.get(u).into_iter().collect(),
+                            Member::PrimaryGroup(rid) => {
+                                self.by_primary.get(rid).into_iter().flatten().collect()
+                            }
                         };
-                        if let Some(id) = id {
-                            let why = match path.as_slice() {
-                                [] | [_] => format!("member of {dn}"),
-                                [_, via @ ..] => {
-                                    format!("member of {dn} via {}", via.join(" → "))
-                                }
-                            };
-                            members.insert(id.clone(), why);
+                        let primary = match member {
+                            Member::PrimaryGroup(_) => " (primary group)",
+                            _ => "",
+                        };
+                        let why = match path.as_slice() {
+                            [] | [_] => format!("member of {dn}{primary}"),
+                            [_, via @ ..] => {
+                                format!("member of {dn} via {}{primary}", via.join(" → "))
+                            }
+                        };
+                        for id in ids {
+                            members.entry(id.clone()).or_insert_with(|| why.clone());
                         }
                     }
                 }

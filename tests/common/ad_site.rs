@@ -140,6 +140,35 @@ impl AdSite {
         self.dc.modify_ldif(&ldif);
     }
 
+    /// Adds an AD security group `CN=<cn>` in the site's OU (sAMAccountName `<cn>-<tag>`)
+    /// listing `members` (DNs, which must exist); returns its DN.
+    pub fn add_group(&self, cn: &str, members: &[String]) -> String {
+        let dn = format!("CN={cn},{}", self.ou);
+        let mut ldif = format!(
+            "dn: {dn}\nobjectClass: group\nsAMAccountName: {}\n",
+            self.sam(cn)
+        );
+        for m in members {
+            ldif.push_str(&format!("member: {m}\n"));
+        }
+        self.dc.add_ldif(&ldif);
+        dn
+    }
+
+    /// Adds (`add`) or deletes (`delete`) one `member` value of a group.
+    pub fn change_member(&self, group: &str, op: &str, member: &str) {
+        self.dc.modify_ldif(&format!(
+            "dn: {group}\nchangetype: modify\n{op}: member\nmember: {member}\n"
+        ));
+    }
+
+    /// The RID of an entry (the last part of its objectSid, as `ldbsearch` shows it).
+    pub fn rid(&self, dn: &str) -> String {
+        let out = self.dc.ldbsearch(dn, "(objectClass=*)", &["objectSid"]);
+        let sid = first_value(&out, "objectSid", dn);
+        sid.rsplit('-').next().unwrap_or_default().to_string()
+    }
+
     /// Stops the DC until the returned guard is dropped (only on an `exclusive` site).
     pub fn stop_dc(&self) -> StoppedDc {
         self.assert_exclusive();

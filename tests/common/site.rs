@@ -286,3 +286,15 @@ file = "mapping.toml"
         self.plan_json_with(&[])
     }
 }
+
+/// The mxids a `plan --json` joins to rooms (any room).
+pub fn plan_joins(plan: &Value) -> std::collections::BTreeSet<String> {
+    plan["rooms"]["actions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a["kind"] == "join")
+        .filter_map(|a| a["mxid"].as_str().map(str::to_string))
+        .collect()
+}

@@ -183,6 +183,33 @@ impl Synapse {
         (status, resp.into_json().unwrap_or(Value::Null))
     }
 
+    /// The room id an alias points to, if any.
+    pub fn room_id(&self, alias: &str) -> Option<String> {
+        let path = format!("/_matrix/client/v3/directory/room/{}", url_path_part(alias));
+        match self.request("GET", &path, None) {
+            (200, v) => Some(v["room_id"].as_str().unwrap().to_string()),
+            (404, _) => None,
+            (s, v) => panic!("resolve {alias}: {s} {v}"),
+        }
+    }
+
+    /// Joined members of the room an alias names, without the admin (the daemon's user).
+    pub fn room_members(&self, alias: &str) -> std::collections::BTreeSet<String> {
+        let id = self
+            .room_id(alias)
+            .unwrap_or_else(|| panic!("no room {alias}"));
+        let path = format!("/_synapse/admin/v1/rooms/{}/members", url_path_part(&id));
+        let (s, v) = self.request("GET", &path, None);
+        assert_eq!(s, 200, "{v}");
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .filter(|m| m != &self.admin_mxid)
+            .collect()
+    }
+
     /// The admin API's view of a user, or None if it does not exist (404).
     pub fn get_user(&self, mxid: &str) -> Option<Value> {
         match self.request("GET", &format!("/_synapse/admin/v2/users/{mxid}"), None) {
@@ -435,4 +462,9 @@ rc_key_requests: {unlimited}
 "#,
         log_config = log_config.display()
     )
+}
+
+/// A room alias or id made safe for a URL path (`#` and `!` escaped).
+pub fn url_path_part(s: &str) -> String {
+    s.replace('#', "%23").replace('!', "%21")
 }

@@ -7,6 +7,7 @@ fn group(dn: &str, members: &[&str]) -> Group {
         dn: dn.into(),
         members: members.iter().map(|s| s.to_string()).collect(),
         member_uids: vec![],
+        rid: None,
     }
 }
 
@@ -143,7 +144,9 @@ impl SliceReader for FakeAd {
         if self.vanish_from.is_some_and(|v| start >= v) || start >= self.total {
             return Ok(vec![]);
         }
-        let end = (start + self.max).min(self.total) - 1;
+        // An explicit upper bound is honoured (as Samba does), within `max`.
+        let asked = r.end.map_or(u64::MAX, |e| e + 1);
+        let end = (start + self.max).min(asked).min(self.total) - 1;
         let last = end + 1 == self.total;
         let name = if last {
             format!("member;range={start}-*")
@@ -187,7 +190,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[test]
 fn ranged_members_are_followed_to_the_end() {
     let mut ad = fake(5000, 1500);
-    let rest = block_on(follow_ranges(&mut ad, "cn=big", &first(1500))).unwrap();
+    let rest = block_on(follow_ranges(&mut ad, "cn=big", &first(1500), None)).unwrap();
     assert_eq!(rest.len(), 3500);
     assert_eq!(rest[0], "uid=u1500,ou=p");
     assert_eq!(rest[3499], "uid=u4999,ou=p");
@@ -206,7 +209,7 @@ fn ranged_members_are_followed_to_the_end() {
         start: 0,
         end: None,
     };
-    assert!(block_on(follow_ranges(&mut ad, "cn=small", &whole))
+    assert!(block_on(follow_ranges(&mut ad, "cn=small", &whole, None))
         .unwrap()
         .is_empty());
     assert!(ad.asked.is_empty());
@@ -216,7 +219,7 @@ fn ranged_members_are_followed_to_the_end() {
 fn a_range_that_stops_short_is_an_incomplete_group() {
     let mut ad = fake(5000, 1500);
     ad.vanish_from = Some(3000);
-    let err = block_on(follow_ranges(&mut ad, "cn=big", &first(1500))).unwrap_err();
+    let err = block_on(follow_ranges(&mut ad, "cn=big", &first(1500), None)).unwrap_err();
     match &err {
         DirectoryError::IncompleteGroup { group, reason, .. } => {
             assert_eq!(group, "cn=big");
@@ -228,7 +231,7 @@ fn a_range_that_stops_short_is_an_incomplete_group() {
 
     let mut ad = fake(5000, 1500);
     ad.skew = true;
-    let err = block_on(follow_ranges(&mut ad, "cn=big", &first(1500))).unwrap_err();
+    let err = block_on(follow_ranges(&mut ad, "cn=big", &first(1500), None)).unwrap_err();
     assert!(err.to_string().contains("values from 1501"), "{err}");
 }
 
@@ -246,4 +249,59 @@ fn a_ranged_first_page_is_pending() {
     assert_eq!(p.group.members.len(), 2);
     assert_eq!(p.pending.len(), 1);
     assert_eq!(p.pending[0].0.end, Some(1));
+}
+
+#[test]
+fn explicit_slices_ask_for_each_range_and_end_at_the_star() {
+    let mut ad = fake(1600, 1500);
+    let rest = block_on(follow_ranges(&mut ad, "cn=big", &first(500), Some(500))).unwrap();
+    assert_eq!(rest.len(), 1100);
+    assert_eq!(rest[1099], "uid=u1599,ou=p");
+    assert_eq!(
+        ad.asked,
+        vec![
+            "member;range=500-999",
+            "member;range=1000-1499",
+            "member;range=1500-1999"
+        ]
+    );
+}
+
+#[test]
+fn the_rid_is_the_last_part_of_a_sid_and_primary_members_resolve_through_nesting() {
+    // S-1-5-21-1-2-3-513 (Domain Users).
+    let mut sid = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
+    for sub in [21u32, 1, 2, 3, 513] {
+        sid.extend(sub.to_le_bytes());
+    }
+    assert_eq!(sid_rid(&sid), Some(513));
+    assert_eq!(sid_rid(&sid[..sid.len() - 1]), None, "truncated");
+    assert_eq!(sid_rid(&[1, 0, 0, 0, 0, 0, 0, 5]), None, "no sub-authority");
+    assert_eq!(sid_rid(&[]), None);
+
+    let se = SearchEntry {
+        dn: "cn=users,ou=g".into(),
+        attrs: HashMap::new(),
+        bin_attrs: HashMap::from([("objectSid".to_string(), vec![sid])]),
+    };
+    let p = partial_group(se, &GroupQuery::default_member_attributes());
+    assert_eq!(p.group.rid, Some(513));
+
+    let mut top = group("cn=top,ou=g", &["cn=users,ou=g"]);
+    top.rid = Some(1200);
+    let groups = Groups::new([top, p.group]);
+    let r = groups.resolve("cn=top,ou=g").unwrap();
+    assert_eq!(
+        r.members.keys().cloned().collect::<Vec<_>>(),
+        vec![Member::PrimaryGroup(513), Member::PrimaryGroup(1200)]
+    );
+    assert_eq!(
+        r.members[&Member::PrimaryGroup(513)],
+        vec!["cn=top,ou=g", "cn=users,ou=g"]
+    );
+    let only = groups.primary_only("CN=Top,OU=g").unwrap();
+    assert_eq!(
+        only.members.keys().cloned().collect::<Vec<_>>(),
+        vec![Member::PrimaryGroup(1200)]
+    );
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::template::Template;
-use crate::directory::{Entry, GroupQuery, RoomSources};
+use crate::directory::{normalize_dn, Entry, GroupQuery, RoomSources};
 
 /// What the daemon may remove in a room.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +130,11 @@ pub(in crate::mapping) struct RawGroups {
     bases: Vec<String>,
     member_attributes: Option<Vec<String>>,
     member_uid_attribute: Option<String>,
+    /// AD: ask the DC for each rule group's transitive members (in-chain matching rule).
+    #[serde(default)]
+    in_chain: bool,
+    /// Ask for member attributes in explicit slices of this many values.
+    range_size: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -205,13 +210,33 @@ impl RoomRules {
             .rooms
             .iter()
             .any(|r| !r.groups.is_empty() || !r.power.is_empty());
+        if raw_groups.range_size == Some(0) {
+            return Err((
+                "groups.range_size".into(),
+                "0 values per slice reads nothing: give at least 1".into(),
+            ));
+        }
         if uses_groups {
+            let mut in_chain = Vec::new();
+            if raw_groups.in_chain {
+                for r in &out.rooms {
+                    in_chain.extend(
+                        r.groups
+                            .iter()
+                            .chain(r.power.iter().flat_map(|p| &p.groups)),
+                    );
+                }
+                in_chain.sort_by_key(|dn| normalize_dn(dn));
+                in_chain.dedup_by_key(|dn| normalize_dn(dn));
+            }
             out.groups = Some(GroupQuery {
                 filter,
                 bases: raw_groups.bases,
                 member_attributes: raw_groups
                     .member_attributes
                     .unwrap_or_else(GroupQuery::default_member_attributes),
+                in_chain: in_chain.into_iter().cloned().collect(),
+                range_size: raw_groups.range_size,
             });
         }
         Ok(out)
@@ -245,6 +270,8 @@ impl RoomRules {
         }
         if self.groups.is_some() {
             out.push(self.member_uid_attribute.clone());
+            // AD: members of a group that is their primary group are not in its `member`.
+            out.push("primaryGroupID".into());
         }
         out
     }

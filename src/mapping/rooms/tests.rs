@@ -84,11 +84,13 @@ keep = ["@bot:x"]
                 "UID=alice, ou=people,dc=x".into(),
             ],
             member_uids: vec![],
+            ..Group::default()
         },
         Group {
             dn: "cn=dev,ou=groups,dc=x".into(),
             members: vec!["cn=dsi,ou=groups,dc=x".into()],
             member_uids: vec!["bob".into()],
+            ..Group::default()
         },
         Group {
             dn: "cn=heads,ou=groups,dc=x".into(),
@@ -97,6 +99,7 @@ keep = ["@bot:x"]
                 "uid=carol,ou=people,dc=x".into(),
             ],
             member_uids: vec![],
+            ..Group::default()
         },
     ];
     let (d, warnings) = map(&r, agents, groups);
@@ -210,6 +213,7 @@ fn rule_errors_name_the_key() {
         ("[[rooms]]\nroom = \"#a:x\"\neveryone = true\nparent = \"space\"", "rooms[0].parent"),
         ("[[rooms]]\nroom = \"#a:x\"\nfilter = \"(l=Paris\"", "rooms[0].filter"),
         ("[[rooms]]\nroom = \"!a:x\"\neveryone = true\ncreate = {}", "rooms[0].create"),
+        ("[groups]\nrange_size = 0\n[[rooms]]\nroom = \"#a:x\"\ngroups = [\"cn=g\"]", "groups.range_size"),
     ];
     for (text, key) in cases {
         let err = rules(text).unwrap_err();
@@ -266,4 +270,84 @@ filter = "(l=Paris)"
         d.rooms["#paris:x"].members[&StableId("id-b".into())],
         "matches (l=Paris)"
     );
+}
+
+#[test]
+fn primary_group_members_count_and_in_chain_mode_uses_what_the_dc_resolved() {
+    let text = r##"
+[[rooms]]
+room = "#all:x"
+groups = ["CN=All,OU=g,DC=x"]
+power = [{ groups = ["cn=heads,ou=g,dc=x"], level = 50 }]
+"##;
+    let recursive = rules(text).unwrap();
+    assert!(recursive
+        .rooms
+        .attributes()
+        .contains(&"primaryGroupID".to_string()));
+    // alice: in `member` of all; bob: all is his primary group (RID 1105); carol: her primary
+    // group is sub (RID 1106), nested in all; dan: another primary group.
+    let agents = vec![
+        agent("alice", &[("primaryGroupID", "513")]),
+        agent("bob", &[("primaryGroupID", "1105")]),
+        agent("carol", &[("primaryGroupID", "1106")]),
+        agent("dan", &[("primaryGroupID", "1107")]),
+    ];
+    let groups = vec![
+        Group {
+            dn: "cn=all,ou=g,dc=x".into(),
+            members: vec!["uid=alice,ou=People,dc=x".into(), "cn=sub,ou=g,dc=x".into()],
+            rid: Some(1105),
+            ..Group::default()
+        },
+        Group {
+            dn: "cn=sub,ou=g,dc=x".into(),
+            rid: Some(1106),
+            ..Group::default()
+        },
+        Group {
+            dn: "cn=heads,ou=g,dc=x".into(),
+            rid: Some(1105),
+            ..Group::default()
+        },
+    ];
+    let (d, warnings) = map(&recursive, agents.clone(), groups.clone());
+    assert_eq!(
+        members(&d, "#all:x"),
+        vec!["id-alice", "id-bob", "id-carol"]
+    );
+    let all = &d.rooms["#all:x"];
+    assert_eq!(
+        all.members[&StableId("id-bob".into())],
+        "member of CN=All,OU=g,DC=x (primary group)"
+    );
+    assert_eq!(
+        all.members[&StableId("id-carol".into())],
+        "member of CN=All,OU=g,DC=x via cn=sub,ou=g,dc=x (primary group)"
+    );
+    assert_eq!(all.power[&StableId("id-bob".into())].0, 50);
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // In-chain: the DC's answer for each rule group, plus the rule group's own primary members.
+    let chained = rules(&format!("[groups]\nin_chain = true\n{text}")).unwrap();
+    let query = chained.rooms.sources().groups.unwrap();
+    assert_eq!(
+        query.in_chain,
+        vec!["CN=All,OU=g,DC=x", "cn=heads,ou=g,dc=x"]
+    );
+    let mut snapshot = Snapshot::complete(agents, vec![], "ldap://t");
+    snapshot.groups = Groups::new(groups);
+    snapshot.in_chain.insert(
+        "cn=all,ou=g,dc=x".into(),
+        BTreeSet::from([StableId("id-alice".into()), StableId("id-dan".into())]),
+    );
+    let ids: BTreeSet<StableId> = snapshot.entries.iter().map(|e| e.id.clone()).collect();
+    let mut warnings = vec![];
+    let d = map_rooms(&snapshot, &chained.rooms, &ids, &mut warnings);
+    assert_eq!(members(&d, "#all:x"), vec!["id-alice", "id-bob", "id-dan"]);
+    assert_eq!(
+        d.rooms["#all:x"].members[&StableId("id-dan".into())],
+        "member of CN=All,OU=g,DC=x (in chain)"
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
