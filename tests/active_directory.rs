@@ -116,20 +116,20 @@ fn agents_are_created_then_updated_from_ad_attributes_over_ldaps() {
 
     let anne = user(&site, &site.mxid("anne"));
     assert_eq!(anne["displayname"], "Anne Leroy [DSI]");
-    assert_eq!(emails(&anne), vec!["anne.leroy@example.org"]);
+    assert_eq!(emails(&anne), vec![site.mail("anne.leroy@example.org")]);
     let paul = user(&site, &site.mxid("paul"));
     assert_eq!(paul["displayname"], "Paul Girard");
     assert_eq!(emails(&paul), Vec::<String>::new());
 
     site.set_attr("anne", "department", &["Cabinet"]);
-    site.set_attr("anne", "mail", &["a.leroy@example.org"]);
+    site.set_attr("anne", "mail", &[&site.mail("a.leroy@example.org")]);
     site.set_attr("paul", "displayName", &["Paul Girard-Roux"]);
     let mark = site.synapse.log_mark();
     let run = site.sync_ok();
     assert!(run.stdout.contains("2 applied"), "{}", all_output(&run));
     let anne = user(&site, &site.mxid("anne"));
     assert_eq!(anne["displayname"], "Anne Leroy [Cabinet]");
-    assert_eq!(emails(&anne), vec!["a.leroy@example.org"]);
+    assert_eq!(emails(&anne), vec![site.mail("a.leroy@example.org")]);
     assert_eq!(
         user(&site, &site.mxid("paul"))["displayname"],
         "Paul Girard-Roux"
@@ -525,7 +525,7 @@ fn a_deleted_agent_is_suspended_and_a_restored_one_gets_its_account_back() {
         "{plan}"
     );
     site.set_attr("anne", "displayName", &["Anne Leroy"]);
-    site.set_attr("anne", "mail", &["anne.leroy@example.org"]);
+    site.set_attr("anne", "mail", &[&site.mail("anne.leroy@example.org")]);
     let mark = site.synapse.log_mark();
     let run = site.sync_ok_with(&["--now", &at(T0 + 2 * DAY)]);
     assert!(run.stdout.contains("0 failed"), "{}", all_output(&run));

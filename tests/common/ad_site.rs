@@ -107,10 +107,17 @@ impl AdSite {
             ldif.push_str(&format!("department: {dept}\n"));
         }
         if let Some(mail) = agent.mail {
-            ldif.push_str(&format!("mail: {mail}\n"));
+            ldif.push_str(&format!("mail: {}\n", self.mail(mail)));
         }
         ldif.push_str(extra);
         self.dc.add_ldif(&ldif);
+    }
+
+    /// This site's version of an address: `anne@example.org` → `anne@<tag>.example.org`. The
+    /// shared homeserver gives an e-mail to one account only (the last written), so tests
+    /// running side by side must not share addresses.
+    pub fn mail(&self, address: &str) -> String {
+        address.replace("@example.org", &format!("@{}.example.org", self.tag))
     }
 
     pub fn add_agent(&self, agent: Agent<'_>) {
