@@ -83,6 +83,9 @@ pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules, now: i64) -> Desired {
     }
     desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
     keep_emails_unique(&mut desired);
+    if rules.rooms.rooms.is_empty() {
+        return desired;
+    }
     // Agents who left are in no room: a departure leaves the managed rooms, a return rejoins.
     let mapped = desired
         .accounts

@@ -117,6 +117,10 @@ pub fn plan_with_rooms(
     daemon: Option<&str>,
 ) -> Plan {
     let mut result = plan_accounts(desired, ledger, policy);
+    if desired.rooms.is_empty() {
+        // Nothing to diff (a room the ledger knows is only emptied through its rule).
+        return result;
+    }
     let mut mxids: BTreeMap<StableId, String> = ledger
         .accounts
         .values()
