@@ -85,7 +85,11 @@ pub struct SkippedEntry {
 /// benchmarks) takes on that promise.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The agent entries, but those handed on as they were read and not kept (see
+    /// [`Directory::read_snapshot_passing`](super::Directory::read_snapshot_passing)).
     pub entries: Vec<Entry>,
+    /// Agent entries handed on as they were read and not kept in `entries`.
+    pub passed_on: usize,
     pub skipped: Vec<SkippedEntry>,
     /// The directory URL that answered.
     pub server: String,
@@ -103,11 +107,17 @@ impl Snapshot {
     ) -> Self {
         Snapshot {
             entries,
+            passed_on: 0,
             skipped,
             server: server.into(),
             groups: super::Groups::default(),
             filter_matches: BTreeMap::new(),
         }
+    }
+
+    /// Agent entries the directory returned: usable, handed on, or skipped.
+    pub fn agents(&self) -> usize {
+        self.entries.len() + self.passed_on + self.skipped.len()
     }
 }
 

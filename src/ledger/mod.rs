@@ -40,8 +40,13 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("ledger storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// The thread reading the ledger beside the directory read stopped before the end.
+    #[error("reading the ledger did not finish: {0}")]
+    Unfinished(String),
 }
 
+/// A handle on the store: clones share it (e.g. to read it on another thread).
+#[derive(Clone)]
 pub struct Ledger {
     path: PathBuf,
     db: sled::Db,
