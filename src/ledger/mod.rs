@@ -130,12 +130,15 @@ impl Ledger {
 
     /// Every managed account.
     pub fn view(&self) -> Result<LedgerView, LedgerError> {
-        let mut accounts = BTreeMap::new();
-        for item in self.accounts.iter() {
-            let (_, value) = item?;
-            let record: AccountRecord = decode(&value)?;
-            accounts.insert(record.id.clone(), record);
-        }
+        // Collected (not inserted one by one), the map is built in bulk with full nodes.
+        let accounts = self
+            .accounts
+            .iter()
+            .map(|item| {
+                let record: AccountRecord = decode(&item?.1)?;
+                Ok((record.id.clone(), record))
+            })
+            .collect::<Result<BTreeMap<_, _>, LedgerError>>()?;
         Ok(LedgerView {
             accounts,
             rooms: self.rooms_view()?,
