@@ -137,24 +137,39 @@ impl<'r> Mapper<'r> {
 /// account was written last, so two agents sharing one would take it from each other on every
 /// run. The agent first in stable-id order keeps it; the others go without, with a warning.
 fn keep_emails_unique(desired: &mut Desired) {
-    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for account in &mut desired.accounts {
-        account.emails.retain(|address| match owner.get(address) {
-            None => {
-                owner.insert(address.clone(), account.dn.clone());
-                true
-            }
-            Some(first) => {
-                let note = format!(
-                    "{}: e-mail `{address}` is also {first}'s, left to them",
-                    account.dn
-                );
-                tracing::warn!("{note}");
-                desired.warnings.push(note);
-                false
-            }
-        });
+    for (i, address, first) in shared_emails(&desired.accounts) {
+        if let Some(account) = desired.accounts.get_mut(i) {
+            let note = format!(
+                "{}: e-mail `{address}` is also {first}'s, left to them",
+                account.dn
+            );
+            tracing::warn!("{note}");
+            desired.warnings.push(note);
+            account.emails.retain(|a| *a != address);
+        }
     }
+}
+
+/// (account index, address, DN of the first account with it) of each address an earlier
+/// account already has. Borrows the addresses: most directories share none.
+fn shared_emails(accounts: &[DesiredAccount]) -> Vec<(usize, String, String)> {
+    use std::collections::hash_map::Entry as Slot;
+    let mut owner: std::collections::HashMap<&str, &str> =
+        std::collections::HashMap::with_capacity(accounts.len());
+    let mut shared = Vec::new();
+    for (i, account) in accounts.iter().enumerate() {
+        for address in &account.emails {
+            match owner.entry(address) {
+                Slot::Vacant(slot) => {
+                    slot.insert(&account.dn);
+                }
+                Slot::Occupied(first) => {
+                    shared.push((i, address.clone(), first.get().to_string()));
+                }
+            }
+        }
+    }
+    shared
 }
 
 fn map_entry(
@@ -377,9 +392,15 @@ emails = ["{mail?}"]
     #[test]
     fn entries_mapped_as_they_come_give_the_same_desired_state() {
         let entries = vec![
-            entry("b", &[("givenName", "Bea"), ("sn", "X"), ("mail", "x@x.org")]),
+            entry(
+                "b",
+                &[("givenName", "Bea"), ("sn", "X"), ("mail", "x@x.org")],
+            ),
             entry("c", &[("givenName", "Sans")]),
-            entry("a", &[("givenName", "Ann"), ("sn", "X"), ("mail", "X@x.org")]),
+            entry(
+                "a",
+                &[("givenName", "Ann"), ("sn", "X"), ("mail", "X@x.org")],
+            ),
         ];
         let mut whole = snapshot(entries.clone());
         whole.skipped.push(crate::directory::SkippedEntry {
