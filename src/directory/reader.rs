@@ -511,10 +511,7 @@ impl<'q, 'p> Collector<'q, 'p> {
                     ),
                     dn: entry.dn,
                 }),
-                None => {
-                    self.by_id.insert(entry.id.0.clone(), entry.dn.clone());
-                    self.keep_or_pass_on(entry);
-                }
+                None => self.keep_or_pass_on(entry),
             },
             Err(skipped) => {
                 if self.skipped_dns.insert(skipped.dn.to_ascii_lowercase()) {
@@ -531,9 +528,11 @@ impl<'q, 'p> Collector<'q, 'p> {
             None => true,
         };
         if keep {
+            self.by_id.insert(entry.id.0.clone(), entry.dn.clone());
             self.entries.push(entry);
         } else {
             self.passed_on += 1;
+            self.by_id.insert(entry.id.0, entry.dn);
         }
     }
 }
