@@ -40,6 +40,21 @@ impl State {
             last_good: ledger.last_good()?,
         })
     }
+
+    /// [`State::read`] on a blocking thread, so that it runs while the directory is read.
+    pub fn read_beside(ledger: &Ledger) -> tokio::task::JoinHandle<Result<State, LedgerError>> {
+        let ledger = ledger.clone();
+        tokio::task::spawn_blocking(move || State::read(&ledger))
+    }
+
+    /// What [`State::read_beside`] read.
+    pub async fn finished(
+        reading: tokio::task::JoinHandle<Result<State, LedgerError>>,
+    ) -> Result<State, LedgerError> {
+        reading
+            .await
+            .map_err(|e| LedgerError::Unfinished(e.to_string()))?
+    }
 }
 
 /// What a dry run found.
@@ -106,13 +121,62 @@ pub async fn preview_with<H: Homeserver + Rooms>(
     now: i64,
     homeserver: Option<&H>,
 ) -> Result<Preview, RunError> {
+    let mapped = read_and_map(config, rules, now).await?;
+    plan_mapped(config, rules, state, mapped, now, homeserver).await
+}
+
+/// [`preview_with`], reading the ledger's state from `ledger` while the directory is read.
+pub async fn preview_reading<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    ledger: &Ledger,
+    now: i64,
+    homeserver: Option<&H>,
+) -> Result<Preview, RunError> {
+    let reading = State::read_beside(ledger);
+    let mapped = read_and_map(config, rules, now).await;
+    let state = State::finished(reading).await?;
+    plan_mapped(config, rules, &state, mapped?, now, homeserver).await
+}
+
+/// The directory's agents, mapped as they are read (the entries are not kept unless room
+/// rules need them).
+struct Mapped {
+    server: String,
+    agents: usize,
+    desired: Desired,
+}
+
+async fn read_and_map(config: &Config, rules: &Rules, now: i64) -> Result<Mapped, RunError> {
+    let mut mapper = mapping::Mapper::new(rules, now);
     let snapshot = directory::read_snapshot_with(
         &config.directory,
         &agent_query(rules),
         &rules.rooms.sources(),
+        &mut |entry| mapper.add(entry),
     )
     .await?;
-    let desired = mapping::map_snapshot(&snapshot, rules, now);
+    let desired = mapper.finish(&snapshot);
+    Ok(Mapped {
+        agents: snapshot.agents(),
+        server: snapshot.server,
+        desired,
+    })
+}
+
+async fn plan_mapped<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    state: &State,
+    mapped: Mapped,
+    now: i64,
+    homeserver: Option<&H>,
+) -> Result<Preview, RunError> {
+    let Mapped {
+        server,
+        agents,
+        desired,
+    } = mapped;
     let (observed, daemon) = match homeserver {
         Some(hs) => {
             observe_rooms(
@@ -132,7 +196,6 @@ pub async fn preview_with<H: Homeserver + Rooms>(
         &observed,
         daemon.as_deref(),
     );
-    let agents = snapshot.entries.len() + snapshot.skipped.len();
     let scope = brake::scope(config, rules);
     let context = brake::Context {
         managed: state.view.accounts.len(),
@@ -142,7 +205,7 @@ pub async fn preview_with<H: Homeserver + Rooms>(
     };
     let brake = brake::check(&plan, &context, &config.brake);
     Ok(Preview {
-        server: snapshot.server,
+        server,
         agents,
         plan,
         desired,
@@ -164,9 +227,10 @@ pub async fn sync<H: Homeserver + Rooms>(
     observer: &dyn Observer,
 ) -> Result<SyncResult, RunError> {
     let started_at = clock.now();
-    let state = State::read(ledger)?;
-    let preview = match preview_with(config, rules, &state, started_at, Some(homeserver)).await {
+    let preview = match preview_reading(config, rules, ledger, started_at, Some(homeserver)).await {
         Ok(p) => p,
+        // The ledger could not be read: no run to record in it.
+        Err(e @ RunError::Ledger(_)) => return Err(e),
         Err(e) => {
             let run = RunRecord {
                 started_at,

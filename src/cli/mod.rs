@@ -205,12 +205,17 @@ fn open_existing(config: &Config) -> Result<Ledger, String> {
 
 async fn plan(config: &Config, clock: &dyn Clock, json: bool) -> Result<ExitCode, String> {
     let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
-    let state = read_state(config)?;
     // Reads room state from the homeserver when the rules give rooms; writes nothing.
     let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
-    let preview = pipeline::preview_with(config, &rules, &state, clock.now(), Some(&homeserver))
-        .await
-        .map_err(|e| e.to_string())?;
+    let now = clock.now();
+    // A dry run must not create state: no ledger yet means everything is new.
+    let preview = if Ledger::exists(&config.state_dir) {
+        let ledger = Ledger::open(&config.state_dir).map_err(|e| e.to_string())?;
+        pipeline::preview_reading(config, &rules, &ledger, now, Some(&homeserver)).await
+    } else {
+        pipeline::preview_with(config, &rules, &State::default(), now, Some(&homeserver)).await
+    }
+    .map_err(|e| e.to_string())?;
     if json {
         println!("{}", render::plan_json(&preview));
     } else {

@@ -1,6 +1,6 @@
 //! Turning one LDAP search entry into an [`Entry`] with its stable id, or a [`SkippedEntry`].
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 
 use ldap3::SearchEntry;
 
@@ -15,17 +15,11 @@ pub(crate) fn convert(se: SearchEntry, query: &AgentQuery) -> Result<Entry, Skip
     let id_attr = query.id_attribute.to_ascii_lowercase();
     let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, values) in se.attrs {
-        attrs
-            .entry(name.to_ascii_lowercase())
-            .or_default()
-            .extend(values);
+        add_values(&mut attrs, name, values);
     }
     let mut binary: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for (name, values) in se.bin_attrs {
-        binary
-            .entry(name.to_ascii_lowercase())
-            .or_default()
-            .extend(values);
+        add_values(&mut binary, name, values);
     }
     if matches!(query.id_format, IdFormat::Guid) {
         if let Some(values) = attrs.remove(&id_attr) {
@@ -102,6 +96,17 @@ pub(crate) fn convert(se: SearchEntry, query: &AgentQuery) -> Result<Entry, Skip
         attrs,
         binary,
     })
+}
+
+/// Adds `values` under `name` lowercased, moving them (this runs for every attribute read).
+fn add_values<T>(map: &mut BTreeMap<String, Vec<T>>, mut name: String, values: Vec<T>) {
+    name.make_ascii_lowercase();
+    match map.entry(name) {
+        btree_map::Entry::Vacant(slot) => {
+            slot.insert(values);
+        }
+        btree_map::Entry::Occupied(mut slot) => slot.get_mut().extend(values),
+    }
 }
 
 #[cfg(test)]

@@ -554,16 +554,18 @@ fn dn_filter(dns: &[String]) -> String {
 
 /// Connects to `cfg.urls` (failover), reads the agents of every base of `cfg.base_dns`, then
 /// what `extra` asks for (groups under their bases or the same ones; agents matching each
-/// filter), then closes. Every search is complete or the whole read is an error.
+/// filter), then closes. Every search is complete or the whole read is an error. Each agent
+/// entry is handed to `pass` as it is read, and kept in the Snapshot only if it returns true.
 pub async fn read_snapshot_with(
     cfg: &crate::config::DirectoryConfig,
     agents: &super::AgentQuery,
     extra: &RoomSources,
+    pass: &mut (dyn FnMut(&super::Entry) -> bool + Send),
 ) -> Result<super::Snapshot, DirectoryError> {
     let mut dir = Directory::connect(cfg).await?;
     let result = async {
         let mut snapshot = dir
-            .read_snapshot(&cfg.base_dns, agents, cfg.page_size, cfg.timeout)
+            .read_snapshot_passing(&cfg.base_dns, agents, cfg.page_size, cfg.timeout, pass)
             .await?;
         if let Some(query) = &extra.groups {
             let bases = if query.bases.is_empty() {

@@ -191,11 +191,27 @@ impl Directory {
         page_size: i32,
         timeout: Duration,
     ) -> Result<Snapshot, DirectoryError> {
+        self.read_snapshot_passing(bases, query, page_size, timeout, &mut |_| true)
+            .await
+    }
+
+    /// [`Directory::read_snapshot`], handing each agent entry to `pass` as it is read (once,
+    /// however many bases hold it): an entry `pass` returns false for is not kept in the
+    /// Snapshot, only counted (`passed_on`), so a caller can map entries as they come without
+    /// holding the whole directory.
+    pub async fn read_snapshot_passing(
+        &mut self,
+        bases: &[String],
+        query: &AgentQuery,
+        page_size: i32,
+        timeout: Duration,
+        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+    ) -> Result<Snapshot, DirectoryError> {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));
         }
         let attrs = requested_attributes(query);
-        let mut collector = Collector::new(query);
+        let mut collector = Collector::passing(query, pass);
         let pages = self
             .read_bases(
                 bases,
@@ -207,17 +223,22 @@ impl Directory {
             )
             .await?;
         let Collector {
-            entries, skipped, ..
+            entries,
+            skipped,
+            passed_on,
+            ..
         } = collector;
         info!(
-            entries = entries.len(),
+            entries = entries.len() + passed_on,
             skipped = skipped.len(),
             pages,
             bases = bases.len(),
             server = %self.server,
             "directory snapshot complete"
         );
-        Ok(Snapshot::complete(entries, skipped, self.server.clone()))
+        let mut snapshot = Snapshot::complete(entries, skipped, self.server.clone());
+        snapshot.passed_on = passed_on;
+        Ok(snapshot)
     }
 
     /// Every base in turn, page by page, each entry handed to `sink`. Returns the number of
@@ -444,22 +465,37 @@ fn next_cookie(ctrls: &[Control]) -> Result<Option<Vec<u8>>, ()> {
 }
 
 /// Gathers entries across pages and bases; one entry per stable id.
-pub(super) struct Collector<'q> {
+pub(super) struct Collector<'q, 'p> {
     query: &'q AgentQuery,
+    /// Sees each entry first; false: not kept (only counted).
+    pass: Option<&'p mut (dyn FnMut(&Entry) -> bool + Send)>,
     pub(super) entries: Vec<Entry>,
+    passed_on: usize,
     skipped: Vec<SkippedEntry>,
-    by_id: HashMap<String, usize>,
+    /// Stable id → the DN it was first read at.
+    by_id: HashMap<String, String>,
     skipped_dns: HashSet<String>,
 }
 
-impl<'q> Collector<'q> {
+impl<'q, 'p> Collector<'q, 'p> {
+    /// Keeps every entry.
     pub(super) fn new(query: &'q AgentQuery) -> Self {
         Collector {
             query,
+            pass: None,
             entries: Vec::new(),
+            passed_on: 0,
             skipped: Vec::new(),
             by_id: HashMap::new(),
             skipped_dns: HashSet::new(),
+        }
+    }
+
+    /// Hands each entry to `pass` first, and keeps it only if `pass` says so.
+    fn passing(query: &'q AgentQuery, pass: &'p mut (dyn FnMut(&Entry) -> bool + Send)) -> Self {
+        Collector {
+            pass: Some(pass),
+            ..Collector::new(query)
         }
     }
 
@@ -467,18 +503,15 @@ impl<'q> Collector<'q> {
         match convert(se, self.query) {
             Ok(entry) => match self.by_id.get(&entry.id.0) {
                 // The same entry seen again through an overlapping base.
-                Some(&i) if self.entries[i].dn.eq_ignore_ascii_case(&entry.dn) => {}
-                Some(&i) => self.skipped.push(SkippedEntry {
+                Some(first) if first.eq_ignore_ascii_case(&entry.dn) => {}
+                Some(first) => self.skipped.push(SkippedEntry {
                     reason: format!(
-                        "same stable id {} as `{}` (read first, kept)",
-                        entry.id, self.entries[i].dn
+                        "same stable id {} as `{first}` (read first, kept)",
+                        entry.id
                     ),
                     dn: entry.dn,
                 }),
-                None => {
-                    self.by_id.insert(entry.id.0.clone(), self.entries.len());
-                    self.entries.push(entry);
-                }
+                None => self.keep_or_pass_on(entry),
             },
             Err(skipped) => {
                 if self.skipped_dns.insert(skipped.dn.to_ascii_lowercase()) {
@@ -486,6 +519,20 @@ impl<'q> Collector<'q> {
                     self.skipped.push(skipped);
                 }
             }
+        }
+    }
+
+    fn keep_or_pass_on(&mut self, entry: Entry) {
+        let keep = match &mut self.pass {
+            Some(pass) => pass(&entry),
+            None => true,
+        };
+        if keep {
+            self.by_id.insert(entry.id.0.clone(), entry.dn.clone());
+            self.entries.push(entry);
+        } else {
+            self.passed_on += 1;
+            self.by_id.insert(entry.id.0, entry.dn);
         }
     }
 }
@@ -670,6 +717,24 @@ mod tests {
         assert_eq!(c.skipped[0].dn, "uid=b,ou=p,dc=x");
         assert!(c.skipped[0].reason.contains("uid=a,ou=p,dc=x"));
         assert_eq!(c.skipped[1].dn, "uid=d,ou=p,dc=x");
+    }
+
+    #[test]
+    fn entries_passed_on_are_counted_once_and_not_kept() {
+        let q = query(&[], "entryUUID");
+        let mut seen = Vec::new();
+        let mut pass = |e: &Entry| {
+            seen.push(e.id.0.clone());
+            e.id.0 == "2"
+        };
+        let mut c = Collector::passing(&q, &mut pass);
+        c.add(se("uid=a,ou=p,dc=x", "1"));
+        c.add(se("UID=a,OU=p,DC=x", "1"));
+        c.add(se("uid=b,ou=p,dc=x", "1"));
+        c.add(se("uid=c,ou=p,dc=x", "2"));
+        let (kept, passed_on, skipped) = (c.entries.len(), c.passed_on, c.skipped.len());
+        assert_eq!((kept, passed_on, skipped), (1, 1, 1));
+        assert_eq!(seen, vec!["1", "2"]);
     }
 
     #[test]

@@ -30,10 +30,20 @@ pub struct Entry {
 impl Entry {
     /// All text values of an attribute (any case of its name), empty if absent.
     pub fn values(&self, attr: &str) -> &[String] {
-        self.attrs
-            .get(&attr.to_ascii_lowercase())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        // Lowercased on the stack: this runs for every attribute of every entry mapped.
+        let mut buf = [0u8; 64];
+        let found = match buf.get_mut(..attr.len()) {
+            Some(lower) => {
+                lower.copy_from_slice(attr.as_bytes());
+                lower.make_ascii_lowercase();
+                // ASCII lowercasing keeps UTF-8 valid: this never fails.
+                std::str::from_utf8(lower)
+                    .ok()
+                    .and_then(|name| self.attrs.get(name))
+            }
+            None => self.attrs.get(&attr.to_ascii_lowercase()),
+        };
+        found.map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// An entry with these text attributes (a name given twice gets two values); for tests
@@ -75,7 +85,11 @@ pub struct SkippedEntry {
 /// benchmarks) takes on that promise.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The agent entries, but those handed on as they were read and not kept (see
+    /// [`Directory::read_snapshot_passing`](super::Directory::read_snapshot_passing)).
     pub entries: Vec<Entry>,
+    /// Agent entries handed on as they were read and not kept in `entries`.
+    pub passed_on: usize,
     pub skipped: Vec<SkippedEntry>,
     /// The directory URL that answered.
     pub server: String,
@@ -96,11 +110,32 @@ impl Snapshot {
     ) -> Self {
         Snapshot {
             entries,
+            passed_on: 0,
             skipped,
             server: server.into(),
             groups: super::Groups::default(),
             filter_matches: BTreeMap::new(),
             in_chain: BTreeMap::new(),
         }
+    }
+
+    /// Agent entries the directory returned: usable, handed on, or skipped.
+    pub fn agents(&self) -> usize {
+        self.entries.len() + self.passed_on + self.skipped.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_by_any_case_of_any_length_of_name() {
+        let long = "x".repeat(100);
+        let entry = Entry::with_attrs("uid=a", "a", &[("givenName", "Ann"), (&long, "v")]);
+        assert_eq!(entry.first("GIVENNAME"), Some("Ann"));
+        assert_eq!(entry.first("givenname"), Some("Ann"));
+        assert_eq!(entry.first(&long.to_uppercase()), Some("v"));
+        assert_eq!(entry.values("sn"), &[] as &[String]);
     }
 }

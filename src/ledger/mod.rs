@@ -40,8 +40,13 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("ledger storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// The thread reading the ledger beside the directory read stopped before the end.
+    #[error("reading the ledger did not finish: {0}")]
+    Unfinished(String),
 }
 
+/// A handle on the store: clones share it (e.g. to read it on another thread).
+#[derive(Clone)]
 pub struct Ledger {
     path: PathBuf,
     db: sled::Db,
@@ -125,12 +130,15 @@ impl Ledger {
 
     /// Every managed account.
     pub fn view(&self) -> Result<LedgerView, LedgerError> {
-        let mut accounts = BTreeMap::new();
-        for item in self.accounts.iter() {
-            let (_, value) = item?;
-            let record: AccountRecord = decode(&value)?;
-            accounts.insert(record.id.clone(), record);
-        }
+        // Collected (not inserted one by one), the map is built in bulk with full nodes.
+        let accounts = self
+            .accounts
+            .iter()
+            .map(|item| {
+                let record: AccountRecord = decode(&item?.1)?;
+                Ok((record.id.clone(), record))
+            })
+            .collect::<Result<BTreeMap<_, _>, LedgerError>>()?;
         Ok(LedgerView {
             accounts,
             rooms: self.rooms_view()?,

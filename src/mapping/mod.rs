@@ -56,20 +56,35 @@ pub struct Desired {
 /// Maps every entry of the snapshot as of `now` (Unix seconds, for expiry dates); a bad entry
 /// is skipped with its reason, the rest goes on.
 pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules, now: i64) -> Desired {
-    let mut desired = Desired {
-        skipped: snapshot
-            .skipped
-            .iter()
-            .map(|s| SkippedAgent {
-                id: None,
-                dn: s.dn.clone(),
-                reason: s.reason.clone(),
-            })
-            .collect(),
-        ..Desired::default()
-    };
+    let mut mapper = Mapper::new(rules, now);
     for entry in &snapshot.entries {
-        match map_entry(entry, rules, now, &mut desired.warnings) {
+        mapper.add(entry);
+    }
+    mapper.finish(snapshot)
+}
+
+/// [`map_snapshot`] one entry at a time, as the directory hands them on, so the entries need
+/// not all be held: only room rules read them again once all are in.
+pub struct Mapper<'r> {
+    rules: &'r Rules,
+    now: i64,
+    desired: Desired,
+}
+
+impl<'r> Mapper<'r> {
+    pub fn new(rules: &'r Rules, now: i64) -> Self {
+        Mapper {
+            rules,
+            now,
+            desired: Desired::default(),
+        }
+    }
+
+    /// Maps one entry. Returns true when [`Mapper::finish`] needs it again (in its snapshot's
+    /// `entries`): when the rules give rooms.
+    pub fn add(&mut self, entry: &Entry) -> bool {
+        let desired = &mut self.desired;
+        match map_entry(entry, self.rules, self.now, &mut desired.warnings) {
             Ok(account) => desired.accounts.push(account),
             Err(reason) => {
                 tracing::warn!(dn = %entry.dn, %reason, "agent skipped");
@@ -80,42 +95,81 @@ pub fn map_snapshot(snapshot: &Snapshot, rules: &Rules, now: i64) -> Desired {
                 });
             }
         }
+        !self.rules.rooms.rooms.is_empty()
     }
-    desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
-    keep_emails_unique(&mut desired);
-    // Agents who left are in no room: a departure leaves the managed rooms, a return rejoins.
-    let mapped = desired
-        .accounts
-        .iter()
-        .filter(|a| !matches!(a.state, AgentState::Departed { .. }))
-        .map(|a| a.id.clone())
-        .collect();
-    desired.rooms = rooms::map_rooms(snapshot, &rules.rooms, &mapped, &mut desired.warnings);
-    desired
+
+    /// The Desired state of every entry added, with the snapshot's own skipped entries and,
+    /// from its kept entries, groups and filter matches, the rooms.
+    pub fn finish(self, snapshot: &Snapshot) -> Desired {
+        let Mapper { rules, desired, .. } = self;
+        let mut desired = Desired {
+            skipped: snapshot
+                .skipped
+                .iter()
+                .map(|s| SkippedAgent {
+                    id: None,
+                    dn: s.dn.clone(),
+                    reason: s.reason.clone(),
+                })
+                .chain(desired.skipped)
+                .collect(),
+            ..desired
+        };
+        desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        keep_emails_unique(&mut desired);
+        if rules.rooms.rooms.is_empty() {
+            return desired;
+        }
+        // Agents who left are in no room: a departure leaves the managed rooms, a return
+        // rejoins.
+        let mapped = desired
+            .accounts
+            .iter()
+            .filter(|a| !matches!(a.state, AgentState::Departed { .. }))
+            .map(|a| a.id.clone())
+            .collect();
+        desired.rooms = rooms::map_rooms(snapshot, &rules.rooms, &mapped, &mut desired.warnings);
+        desired
+    }
 }
 
 /// An e-mail address can belong to one account only: the homeserver moves it to whichever
 /// account was written last, so two agents sharing one would take it from each other on every
 /// run. The agent first in stable-id order keeps it; the others go without, with a warning.
 fn keep_emails_unique(desired: &mut Desired) {
-    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for account in &mut desired.accounts {
-        account.emails.retain(|address| match owner.get(address) {
-            None => {
-                owner.insert(address.clone(), account.dn.clone());
-                true
-            }
-            Some(first) => {
-                let note = format!(
-                    "{}: e-mail `{address}` is also {first}'s, left to them",
-                    account.dn
-                );
-                tracing::warn!("{note}");
-                desired.warnings.push(note);
-                false
-            }
-        });
+    for (i, address, first) in shared_emails(&desired.accounts) {
+        if let Some(account) = desired.accounts.get_mut(i) {
+            let note = format!(
+                "{}: e-mail `{address}` is also {first}'s, left to them",
+                account.dn
+            );
+            tracing::warn!("{note}");
+            desired.warnings.push(note);
+            account.emails.retain(|a| *a != address);
+        }
     }
+}
+
+/// (account index, address, DN of the first account with it) of each address an earlier
+/// account already has. Borrows the addresses: most directories share none.
+fn shared_emails(accounts: &[DesiredAccount]) -> Vec<(usize, String, String)> {
+    use std::collections::hash_map::Entry as Slot;
+    let mut owner: std::collections::HashMap<&str, &str> =
+        std::collections::HashMap::with_capacity(accounts.len());
+    let mut shared = Vec::new();
+    for (i, account) in accounts.iter().enumerate() {
+        for address in &account.emails {
+            match owner.entry(address) {
+                Slot::Vacant(slot) => {
+                    slot.insert(&account.dn);
+                }
+                Slot::Occupied(first) => {
+                    shared.push((i, address.clone(), first.get().to_string()));
+                }
+            }
+        }
+    }
+    shared
 }
 
 fn map_entry(
@@ -333,6 +387,38 @@ emails = ["{mail?}"]
             "{:?}",
             d.warnings
         );
+    }
+
+    #[test]
+    fn entries_mapped_as_they_come_give_the_same_desired_state() {
+        let entries = vec![
+            entry(
+                "b",
+                &[("givenName", "Bea"), ("sn", "X"), ("mail", "x@x.org")],
+            ),
+            entry("c", &[("givenName", "Sans")]),
+            entry(
+                "a",
+                &[("givenName", "Ann"), ("sn", "X"), ("mail", "X@x.org")],
+            ),
+        ];
+        let mut whole = snapshot(entries.clone());
+        whole.skipped.push(crate::directory::SkippedEntry {
+            dn: "cn=x".into(),
+            reason: "no entryUUID".into(),
+        });
+        let rules = rules();
+        let mut mapper = Mapper::new(&rules, 0);
+        for e in &entries {
+            assert!(!mapper.add(e), "no room rule: entries are not needed again");
+        }
+        let streamed = Snapshot {
+            entries: vec![],
+            passed_on: entries.len(),
+            ..whole.clone()
+        };
+        assert_eq!(mapper.finish(&streamed), map_snapshot(&whole, &rules, 0));
+        assert_eq!(streamed.agents(), whole.agents());
     }
 
     #[test]

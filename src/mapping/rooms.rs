@@ -56,6 +56,13 @@ pub struct DesiredRooms {
     pub templates: Vec<(String, Mode)>,
 }
 
+impl DesiredRooms {
+    /// True when the rules give no room (nor template) at all.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty() && self.templates.is_empty()
+    }
+}
+
 /// Who is in which rooms: every rule over every mapped agent (`accounts`: the stable ids
 /// that became accounts; others are never members).
 pub fn map_rooms(

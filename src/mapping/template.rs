@@ -241,11 +241,29 @@ fn parse_field(inner: &str) -> Result<Field, String> {
 
 /// Folds whitespace runs, drops empty bracket pairs left by optional fields, trims.
 fn tidy(text: &str) -> String {
-    let mut s = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for empty in ["[]", "()", "[ ]", "( )"] {
-        s = s.replace(empty, "");
+    const EMPTY: [&str; 4] = ["[]", "()", "[ ]", "( )"];
+    let mut s = fold_whitespace(text);
+    if EMPTY.iter().any(|e| s.contains(e)) {
+        for empty in EMPTY {
+            s = s.replace(empty, "");
+        }
+        s = fold_whitespace(&s);
     }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    s
+}
+
+/// Whitespace runs become one space; none at either end. Most values need nothing done.
+fn fold_whitespace(text: &str) -> String {
+    let mut previous_space = true;
+    let folded = text.chars().all(|c| {
+        let ok = !c.is_whitespace() || (c == ' ' && !previous_space);
+        previous_space = c == ' ';
+        ok
+    }) && !previous_space;
+    if folded || text.is_empty() {
+        return text.to_string();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -267,6 +285,23 @@ mod tests {
                 })
                 .collect(),
             binary: Default::default(),
+        }
+    }
+
+    #[test]
+    fn tidy_folds_whitespace_and_drops_empty_brackets() {
+        let cases = [
+            ("Jean Martin [DSI]", "Jean Martin [DSI]"),
+            ("  Jean\tMartin  ", "Jean Martin"),
+            ("Jean\u{a0}Martin", "Jean Martin"),
+            ("Jean Martin []", "Jean Martin"),
+            ("Jean ( ) Martin [ ]", "Jean Martin"),
+            ("([])", ""),
+            (" ", ""),
+            ("", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(tidy(text), want, "{text:?}");
         }
     }
 

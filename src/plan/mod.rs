@@ -117,6 +117,10 @@ pub fn plan_with_rooms(
     daemon: Option<&str>,
 ) -> Plan {
     let mut result = plan_accounts(desired, ledger, policy);
+    if desired.rooms.is_empty() {
+        // Nothing to diff (a room the ledger knows is only emptied through its rule).
+        return result;
+    }
     let mut mxids: BTreeMap<StableId, String> = ledger
         .accounts
         .values()
@@ -159,24 +163,14 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
     };
     let mut allocator = LocalpartAllocator::new(ledger);
     let lifecycle = Lifecycle::new(policy);
-    // Agents the directory returned, mapped or not: none of them is gone.
-    let mut present: std::collections::HashSet<&StableId> = desired
-        .skipped
-        .iter()
-        .filter_map(|s| s.id.as_ref())
-        .collect();
-    for want in &desired.accounts {
-        present.insert(&want.id);
-        match ledger.accounts.get(&want.id) {
+    let Paired { wanted, gone } = pair_up(desired, ledger);
+    for (want, record) in wanted {
+        match record {
             Some(record) => plan_managed(&mut plan, &lifecycle, want, record),
             None => plan_new(&mut plan, &mut allocator, policy, want),
         }
     }
-    for record in ledger
-        .accounts
-        .values()
-        .filter(|r| !present.contains(&r.id))
-    {
+    for record in gone {
         let reason = format!("no longer in the directory (last seen as {})", record.dn);
         if lifecycle.departed(&mut plan, record, &reason) {
             plan.unchanged += 1;
@@ -189,6 +183,54 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
     plan.pending
         .sort_by(|a, b| (a.at, &a.mxid).cmp(&(b.at, &b.mxid)));
     plan
+}
+
+/// The desired accounts with their ledger records, and the records nobody in the directory
+/// has any more.
+struct Paired<'a> {
+    /// In stable-id order; `None`: not managed yet.
+    wanted: Vec<(&'a DesiredAccount, Option<&'a AccountRecord>)>,
+    /// In stable-id order.
+    gone: Vec<&'a AccountRecord>,
+}
+
+/// One merge of the two id-ordered lists (the desired accounts are sorted by id; sorted here
+/// if they are not), instead of a map lookup per agent.
+fn pair_up<'a>(desired: &'a Desired, ledger: &'a LedgerView) -> Paired<'a> {
+    let mut wants: Vec<&DesiredAccount> = desired.accounts.iter().collect();
+    if !wants.is_sorted_by(|a, b| a.id <= b.id) {
+        wants.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    // Agents the directory returned but that could not be mapped are not gone either.
+    let skipped: std::collections::HashSet<&StableId> = desired
+        .skipped
+        .iter()
+        .filter_map(|s| s.id.as_ref())
+        .collect();
+    let mut records = ledger.accounts.values().peekable();
+    let mut gone = Vec::new();
+    // The id of the last record matched: passed over afterwards, it is not gone.
+    let mut matched: Option<&StableId> = None;
+    let mut left = |record: &'a AccountRecord, matched: Option<&StableId>| {
+        if matched != Some(&record.id) && !skipped.contains(&record.id) {
+            gone.push(record);
+        }
+    };
+    let mut wanted = Vec::with_capacity(wants.len());
+    for want in wants {
+        while let Some(record) = records.next_if(|r| r.id < want.id) {
+            left(record, matched);
+        }
+        let record = records.peek().copied().filter(|r| r.id == want.id);
+        if record.is_some() {
+            matched = Some(&want.id);
+        }
+        wanted.push((want, record));
+    }
+    for record in records {
+        left(record, matched);
+    }
+    Paired { wanted, gone }
 }
 
 fn plan_managed(

@@ -500,3 +500,39 @@ fn creations_run_before_updates_each_sorted_by_localpart() {
         ]
     );
 }
+
+#[test]
+fn managed_new_and_gone_agents_interleaved_by_id_are_each_found() {
+    let all: Vec<DesiredAccount> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|id| want(id, id, "X"))
+        .collect();
+    // Managed: a, c, d, f; in the directory: b (new), c, d (twice), e (new); a and f are gone.
+    let managed = ledger(
+        [0, 2, 3, 5]
+            .iter()
+            .map(|&i| applied(&all[i], &all[i].localpart))
+            .collect(),
+    );
+    let mut wants = vec![
+        all[4].clone(),
+        all[3].clone(),
+        all[1].clone(),
+        all[2].clone(),
+        all[3].clone(),
+    ];
+    let sorted = plan(&desired(wants.clone()), &managed, &policy());
+    assert_eq!(
+        created(&sorted),
+        vec![("b", "@b:example.org"), ("e", "@e:example.org")]
+    );
+    assert_eq!(sorted.count(ActionKind::SuspendAccount), 2);
+    assert_eq!(sorted.unchanged, 3);
+    // Not sorted by id (never so from the mapping): the same plan.
+    wants.swap(0, 4);
+    let unsorted = Desired {
+        accounts: wants,
+        ..Desired::default()
+    };
+    assert_eq!(plan(&unsorted, &managed, &policy()), sorted);
+}
