@@ -23,12 +23,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{binary, repo_root, unique, write_secret, Slapd, Synapse};
+use matrix_ldap_sync::apply::new_account_record;
 use matrix_ldap_sync::config::Config;
 use matrix_ldap_sync::directory;
-use matrix_ldap_sync::ledger::{AccountRecord, AccountStatus, AuditEntry, Ledger, Origin};
+use matrix_ldap_sync::ledger::{AuditEntry, Ledger, Origin};
 use matrix_ldap_sync::mapping::{self, Rules};
 use matrix_ldap_sync::pipeline::{self, State};
-use matrix_ldap_sync::plan::{self, Action};
+use matrix_ldap_sync::plan;
 
 const FILTER: &str = "(&(objectClass=inetOrgPerson)(uid=*))";
 const ATTRS: &[&str] = &[
@@ -253,34 +254,13 @@ fn directory_and_plan(n: usize) {
             &pipeline::policy(&config, now),
         );
         for action in &first.actions {
-            if let Action::CreateAccount {
-                id,
-                mxid,
-                localpart,
-                dn,
-                display_name,
-                emails,
-                reason,
-            } = action
-            {
-                let record = AccountRecord {
-                    id: id.clone(),
-                    mxid: mxid.clone(),
-                    localpart: localpart.clone(),
-                    dn: dn.clone(),
-                    display_name: display_name.clone(),
-                    emails: emails.clone(),
-                    origin: Origin::Created,
-                    created_at: now,
-                    updated_at: now,
-                    status: AccountStatus::Active,
-                };
+            if let Some(record) = new_account_record(action, Origin::Created, now) {
                 let audit = AuditEntry {
                     at: now,
-                    mxid: mxid.clone(),
-                    id: id.clone(),
+                    mxid: record.mxid.clone(),
+                    id: record.id.clone(),
                     action: "create_account".into(),
-                    reason: reason.clone(),
+                    reason: action.reason().to_string(),
                     result: "ok".into(),
                 };
                 ledger.record_account(&record, &audit).unwrap();

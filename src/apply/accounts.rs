@@ -86,13 +86,11 @@ impl<H: Homeserver> Runner<'_, H> {
 
     async fn create(&self, action: &Action) -> Result<Outcome, StepError> {
         let Action::CreateAccount {
-            id,
             mxid,
-            localpart,
-            dn,
             display_name,
             emails,
             reason,
+            ..
         } = action
         else {
             return Ok(Outcome::NotTried);
@@ -114,18 +112,8 @@ impl<H: Homeserver> Runner<'_, H> {
                 ActionKind::CreateAccount.name(),
             ),
         };
-        let now = self.clock.now();
-        let mut record = AccountRecord {
-            id: id.clone(),
-            mxid: mxid.clone(),
-            localpart: localpart.clone(),
-            dn: dn.clone(),
-            display_name: display_name.clone(),
-            emails: emails.clone(),
-            origin,
-            created_at: now,
-            updated_at: now,
-            status: AccountStatus::Active,
+        let Some(mut record) = new_account_record(action, origin, self.clock.now()) else {
+            return Ok(Outcome::NotTried);
         };
         self.record(&mut record, kind, reason)?;
         Ok(outcome)
@@ -253,6 +241,35 @@ impl<H: Homeserver> Runner<'_, H> {
             _ => Ok(()),
         }
     }
+}
+
+/// The ledger record of the account a `CreateAccount` action made (or adopted) at `now`;
+/// `None` for any other action.
+pub fn new_account_record(action: &Action, origin: Origin, now: i64) -> Option<AccountRecord> {
+    let Action::CreateAccount {
+        id,
+        mxid,
+        localpart,
+        dn,
+        display_name,
+        emails,
+        ..
+    } = action
+    else {
+        return None;
+    };
+    Some(AccountRecord {
+        id: id.clone(),
+        mxid: mxid.clone(),
+        localpart: localpart.clone(),
+        dn: dn.clone(),
+        display_name: display_name.clone(),
+        emails: emails.clone(),
+        origin,
+        created_at: now,
+        updated_at: now,
+        status: AccountStatus::Active,
+    })
 }
 
 fn refused(mxid: &str, why: &str) -> HomeserverError {

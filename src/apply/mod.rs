@@ -10,6 +10,8 @@
 mod accounts;
 pub mod rooms;
 
+pub use accounts::new_account_record;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::{self, StreamExt};
