@@ -131,6 +131,12 @@ pub struct DirectoryConfig {
     pub page_size: i32,
     /// Limit for connecting and for each LDAP operation (bind, each page).
     pub timeout: Duration,
+    /// Read only what changed since the last complete read, where the server offers it
+    /// (RFC 4533 content sync, AD USNs); `false`: every run reads everything.
+    pub incremental: bool,
+    /// The longest time between two complete reads (they catch what an incremental read
+    /// cannot: agents moved out of the bases, and room memberships).
+    pub full_sync_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +250,9 @@ struct RawDirectory {
     page_size: i64,
     #[serde(default = "default_directory_timeout")]
     timeout_secs: u64,
+    #[serde(default = "default_incremental")]
+    incremental: bool,
+    full_sync_every: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +288,11 @@ fn default_page_size() -> i64 {
 fn default_directory_timeout() -> u64 {
     30
 }
+fn default_incremental() -> bool {
+    true
+}
+/// Complete reads at least hourly: room memberships follow on them.
+const DEFAULT_FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
 fn default_concurrency() -> usize {
     8
 }
@@ -406,6 +420,11 @@ impl Validator<'_> {
             base_dns: raw.base_dns,
             page_size: raw.page_size as i32,
             timeout: self.duration("directory.timeout_secs", raw.timeout_secs)?,
+            incremental: raw.incremental,
+            full_sync_every: match raw.full_sync_every {
+                None => DEFAULT_FULL_SYNC_EVERY,
+                Some(text) => self.human_duration("directory.full_sync_every", &text)?,
+            },
         })
     }
 
@@ -453,18 +472,21 @@ impl Validator<'_> {
         })
     }
 
+    /// A duration written as `30d`, `12h`, `90min`, `0s`.
+    fn human_duration(&self, key: &str, text: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(text).map_err(|e| {
+            self.err(
+                key,
+                format!("`{text}` is not a duration ({e}); write e.g. \"30d\", \"12h\" or \"0s\""),
+            )
+        })
+    }
+
     fn departures(&self, raw: RawDepartures) -> Result<DeparturesConfig, ConfigError> {
         let default = DeparturesConfig::default();
         let grace = match raw.grace {
             None => default.grace,
-            Some(text) => humantime::parse_duration(&text).map_err(|e| {
-                self.err(
-                    "departures.grace",
-                    format!(
-                        "`{text}` is not a duration ({e}); write e.g. \"30d\", \"12h\" or \"0s\""
-                    ),
-                )
-            })?,
+            Some(text) => self.human_duration("departures.grace", &text)?,
         };
         Ok(DeparturesConfig {
             grace,

@@ -40,6 +40,8 @@ fn config(slapd: &Slapd, base: &str) -> DirectoryConfig {
         base_dns: vec![base.to_string()],
         page_size: 2,
         timeout: TIMEOUT,
+        incremental: false,
+        full_sync_every: Duration::from_secs(3600),
     }
 }
 

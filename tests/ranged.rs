@@ -204,6 +204,8 @@ async fn read(
         base_dns: vec![base.into()],
         page_size: 100,
         timeout: Duration::from_secs(5),
+        incremental: false,
+        full_sync_every: Duration::from_secs(3600),
     };
     let query = GroupQuery {
         filter: GroupQuery::DEFAULT_FILTER.into(),

@@ -564,6 +564,11 @@ pub async fn read_snapshot_with(
 ) -> Result<super::Snapshot, DirectoryError> {
     let mut dir = Directory::connect(cfg).await?;
     let result = async {
+        let watermark = if cfg.incremental {
+            dir.watermark(&cfg.base_dns, agents, cfg.timeout).await?
+        } else {
+            None
+        };
         let mut snapshot = dir
             .read_snapshot_passing(&cfg.base_dns, agents, cfg.page_size, cfg.timeout, pass)
             .await?;
@@ -620,6 +625,7 @@ pub async fn read_snapshot_with(
                 )
                 .await?;
         }
+        snapshot.watermark = watermark;
         Ok(snapshot)
     }
     .await;

@@ -8,6 +8,7 @@
 // callers and tests can match on them, at the cost of a large `Err` variant.
 #![allow(clippy::result_large_err)]
 
+mod changes;
 mod entry;
 mod error;
 mod filters;
@@ -15,8 +16,11 @@ mod groups;
 mod guid;
 mod reader;
 mod snapshot;
+mod syncrepl;
 mod tls;
+mod usn;
 
+pub use changes::{read_changes_with, Changes, Incremental, Watermark};
 pub use error::{result_code_name, DirectoryError};
 pub use groups::{
     normalize_dn, read_snapshot_with, Group, GroupQuery, Groups, Member, Resolved, RoomSources,

@@ -100,6 +100,9 @@ pub struct Snapshot {
     /// AD in-chain mode: for each rule group (normalized DN), the agents the DC says are in it
     /// or in a group nested in it.
     pub in_chain: BTreeMap<String, std::collections::BTreeSet<StableId>>,
+    /// Where this read leaves off for the next incremental read, taken before it began (`None`:
+    /// incremental reads are off, or the server offers none).
+    pub watermark: Option<super::Watermark>,
 }
 
 impl Snapshot {
@@ -116,6 +119,7 @@ impl Snapshot {
             groups: super::Groups::default(),
             filter_matches: BTreeMap::new(),
             in_chain: BTreeMap::new(),
+            watermark: None,
         }
     }
 

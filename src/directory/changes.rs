@@ -1,0 +1,239 @@
+//! Incremental reads: what changed in the directory since the last complete read, in the
+//! server's own terms (an RFC 4533 sync cookie, an AD update sequence number), never the
+//! client's clock.
+//!
+//! A full read takes a [`Watermark`] *before* it starts, so that a change made during the read
+//! is read again next time (reading a change twice is harmless; missing one is not). The caller
+//! stores the watermark only once the run it fed has fully succeeded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::error::DirectoryError;
+use super::reader::Directory;
+use super::snapshot::{Entry, Snapshot, StableId};
+use super::AgentQuery;
+
+/// The content synchronization (RFC 4533) request control.
+pub(super) const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
+
+/// Where a complete read left off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Watermark {
+    /// RFC 4533 content synchronization (OpenLDAP syncprov, 389-DS content sync): the cookie
+    /// each search base's refresh ended with.
+    Syncrepl {
+        /// The directory URL that gave the cookies.
+        server: String,
+        /// Search base → cookie.
+        cookies: BTreeMap<String, Vec<u8>>,
+    },
+    /// Active Directory: the DC's `highestCommittedUSN` when the read began. USNs are local to
+    /// one DC's database (`invocationId`): on another DC, or a restored one, they mean nothing.
+    Usn {
+        server: String,
+        invocation_id: String,
+        usn: u64,
+    },
+}
+
+impl Watermark {
+    /// The directory URL that gave it.
+    pub fn server(&self) -> &str {
+        match self {
+            Watermark::Syncrepl { server, .. } | Watermark::Usn { server, .. } => server,
+        }
+    }
+
+    /// How it reads, for logs and `status`.
+    pub fn describe(&self) -> String {
+        match self {
+            Watermark::Syncrepl { server, cookies } => {
+                format!("sync cookies for {} base(s) from {server}", cookies.len())
+            }
+            Watermark::Usn {
+                server,
+                invocation_id,
+                usn,
+            } => format!("USN {usn} of DC {invocation_id} ({server})"),
+        }
+    }
+}
+
+/// What changed since a watermark. Like a Snapshot, it exists only if every search it took
+/// ended with result code success.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Agent entries added or changed since the watermark (as a full read would return them),
+    /// and entries that could not be agents. No groups: room memberships follow on full reads.
+    pub snapshot: Snapshot,
+    /// Agents the directory says were deleted, or that left the agent filter or bases.
+    pub deleted: BTreeSet<StableId>,
+    /// When the server listed the agents still there instead of the deleted ones (RFC 4533
+    /// present phase): every agent id still there, changed or not. A managed agent neither
+    /// here nor in `snapshot` is gone.
+    pub present: Option<BTreeSet<StableId>>,
+    /// Where this read leaves off.
+    pub watermark: Watermark,
+}
+
+impl Default for Watermark {
+    fn default() -> Self {
+        Watermark::Syncrepl {
+            server: String::new(),
+            cookies: BTreeMap::new(),
+        }
+    }
+}
+
+/// The answer to an incremental read.
+#[derive(Debug, Clone)]
+pub enum Incremental {
+    Changes(Changes),
+    /// The watermark cannot be used (another DC answered, the server forgot the cookie, …): a
+    /// full read is needed. Says why.
+    FullReadNeeded(String),
+}
+
+/// What the server offers for incremental reads, from its root DSE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Support {
+    Syncrepl,
+    /// AD: `highestCommittedUSN` now, and the `dsServiceName` of the DC (its NTDS Settings
+    /// object, which holds its `invocationId`).
+    Usn {
+        highest: u64,
+        ds_service_name: String,
+    },
+    None,
+}
+
+impl Directory {
+    /// What this server offers for incremental reads.
+    pub(super) async fn incremental_support(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Support, DirectoryError> {
+        let attrs = vec![
+            "supportedControl".to_string(),
+            "highestCommittedUSN".to_string(),
+            "dsServiceName".to_string(),
+        ];
+        let Some(root) = self.read_entry("", &attrs, timeout).await? else {
+            return Ok(Support::None);
+        };
+        let first = |name: &str| {
+            root.attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.first().cloned())
+        };
+        if let (Some(usn), Some(ds_service_name)) =
+            (first("highestCommittedUSN"), first("dsServiceName"))
+        {
+            if let Ok(highest) = usn.parse() {
+                return Ok(Support::Usn {
+                    highest,
+                    ds_service_name,
+                });
+            }
+        }
+        let controls = root
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("supportedControl"))
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or_default();
+        if controls.iter().any(|c| c == SYNC_REQUEST_OID) {
+            return Ok(Support::Syncrepl);
+        }
+        Ok(Support::None)
+    }
+
+    /// Where a complete read starting now will leave off; `None` if the server offers no
+    /// incremental reads (then every run is a full one).
+    pub async fn watermark(
+        &mut self,
+        bases: &[String],
+        query: &AgentQuery,
+        timeout: Duration,
+    ) -> Result<Option<Watermark>, DirectoryError> {
+        let watermark = match self.incremental_support(timeout).await? {
+            Support::Syncrepl => Some(self.syncrepl_watermark(bases, query, timeout).await?),
+            Support::Usn {
+                highest,
+                ds_service_name,
+            } => Some(
+                self.usn_watermark(highest, &ds_service_name, timeout)
+                    .await?,
+            ),
+            Support::None => None,
+        };
+        match &watermark {
+            Some(w) => info!(watermark = %w.describe(), "directory: incremental reads possible"),
+            None => info!(
+                server = %self.server(),
+                "directory: the server offers no incremental reads (neither RFC 4533 content sync nor AD USNs); every run reads everything"
+            ),
+        }
+        Ok(watermark)
+    }
+
+    /// What changed since `since`, each agent entry handed to `pass` as it is read (kept in
+    /// the Snapshot only if it returns true).
+    pub async fn read_changes(
+        &mut self,
+        bases: &[String],
+        query: &AgentQuery,
+        since: &Watermark,
+        page_size: i32,
+        timeout: Duration,
+        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+    ) -> Result<Incremental, DirectoryError> {
+        if since.server() != self.server() {
+            return Ok(Incremental::FullReadNeeded(format!(
+                "the last complete read was from {}, this one is from {}",
+                since.server(),
+                self.server()
+            )));
+        }
+        match since {
+            Watermark::Syncrepl { cookies, .. } => {
+                self.syncrepl_changes(bases, query, cookies, timeout, pass)
+                    .await
+            }
+            Watermark::Usn {
+                invocation_id, usn, ..
+            } => {
+                self.usn_changes(bases, query, invocation_id, *usn, page_size, timeout, pass)
+                    .await
+            }
+        }
+    }
+}
+
+/// Connects to `cfg.urls` (failover) and reads what changed since `since`, then closes.
+pub async fn read_changes_with(
+    cfg: &crate::config::DirectoryConfig,
+    query: &AgentQuery,
+    since: &Watermark,
+    pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+) -> Result<Incremental, DirectoryError> {
+    let mut dir = Directory::connect(cfg).await?;
+    let result = dir
+        .read_changes(
+            &cfg.base_dns,
+            query,
+            since,
+            cfg.page_size,
+            cfg.timeout,
+            pass,
+        )
+        .await;
+    dir.close().await;
+    result
+}
