@@ -17,6 +17,9 @@ pub struct Context {
     pub managed: usize,
     /// Agent entries this run's directory read returned.
     pub agents: usize,
+    /// The read returned every agent (not only the changes since the last read): only then do
+    /// the number of agents and the scope say anything.
+    pub complete: bool,
     /// This run's scope fingerprint (see [`scope`]).
     pub scope: String,
     pub last_good: Option<LastGood>,
@@ -41,6 +44,9 @@ pub fn check(plan: &Plan, context: &Context, limits: &BrakeConfig) -> Option<Str
             "{departures} departures are {percent:.1}% of {} managed accounts, over brake.max_departures_percent = {}",
             context.managed, limits.max_departures_percent
         ));
+    }
+    if !context.complete {
+        return (!reasons.is_empty()).then(|| reasons.join("; "));
     }
     if context.agents == 0 {
         reasons.push("the directory returned no agents at all".to_string());
@@ -87,6 +93,11 @@ pub fn scope(config: &Config, rules: &Rules) -> String {
         bases.join(";"),
         rules.agent.id_attribute.to_lowercase()
     );
+    digest(&text)
+}
+
+/// A short hex digest of `text`, to notice that something changed.
+pub fn digest(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
         .take(12)
@@ -129,6 +140,7 @@ mod tests {
         Context {
             managed,
             agents,
+            complete: true,
             scope: "s1".into(),
             last_good: last.map(|agents| LastGood {
                 agents,
@@ -192,6 +204,19 @@ mod tests {
             .unwrap()
             .contains("changed since the last good run"));
         assert_eq!(check(&plan_with(0, 5), &ctx, &limits), None);
+    }
+
+    #[test]
+    fn a_read_of_changes_only_is_held_to_the_departure_limits() {
+        let limits = BrakeConfig::default();
+        // 3 changed agents out of 1,000 managed: not a shrunken directory.
+        let mut ctx = context(1000, 3, Some(1000));
+        ctx.complete = false;
+        assert_eq!(check(&plan_with(3, 0), &ctx, &limits), None);
+        // A deleted OU seen through an incremental read still engages it.
+        let many = check(&plan_with(120, 0), &ctx, &limits).unwrap();
+        assert!(many.contains("exceed brake.max_departures"), "{many}");
+        assert!(!many.contains("fewer than"), "{many}");
     }
 
     #[test]

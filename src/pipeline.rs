@@ -2,8 +2,10 @@
 //! mapping → plan (against the ledger, and the rooms as the homeserver has them) → brake →
 //! apply.
 
+mod incremental;
 mod observe;
 
+pub use incremental::{fingerprint, usable_point, Read};
 pub use observe::observe_rooms;
 
 use crate::apply::{self, ApplyReport, Observer};
@@ -12,7 +14,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::directory::{self, AgentQuery, DirectoryError};
 use crate::homeserver::{Homeserver, HomeserverError, Rooms, SynapseClient};
-use crate::ledger::{LastGood, Ledger, LedgerError, LedgerView, RunRecord};
+use crate::ledger::{FinishedRun, LastGood, Ledger, LedgerError, LedgerView, RunRecord, SyncPoint};
 use crate::mapping::{self, Desired, Rules};
 use crate::plan::{self, Plan, Policy};
 
@@ -29,14 +31,19 @@ pub enum RunError {
 /// What the ledger holds that a preview needs.
 #[derive(Debug, Clone, Default)]
 pub struct State {
+    /// The accounts (all, or those a plan of changes needs) and rooms.
     pub view: LedgerView,
+    /// How many accounts the ledger manages.
+    pub managed: usize,
     pub last_good: Option<LastGood>,
 }
 
 impl State {
     pub fn read(ledger: &Ledger) -> Result<State, LedgerError> {
+        let view = ledger.view()?;
         Ok(State {
-            view: ledger.view()?,
+            managed: view.accounts.len(),
+            view,
             last_good: ledger.last_good()?,
         })
     }
@@ -69,6 +76,8 @@ pub struct Preview {
     pub desired: Desired,
     /// Why the brake would hold the plan's departures back, if it would.
     pub brake: Option<String>,
+    /// Everything, or only the changes since the last read.
+    pub read: Read,
     scope: String,
 }
 
@@ -145,6 +154,7 @@ struct Mapped {
     server: String,
     agents: usize,
     desired: Desired,
+    read: Read,
 }
 
 async fn read_and_map(config: &Config, rules: &Rules, now: i64) -> Result<Mapped, RunError> {
@@ -161,6 +171,9 @@ async fn read_and_map(config: &Config, rules: &Rules, now: i64) -> Result<Mapped
         agents: snapshot.agents(),
         server: snapshot.server,
         desired,
+        read: Read::Complete {
+            watermark: snapshot.watermark,
+        },
     })
 }
 
@@ -176,6 +189,7 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         server,
         agents,
         desired,
+        read,
     } = mapped;
     let (observed, daemon) = match homeserver {
         Some(hs) => {
@@ -198,8 +212,9 @@ async fn plan_mapped<H: Homeserver + Rooms>(
     );
     let scope = brake::scope(config, rules);
     let context = brake::Context {
-        managed: state.view.accounts.len(),
+        managed: state.managed,
         agents,
+        complete: read.is_complete(),
         scope: scope.clone(),
         last_good: state.last_good.clone(),
     };
@@ -210,40 +225,54 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         plan,
         desired,
         brake,
+        read,
         scope,
     })
 }
 
+/// How a `sync` run goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions {
+    /// An operator allowed up to this many departures past the brake (`usize::MAX`: any
+    /// number).
+    pub allowed_departures: Option<usize>,
+    /// Read only what changed since the last complete read when possible (see
+    /// [`usable_point`]); otherwise read everything.
+    pub incremental: bool,
+}
+
 /// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
-/// With the brake engaged, departures are held back unless an operator allowed up to
-/// `allowed_departures` of them past it (`usize::MAX`: any number).
+/// With the brake engaged, departures are held back unless the operator allowed them.
 pub async fn sync<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
     ledger: &Ledger,
     homeserver: &H,
     clock: &dyn Clock,
-    allowed_departures: Option<usize>,
+    options: SyncOptions,
     observer: &dyn Observer,
 ) -> Result<SyncResult, RunError> {
     let started_at = clock.now();
-    let preview = match preview_reading(config, rules, ledger, started_at, Some(homeserver)).await {
-        Ok(p) => p,
-        // The ledger could not be read: no run to record in it.
-        Err(e @ RunError::Ledger(_)) => return Err(e),
-        Err(e) => {
-            let run = RunRecord {
-                started_at,
-                finished_at: clock.now(),
-                outcome: format!("failed: {e}"),
-                ..RunRecord::default()
-            };
-            ledger.record_run(&run)?;
-            return Err(e);
-        }
-    };
+    let preview =
+        match preview_for_sync(config, rules, ledger, homeserver, started_at, options).await {
+            Ok(p) => p,
+            // The ledger could not be read: no run to record in it.
+            Err(e @ RunError::Ledger(_)) => return Err(e),
+            Err(e) => {
+                let run = RunRecord {
+                    started_at,
+                    finished_at: clock.now(),
+                    outcome: format!("failed: {e}"),
+                    ..RunRecord::default()
+                };
+                ledger.record_run(&run)?;
+                return Err(e);
+            }
+        };
     let mut plan = preview.plan.clone();
-    let allowed = allowed_departures.is_some_and(|max| preview.plan.departures() <= max);
+    let allowed = options
+        .allowed_departures
+        .is_some_and(|max| preview.plan.departures() <= max);
     let held_back = match (&preview.brake, allowed) {
         (Some(why), false) => {
             let held = brake::hold_back(&mut plan);
@@ -259,18 +288,11 @@ pub async fn sync<H: Homeserver + Rooms>(
         }
         (None, _) => 0,
     };
-    let options = apply::Options {
+    let apply_options = apply::Options {
         concurrency: config.homeserver.concurrency,
         departures: config.departures.clone(),
     };
-    let report = apply::apply(&plan, homeserver, ledger, clock, &options, observer).await?;
-    if held_back == 0 {
-        ledger.set_last_good(&LastGood {
-            agents: preview.agents,
-            scope: preview.scope.clone(),
-            at: started_at,
-        })?;
-    }
+    let report = apply::apply(&plan, homeserver, ledger, clock, &apply_options, observer).await?;
     let failed = report.failed.len() + report.rooms.failed.len();
     let outcome = match (&report.aborted, failed) {
         (Some(why), _) => format!("aborted: {why}"),
@@ -290,9 +312,11 @@ pub async fn sync<H: Homeserver + Rooms>(
         outcome,
         brake: preview.brake.clone().filter(|_| held_back > 0),
         held_back,
+        incremental: !preview.read.is_complete(),
     };
     tracing::info!(
         agents = run.agents,
+        incremental = run.incremental,
         planned = run.planned,
         applied = run.applied,
         failed = run.failed,
@@ -300,11 +324,77 @@ pub async fn sync<H: Homeserver + Rooms>(
         outcome = %run.outcome,
         "sync run finished"
     );
-    ledger.record_run(&run)?;
+    let last_good = (held_back == 0 && preview.read.is_complete()).then(|| LastGood {
+        agents: preview.agents,
+        scope: preview.scope.clone(),
+        at: started_at,
+    });
+    // The next incremental read starts where this one ended only if every change it read is
+    // applied; otherwise the same changes are read again.
+    let succeeded = report.aborted.is_none() && failed == 0 && held_back == 0;
+    let point = succeeded.then(|| next_point(config, rules, &preview.read, started_at));
+    let scheduled =
+        succeeded.then(|| incremental::scheduled_update(&preview.desired, &preview.read));
+    ledger.finish_run(FinishedRun {
+        run: &run,
+        last_good: last_good.as_ref(),
+        sync_point: point.as_ref().map(Option::as_ref),
+        scheduled: scheduled.as_ref(),
+    })?;
     ledger.flush()?;
     Ok(SyncResult {
         preview,
         report,
         held_back,
+    })
+}
+
+/// The preview a `sync` applies: of the changes since the last read when `options` and the
+/// ledger allow it, else of everything.
+async fn preview_for_sync<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    ledger: &Ledger,
+    homeserver: &H,
+    now: i64,
+    options: SyncOptions,
+) -> Result<Preview, RunError> {
+    let point = if options.incremental {
+        usable_point(config, rules, ledger.sync_point()?, now)
+    } else {
+        Err("a complete read was asked for".to_string())
+    };
+    let why_complete = match point {
+        Ok(point) => {
+            match incremental::read_changes_and_map(config, rules, ledger, point, now).await? {
+                Ok((mapped, view)) => {
+                    let state = State {
+                        view,
+                        managed: ledger.account_count(),
+                        last_good: ledger.last_good()?,
+                    };
+                    return plan_mapped(config, rules, &state, mapped, now, Some(homeserver)).await;
+                }
+                Err(why) => why,
+            }
+        }
+        Err(why) => why,
+    };
+    tracing::info!(reason = %why_complete, "reading the whole directory");
+    preview_reading(config, rules, ledger, now, Some(homeserver)).await
+}
+
+/// Where the next incremental read starts after `read` fully succeeded (`None`: nowhere).
+fn next_point(config: &Config, rules: &Rules, read: &Read, started_at: i64) -> Option<SyncPoint> {
+    let (watermark, full_at) = match read {
+        Read::Complete { watermark } => (watermark.clone()?, started_at),
+        Read::Changes {
+            since, watermark, ..
+        } => (watermark.clone(), since.full_at),
+    };
+    Some(SyncPoint {
+        watermark,
+        fingerprint: fingerprint(config, rules),
+        full_at,
     })
 }

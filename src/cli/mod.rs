@@ -93,6 +93,11 @@ enum Command {
         /// Applies to this run only.
         #[arg(long)]
         allow_mass_changes: bool,
+        /// Read only what changed in the directory since the last complete read (as the daemon
+        /// does between complete reads), when the server offers it and the last complete read
+        /// is recent enough (`directory.full_sync_every`); otherwise read everything.
+        #[arg(long)]
+        incremental: bool,
     },
     /// Run as a daemon: sync every `daemon.interval_secs`, retry failures with a backoff.
     /// SIGHUP reloads the config and mapping, SIGUSR1 syncs now, SIGTERM/SIGINT stop after the
@@ -173,7 +178,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Sync {
             json,
             allow_mass_changes,
-        } => sync(&load()?, clock.as_ref(), json, allow_mass_changes).await,
+            incremental,
+        } => {
+            let options = pipeline::SyncOptions {
+                allowed_departures: allow_mass_changes.then_some(usize::MAX),
+                incremental,
+            };
+            sync(&load()?, clock.as_ref(), json, options).await
+        }
         Command::Run => crate::daemon::run(&cli.config)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -232,8 +244,9 @@ async fn sync(
     config: &Config,
     clock: &dyn Clock,
     json: bool,
-    allow_mass_changes: bool,
+    options: pipeline::SyncOptions,
 ) -> Result<ExitCode, String> {
+    let allow_mass_changes = options.allowed_departures.is_some();
     let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
     let ledger = match Ledger::open(&config.state_dir) {
         Ok(ledger) => ledger,
@@ -242,8 +255,7 @@ async fn sync(
     };
     let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
     let bar = progress::ProgressBar::default();
-    let allowed = allow_mass_changes.then_some(usize::MAX);
-    let result = pipeline::sync(config, &rules, &ledger, &homeserver, clock, allowed, &bar)
+    let result = pipeline::sync(config, &rules, &ledger, &homeserver, clock, options, &bar)
         .await
         .map_err(|e| e.to_string())?;
     bar.finish();
@@ -276,13 +288,21 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
     };
     let view = ledger.view().map_err(|e| e.to_string())?;
     let last_run = ledger.last_run().map_err(|e| e.to_string())?;
+    let point = ledger.sync_point().map_err(|e| e.to_string())?;
     if json {
-        println!("{}", status::status_json(&view, last_run.as_ref()));
+        println!(
+            "{}",
+            status::status_json(&view, last_run.as_ref(), point.as_ref())
+        );
     } else {
         let grace = pipeline::policy(config, 0).grace;
         print!(
             "{}",
             status::status_text(ledger.path(), &view, last_run.as_ref(), grace)
+        );
+        print!(
+            "{}",
+            status::sync_point_text(point.as_ref(), config.directory.full_sync_every)
         );
     }
     Ok(ExitCode::SUCCESS)

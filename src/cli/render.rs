@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde_json::json;
 
 use crate::clock::format_time;
-use crate::pipeline::{Preview, SyncResult};
+use crate::pipeline::{Preview, Read, SyncResult};
 use crate::plan::{Action, ActionKind, Plan};
 
 pub fn plan_text(preview: &Preview) -> String {
@@ -158,11 +158,17 @@ pub fn plan_json(preview: &Preview) -> String {
 pub fn sync_text(result: &SyncResult) -> String {
     let r = &result.report;
     let mut out = String::new();
+    let agents = match &result.preview.read {
+        Read::Complete { .. } => format!("{} agents", result.preview.agents),
+        Read::Changes { gone, .. } => format!(
+            "changes only: {} changed agents, {gone} gone",
+            result.preview.agents
+        ),
+    };
     let _ = writeln!(
         out,
-        "Sync from {}: {} agents, {} skipped; {} planned, {} applied ({} adopted), {} failed, {} moved.",
+        "Sync from {}: {agents}, {} skipped; {} planned, {} applied ({} adopted), {} failed, {} moved.",
         result.preview.server,
-        result.preview.agents,
         result.preview.plan.skipped.len(),
         result.preview.plan.actions.len(),
         r.applied,
@@ -202,6 +208,10 @@ pub fn sync_json(result: &SyncResult) -> String {
     json!({
         "server": result.preview.server,
         "agents": result.preview.agents,
+        "read": match &result.preview.read {
+            Read::Complete { .. } => json!({"kind": "complete"}),
+            Read::Changes { gone, .. } => json!({"kind": "changes", "gone": gone}),
+        },
         "skipped": result.preview.plan.skipped.len(),
         "planned": result.preview.plan.actions.len(),
         "applied": r.applied,

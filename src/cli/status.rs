@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::clock::format_time;
 use crate::daemon::status_file::DaemonStatus;
-use crate::ledger::{AccountStatus, AuditEntry, LedgerView, Origin, RunRecord};
+use crate::ledger::{AccountStatus, AuditEntry, LedgerView, Origin, RunRecord, SyncPoint};
 
 /// Counts of managed accounts by origin and state.
 struct Counts {
@@ -114,8 +114,17 @@ fn last_run_text(out: &mut String, last_run: Option<&RunRecord>) {
             );
             let _ = writeln!(
                 out,
-                "  {} agents, {} skipped, {} planned, {} applied, {} failed",
-                run.agents, run.skipped, run.planned, run.applied, run.failed
+                "  {} {}, {} skipped, {} planned, {} applied, {} failed",
+                run.agents,
+                if run.incremental {
+                    "changed agents (changes only)"
+                } else {
+                    "agents"
+                },
+                run.skipped,
+                run.planned,
+                run.applied,
+                run.failed
             );
             if let Some(why) = &run.brake {
                 let _ = writeln!(
@@ -169,7 +178,27 @@ pub fn daemon_status_json(status: &DaemonStatus) -> String {
     .to_string()
 }
 
-pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
+/// Where the next incremental read starts, and when the next complete read is due.
+pub fn sync_point_text(point: Option<&SyncPoint>, full_every: std::time::Duration) -> String {
+    match point {
+        None => "Incremental reads: none yet (the next run reads everything)\n".to_string(),
+        Some(p) => format!(
+            "Incremental reads: from {}\n  last complete read {}, next due by {}\n",
+            p.watermark.describe(),
+            format_time(p.full_at),
+            format_time(
+                p.full_at
+                    .saturating_add(i64::try_from(full_every.as_secs()).unwrap_or(i64::MAX))
+            )
+        ),
+    }
+}
+
+pub fn status_json(
+    view: &LedgerView,
+    last_run: Option<&RunRecord>,
+    point: Option<&SyncPoint>,
+) -> String {
     let c = counts(view);
     json!({
         "managed_accounts": c.total,
@@ -180,6 +209,8 @@ pub fn status_json(view: &LedgerView, last_run: Option<&RunRecord>) -> String {
         "departing": c.departing,
         "deactivated": c.deactivated,
         "last_run": last_run,
+        "incremental_from": point.map(|p| p.watermark.describe()),
+        "last_complete_read": point.map(|p| p.full_at),
         "brake": last_run.and_then(|r| r.brake.clone()),
     })
     .to_string()

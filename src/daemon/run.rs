@@ -66,7 +66,10 @@ pub async fn supervised(
         ledger,
         &loaded.homeserver,
         &SystemClock,
-        approval.map(|a| a.max_departures),
+        pipeline::SyncOptions {
+            allowed_departures: approval.map(|a| a.max_departures),
+            incremental: true,
+        },
         &observer,
     );
     tokio::pin!(sync);

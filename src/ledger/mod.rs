@@ -3,12 +3,15 @@
 //! One sled tree per concern: `meta` (schema version), `accounts` (stable id → record),
 //! `localparts` (localpart → stable id, so a localpart is never handed out twice), `audit`
 //! (every applied action), `runs` (the run journal); `rooms`, `room_members`, `room_powers`
-//! (see [`memberships`]). An applied action's account record and its audit entry are written
+//! (see [`memberships`]); `departing` and `scheduled`, the indexes incremental runs plan from
+//! (see [`incremental`]). An applied action's account record and its audit entry are written
 //! in one transaction, so a crash leaves either both or neither.
 
+mod incremental;
 pub mod memberships;
 mod records;
 
+pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
 pub use records::{AccountRecord, AccountStatus, AuditEntry, Origin, RunRecord};
 
@@ -21,7 +24,7 @@ use sled::Transactional;
 use crate::directory::StableId;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const LAST_GOOD_KEY: &[u8] = b"last_good_run";
 
@@ -55,6 +58,10 @@ pub struct Ledger {
     localparts: sled::Tree,
     audit: sled::Tree,
     runs: sled::Tree,
+    /// Stable id → nothing, for every account in its grace period (status `Departing`).
+    departing: sled::Tree,
+    /// Stable id → [`Scheduled`]: agents whose departure date is set in the directory.
+    scheduled: sled::Tree,
 }
 
 /// The last run that was not held back by the brake.
@@ -113,15 +120,36 @@ impl Ledger {
                 }
             }
         }
-        Ok(Ledger {
+        let ledger = Ledger {
             meta,
             accounts: db.open_tree("accounts")?,
             localparts: db.open_tree("localparts")?,
             audit: db.open_tree("audit")?,
             runs: db.open_tree("runs")?,
+            departing: db.open_tree("departing")?,
+            scheduled: db.open_tree("scheduled")?,
             path,
             db,
-        })
+        };
+        ledger.upgrade()?;
+        Ok(ledger)
+    }
+
+    /// Brings a ledger of an older schema up to this one. Version 1 had no `departing` index.
+    fn upgrade(&self) -> Result<(), LedgerError> {
+        let found = self
+            .meta
+            .get(SCHEMA_KEY)?
+            .and_then(|raw| <[u8; 4]>::try_from(raw.as_ref()).ok())
+            .map(u32::from_be_bytes);
+        if found == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        self.rebuild_departing_index()?;
+        self.meta
+            .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -162,8 +190,14 @@ impl Ledger {
         let key = record.id.0.as_bytes();
         let value = encode(record)?;
         let audit_value = encode(audit)?;
-        let result = (&self.accounts, &self.localparts, &self.audit).transaction(
-            |(accounts, localparts, trail)| {
+        let departing = matches!(record.status, AccountStatus::Departing { .. });
+        let result = (
+            &self.accounts,
+            &self.localparts,
+            &self.audit,
+            &self.departing,
+        )
+            .transaction(|(accounts, localparts, trail, departing_index)| {
                 if let Some(owner) = localparts.get(record.localpart.as_bytes())? {
                     if owner.as_ref() != key {
                         return Err(ConflictableTransactionError::Abort(format!(
@@ -175,11 +209,15 @@ impl Ledger {
                 }
                 accounts.insert(key, value.as_slice())?;
                 localparts.insert(record.localpart.as_bytes(), key)?;
+                if departing {
+                    departing_index.insert(key, &[])?;
+                } else {
+                    departing_index.remove(key)?;
+                }
                 let seq = trail.generate_id()?;
                 trail.insert(&seq.to_be_bytes(), audit_value.as_slice())?;
                 Ok(())
-            },
-        );
+            });
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Abort(message)) => Err(LedgerError::Corrupt(message)),

@@ -86,4 +86,7 @@ pub struct RunRecord {
     /// How many actions the brake held back.
     #[serde(default)]
     pub held_back: usize,
+    /// The run read only what changed since the last read (`agents`: the changed ones).
+    #[serde(default)]
+    pub incremental: bool,
 }

@@ -129,3 +129,160 @@ fn last_run_is_the_newest() {
     }
     assert_eq!(ledger.last_run().unwrap().unwrap().started_at, 3);
 }
+
+fn departing(id: &str, localpart: &str) -> AccountRecord {
+    AccountRecord {
+        status: AccountStatus::Departing {
+            since: 5,
+            reason: "left".into(),
+            step: crate::config::ReversibleStep::Suspend,
+        },
+        ..record(id, localpart)
+    }
+}
+
+#[test]
+fn a_partial_view_holds_the_asked_ids_the_departing_and_the_localpart_holders() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    for r in [
+        record("a", "anne"),
+        record("b", "jean.martin"),
+        record("c", "jean.martin2"),
+        record("d", "zoe"),
+        departing("e", "eve"),
+    ] {
+        ledger
+            .record_account(&r, &audit(&r.mxid, "create"))
+            .unwrap();
+    }
+    let ids = |view: &LedgerView| -> Vec<String> {
+        view.accounts.keys().map(|id| id.0.clone()).collect()
+    };
+    let view = ledger
+        .partial_view(&[StableId("a".into())], &["jean.martin".to_string()])
+        .unwrap();
+    assert_eq!(ids(&view), ["a", "b", "c", "e"]);
+    // Back from departure: out of the index.
+    ledger
+        .record_account(&record("e", "eve"), &audit("@eve:example.org", "reinstate"))
+        .unwrap();
+    assert_eq!(
+        ids(&ledger.partial_view(&[], &[]).unwrap()),
+        [] as [&str; 0]
+    );
+    assert_eq!(ledger.account_ids().unwrap().len(), 5);
+}
+
+#[test]
+fn a_schema_1_ledger_gets_its_departing_index_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .record_account(
+                &departing("e", "eve"),
+                &audit("@eve:example.org", "suspend"),
+            )
+            .unwrap();
+        // As a schema 1 build left it: no index, version 1.
+        ledger.departing.clear().unwrap();
+        ledger.meta.insert(SCHEMA_KEY, &1u32.to_be_bytes()).unwrap();
+        ledger.flush().unwrap();
+    }
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let view = ledger.partial_view(&[], &[]).unwrap();
+    assert_eq!(view.accounts.len(), 1);
+    assert_eq!(
+        ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
+        SCHEMA_VERSION.to_be_bytes()
+    );
+}
+
+#[test]
+fn the_end_of_a_run_writes_journal_sync_point_and_scheduled_together() {
+    use crate::directory::Watermark;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let point = SyncPoint {
+        watermark: Watermark::Usn {
+            server: "ldaps://dc1".into(),
+            invocation_id: "x".into(),
+            usn: 42,
+        },
+        fingerprint: "f".into(),
+        full_at: 7,
+    };
+    let soon = |at| Scheduled {
+        at,
+        reason: "expires: soon".into(),
+    };
+    let run = RunRecord {
+        outcome: "ok".into(),
+        ..RunRecord::default()
+    };
+    ledger
+        .finish_run(FinishedRun {
+            run: &run,
+            last_good: None,
+            sync_point: Some(Some(&point)),
+            scheduled: Some(&ScheduledUpdate::Replace(
+                [
+                    (StableId("a".into()), soon(10)),
+                    (StableId("b".into()), soon(20)),
+                ]
+                .into(),
+            )),
+        })
+        .unwrap();
+    assert_eq!(ledger.sync_point().unwrap(), Some(point.clone()));
+    assert_eq!(ledger.scheduled().unwrap().len(), 2);
+    // A failed run keeps both as they were.
+    ledger
+        .finish_run(FinishedRun {
+            run: &run,
+            last_good: None,
+            sync_point: None,
+            scheduled: None,
+        })
+        .unwrap();
+    assert_eq!(ledger.sync_point().unwrap(), Some(point));
+    // An incremental run patches; a complete one replaces.
+    ledger
+        .finish_run(FinishedRun {
+            run: &run,
+            last_good: None,
+            sync_point: Some(None),
+            scheduled: Some(&ScheduledUpdate::Patch {
+                set: [(StableId("c".into()), soon(30))].into(),
+                clear: [StableId("a".into())].into(),
+            }),
+        })
+        .unwrap();
+    assert_eq!(ledger.sync_point().unwrap(), None);
+    let ids: Vec<String> = ledger
+        .scheduled()
+        .unwrap()
+        .into_keys()
+        .map(|i| i.0)
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+    ledger
+        .finish_run(FinishedRun {
+            run: &run,
+            last_good: None,
+            sync_point: None,
+            scheduled: Some(&ScheduledUpdate::Replace(
+                [(StableId("d".into()), soon(40))].into(),
+            )),
+        })
+        .unwrap();
+    let ids: Vec<String> = ledger
+        .scheduled()
+        .unwrap()
+        .into_keys()
+        .map(|i| i.0)
+        .collect();
+    assert_eq!(ids, ["d"]);
+    assert_eq!(ledger.runs.len(), 4);
+}

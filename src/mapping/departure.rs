@@ -74,6 +74,27 @@ pub enum AgentState {
     },
 }
 
+impl AgentState {
+    /// What a departure scheduled at `at` (with the reason of [`AgentState::Scheduled`]) is
+    /// as of `now`: still scheduled, or departed since `at`.
+    pub fn scheduled_as_of(at: i64, reason: &str, now: i64) -> AgentState {
+        if at > now {
+            return AgentState::Scheduled {
+                at,
+                reason: reason.to_string(),
+            };
+        }
+        let detail = reason.strip_prefix(SCHEDULED_PREFIX).unwrap_or(reason);
+        AgentState::Departed {
+            reason: format!("{DEPARTED_PREFIX}{detail}"),
+            since: Some(at),
+        }
+    }
+}
+
+const SCHEDULED_PREFIX: &str = "expires: ";
+const DEPARTED_PREFIX: &str = "expired: ";
+
 const FILETIME_NEVER: i64 = 0x7FFF_FFFF_FFFF_FFFF;
 /// Seconds between 1601-01-01 and 1970-01-01.
 const FILETIME_EPOCH_OFFSET: i64 = 11_644_473_600;
@@ -137,12 +158,12 @@ impl DepartureRules {
             let reason = format!("{} {}", signal.attribute, crate::clock::format_time(at));
             if at <= now {
                 return Ok(AgentState::Departed {
-                    reason: format!("expired: {reason}"),
+                    reason: format!("{DEPARTED_PREFIX}{reason}"),
                     since: Some(at),
                 });
             }
             if scheduled.as_ref().is_none_or(|(t, _)| at < *t) {
-                scheduled = Some((at, format!("expires: {reason}")));
+                scheduled = Some((at, format!("{SCHEDULED_PREFIX}{reason}")));
             }
         }
         Ok(match scheduled {

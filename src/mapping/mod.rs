@@ -51,6 +51,33 @@ pub struct Desired {
     pub warnings: Vec<String>,
     /// Room and space memberships (`[[rooms]]` rules).
     pub rooms: rooms::DesiredRooms,
+    /// Whom `accounts` speaks for.
+    #[serde(skip)]
+    pub coverage: Coverage,
+}
+
+/// Whom a [`Desired`] state speaks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every agent: a managed account missing from it is gone.
+    #[default]
+    Complete,
+    /// Only the agents that changed since the last read: a managed account missing from it is
+    /// gone only if the directory said so (`gone`). Accounts in their grace period still move
+    /// on to deactivation.
+    Changes {
+        gone: std::collections::BTreeSet<StableId>,
+    },
+}
+
+impl Coverage {
+    /// True when a managed account that `accounts` does not mention has left.
+    pub fn is_gone(&self, id: &StableId) -> bool {
+        match self {
+            Coverage::Complete => true,
+            Coverage::Changes { gone } => gone.contains(id),
+        }
+    }
 }
 
 /// Maps every entry of the snapshot as of `now` (Unix seconds, for expiry dates); a bad entry
@@ -101,7 +128,27 @@ impl<'r> Mapper<'r> {
     /// The Desired state of every entry added, with the snapshot's own skipped entries and,
     /// from its kept entries, groups and filter matches, the rooms.
     pub fn finish(self, snapshot: &Snapshot) -> Desired {
-        let Mapper { rules, desired, .. } = self;
+        let rules = self.rules;
+        let mut desired = self.finish_accounts(snapshot);
+        if rules.rooms.rooms.is_empty() {
+            return desired;
+        }
+        // Agents who left are in no room: a departure leaves the managed rooms, a return
+        // rejoins.
+        let mapped = desired
+            .accounts
+            .iter()
+            .filter(|a| !matches!(a.state, AgentState::Departed { .. }))
+            .map(|a| a.id.clone())
+            .collect();
+        desired.rooms = rooms::map_rooms(snapshot, &rules.rooms, &mapped, &mut desired.warnings);
+        desired
+    }
+
+    /// [`Mapper::finish`] without the rooms: for a read of only some agents (the changes since
+    /// the last read), from which no room's members can be known.
+    pub fn finish_accounts(self, snapshot: &Snapshot) -> Desired {
+        let Mapper { desired, .. } = self;
         let mut desired = Desired {
             skipped: snapshot
                 .skipped
@@ -117,18 +164,6 @@ impl<'r> Mapper<'r> {
         };
         desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
         keep_emails_unique(&mut desired);
-        if rules.rooms.rooms.is_empty() {
-            return desired;
-        }
-        // Agents who left are in no room: a departure leaves the managed rooms, a return
-        // rejoins.
-        let mapped = desired
-            .accounts
-            .iter()
-            .filter(|a| !matches!(a.state, AgentState::Departed { .. }))
-            .map(|a| a.id.clone())
-            .collect();
-        desired.rooms = rooms::map_rooms(snapshot, &rules.rooms, &mapped, &mut desired.warnings);
         desired
     }
 }

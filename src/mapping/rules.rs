@@ -19,6 +19,8 @@ pub struct Rules {
     pub departure: DepartureRules,
     /// `[groups]` and `[[rooms]]`: room and space memberships (see `mapping::rooms`).
     pub rooms: RoomRules,
+    /// A digest of the rules' text: when it changes, every agent is mapped again.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +138,7 @@ impl Rules {
             },
             departure: raw.departure,
             rooms,
+            fingerprint: crate::brake::digest(text),
         })
     }
 

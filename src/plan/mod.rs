@@ -212,7 +212,11 @@ fn pair_up<'a>(desired: &'a Desired, ledger: &'a LedgerView) -> Paired<'a> {
     // The id of the last record matched: passed over afterwards, it is not gone.
     let mut matched: Option<&StableId> = None;
     let mut left = |record: &'a AccountRecord, matched: Option<&StableId>| {
-        if matched != Some(&record.id) && !skipped.contains(&record.id) {
+        let departing = matches!(record.status, AccountStatus::Departing { .. });
+        if matched != Some(&record.id)
+            && !skipped.contains(&record.id)
+            && (departing || desired.coverage.is_gone(&record.id))
+        {
             gone.push(record);
         }
     };

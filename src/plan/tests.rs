@@ -536,3 +536,52 @@ fn managed_new_and_gone_agents_interleaved_by_id_are_each_found() {
     };
     assert_eq!(plan(&unsorted, &managed, &policy()), sorted);
 }
+
+#[test]
+fn a_plan_of_changes_only_departs_whom_the_directory_says_left() {
+    use crate::mapping::Coverage;
+    let stays = want("u1", "anne", "Anne");
+    let deleted = want("u2", "bruno", "Bruno");
+    let in_grace = want("u3", "chloe", "Chloé");
+    let grace_over = want("u4", "david", "David");
+    let changed = want("u5", "eve", "Ève (DRH)");
+    let departing = |a: &DesiredAccount, lp: &str, since: i64| AccountRecord {
+        status: AccountStatus::Departing {
+            since,
+            reason: "userAccountControl disabled".into(),
+            step: ReversibleStep::Suspend,
+        },
+        ..applied(a, lp)
+    };
+    let mut eve = applied(&changed, "eve");
+    eve.display_name = "Ève".into();
+    let view = ledger(vec![
+        applied(&stays, "anne"),
+        applied(&deleted, "bruno"),
+        departing(&in_grace, "chloe", NOW - DAY),
+        departing(&grace_over, "david", NOW - 8 * DAY),
+        eve,
+    ]);
+    let mut changes = desired(vec![changed]);
+    changes.coverage = Coverage::Changes {
+        gone: [StableId("u2".into())].into(),
+    };
+    let p = plan(&changes, &view, &policy());
+    let acted: Vec<(ActionKind, &str)> = p.actions.iter().map(|a| (a.kind(), a.mxid())).collect();
+    assert_eq!(
+        acted,
+        vec![
+            (ActionKind::UpdateAccount, "@eve:example.org"),
+            (ActionKind::SuspendAccount, "@bruno:example.org"),
+            (ActionKind::DeactivateAccount, "@david:example.org"),
+        ]
+    );
+    assert_eq!(p.pending.len(), 1, "{:?}", p.pending);
+    assert_eq!(p.pending[0].mxid, "@chloe:example.org");
+
+    // The same ledger with every agent read: Anne stays, Ève changes, the unread leave.
+    let complete = desired(vec![stays.clone(), want("u5", "eve", "Ève (DRH)")]);
+    let p = plan(&complete, &view, &policy());
+    assert_eq!(p.count(ActionKind::SuspendAccount), 1);
+    assert_eq!(p.count(ActionKind::DeactivateAccount), 1);
+}

@@ -1,0 +1,215 @@
+//! Incremental runs: read only what changed since the last complete read, and plan against
+//! the ledger records those changes (and the clock) concern.
+//!
+//! What such a run covers: agents added, changed, renamed, leaving (by a departure signal, a
+//! deletion, or leaving the filter where the server says so), departures whose grace period or
+//! scheduled date came, returns. What it leaves to the next complete read (at least every
+//! `directory.full_sync_every`): room memberships, and agents moved out of the search bases
+//! where the server cannot tell.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{agent_query, Mapped, RunError};
+use crate::clock::format_time;
+use crate::config::Config;
+use crate::directory::{self, Incremental, StableId, Watermark};
+use crate::ledger::{Ledger, LedgerView, Scheduled, ScheduledUpdate, SyncPoint};
+use crate::mapping::{self, AgentState, Coverage, Desired, DesiredAccount, Rules};
+
+/// How much of the directory a run read.
+#[derive(Debug, Clone)]
+pub enum Read {
+    /// Every agent. `watermark`: where the next incremental read can start (`None`: the
+    /// server offers none, or incremental reads are off).
+    Complete { watermark: Option<Watermark> },
+    /// What changed since `since`; `watermark` is where this read left off.
+    Changes {
+        since: SyncPoint,
+        watermark: Watermark,
+        /// Managed agents the directory says left (deleted, or out of the filter).
+        gone: usize,
+    },
+}
+
+impl Read {
+    pub fn is_complete(&self) -> bool {
+        matches!(self, Read::Complete { .. })
+    }
+}
+
+/// What the agents are read and mapped with: a sync point taken under another fingerprint
+/// cannot be built on.
+pub fn fingerprint(config: &Config, rules: &Rules) -> String {
+    crate::brake::digest(&format!(
+        "scope={}\nrules={}\nserver_name={}",
+        crate::brake::scope(config, rules),
+        rules.fingerprint,
+        config.homeserver.server_name
+    ))
+}
+
+/// The sync point an incremental read can start from at `now`, or why this run must read
+/// everything.
+pub fn usable_point(
+    config: &Config,
+    rules: &Rules,
+    point: Option<SyncPoint>,
+    now: i64,
+) -> Result<SyncPoint, String> {
+    if !config.directory.incremental {
+        return Err("directory.incremental = false".into());
+    }
+    let Some(point) = point else {
+        return Err("no complete read has left a watermark yet".into());
+    };
+    if point.fingerprint != fingerprint(config, rules) {
+        return Err("the mapping rules, the search scope or the server name changed".into());
+    }
+    let every = i64::try_from(config.directory.full_sync_every.as_secs()).unwrap_or(i64::MAX);
+    if now.saturating_sub(point.full_at) >= every {
+        return Err(format!(
+            "the last complete read began at {} (directory.full_sync_every = {})",
+            format_time(point.full_at),
+            humantime::format_duration(config.directory.full_sync_every)
+        ));
+    }
+    Ok(point)
+}
+
+/// An incremental read mapped, with the ledger records it concerns; `Err(why)` when the
+/// directory cannot build on `point` and everything must be read.
+pub(super) async fn read_changes_and_map(
+    config: &Config,
+    rules: &Rules,
+    ledger: &Ledger,
+    point: SyncPoint,
+    now: i64,
+) -> Result<Result<(Mapped, LedgerView), String>, RunError> {
+    let mut mapper = mapping::Mapper::new(rules, now);
+    let answer = directory::read_changes_with(
+        &config.directory,
+        &agent_query(rules),
+        &point.watermark,
+        &mut |entry| {
+            mapper.add(entry);
+            false
+        },
+    )
+    .await?;
+    let changes = match answer {
+        Incremental::Changes(changes) => changes,
+        Incremental::FullReadNeeded(why) => return Ok(Err(why)),
+    };
+    let mut desired = mapper.finish_accounts(&changes.snapshot);
+    let read_ids: BTreeSet<StableId> = desired
+        .accounts
+        .iter()
+        .map(|a| a.id.clone())
+        .chain(desired.skipped.iter().filter_map(|s| s.id.clone()))
+        .collect();
+    let mut gone = changes.deleted;
+    if let Some(present) = &changes.present {
+        gone.extend(
+            ledger
+                .account_ids()?
+                .into_iter()
+                .filter(|id| !present.contains(id)),
+        );
+    }
+    gone.retain(|id| !read_ids.contains(id));
+    let scheduled = ledger.scheduled()?;
+    let localparts: Vec<String> = desired
+        .accounts
+        .iter()
+        .map(|a| a.localpart.clone())
+        .collect();
+    let view = ledger.partial_view(
+        read_ids.iter().chain(&gone).chain(scheduled.keys()),
+        &localparts,
+    )?;
+    add_scheduled(&mut desired, &scheduled, &view, &read_ids, &gone, now);
+    let agents = changes.snapshot.agents();
+    tracing::info!(
+        changed = agents,
+        gone = gone.len(),
+        records = view.accounts.len(),
+        "incremental read"
+    );
+    let read = Read::Changes {
+        since: point,
+        watermark: changes.watermark,
+        gone: gone.len(),
+    };
+    desired.coverage = Coverage::Changes { gone };
+    Ok(Ok((
+        Mapped {
+            server: changes.snapshot.server,
+            agents,
+            desired,
+            read,
+        },
+        view,
+    )))
+}
+
+/// Agents the read did not return whose departure date was set earlier: as the ledger last saw
+/// them, still scheduled or now gone.
+fn add_scheduled(
+    desired: &mut Desired,
+    scheduled: &BTreeMap<StableId, Scheduled>,
+    view: &LedgerView,
+    read: &BTreeSet<StableId>,
+    gone: &BTreeSet<StableId>,
+    now: i64,
+) {
+    let unread = scheduled
+        .iter()
+        .filter(|(id, _)| !read.contains(*id) && !gone.contains(*id));
+    for (id, s) in unread {
+        let Some(record) = view.accounts.get(id) else {
+            continue;
+        };
+        desired.accounts.push(DesiredAccount {
+            id: id.clone(),
+            dn: record.dn.clone(),
+            localpart: record.localpart.clone(),
+            display_name: record.display_name.clone(),
+            emails: record.emails.clone(),
+            state: AgentState::scheduled_as_of(s.at, &s.reason, now),
+            login: None,
+        });
+    }
+    desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+}
+
+/// How a run's desired state changes the ledger's scheduled departures.
+pub(super) fn scheduled_update(desired: &Desired, read: &Read) -> ScheduledUpdate {
+    let set: BTreeMap<StableId, Scheduled> = desired
+        .accounts
+        .iter()
+        .filter_map(|a| match &a.state {
+            AgentState::Scheduled { at, reason } => Some((
+                a.id.clone(),
+                Scheduled {
+                    at: *at,
+                    reason: reason.clone(),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    match (read, &desired.coverage) {
+        (Read::Changes { .. }, Coverage::Changes { gone }) => {
+            let clear = desired
+                .accounts
+                .iter()
+                .map(|a| &a.id)
+                .chain(gone)
+                .filter(|id| !set.contains_key(*id))
+                .cloned()
+                .collect();
+            ScheduledUpdate::Patch { set, clear }
+        }
+        _ => ScheduledUpdate::Replace(set),
+    }
+}
