@@ -38,6 +38,8 @@ pub struct Settings {
     pub bind: Option<(String, String)>,
     /// Appended to config.toml (e.g. `[departures]`, `[brake]` sections).
     pub config_extra: String,
+    /// Added to the `[directory]` section (e.g. `full_sync_every = "1h"`).
+    pub directory_extra: String,
     /// Appended to the mapping (the preset), e.g. a `[departure]` section.
     pub mapping_extra: String,
     /// Replaces the preset's agent filter.
@@ -194,7 +196,7 @@ bind_password_file = "ldap.pw"
 base_dns = ["{base}"]
 page_size = {page_size}
 timeout_secs = 3
-
+{directory_extra}
 [homeserver]
 url = "{hs}"
 server_name = "{server_name}"
@@ -215,6 +217,7 @@ file = "mapping.toml"
             hs = self.synapse.url,
             server_name = self.synapse.server_name,
             extra = settings.config_extra,
+            directory_extra = settings.directory_extra,
         );
         std::fs::write(self.config(), config).unwrap();
     }
