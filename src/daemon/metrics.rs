@@ -59,6 +59,7 @@ pub struct Metrics {
     managed_accounts: Gauge,
     actions: Family<ActionLabels, Counter>,
     last_success: Gauge,
+    last_complete_read: Gauge,
     brake_engaged: Gauge,
     directory_up: Gauge,
 }
@@ -111,6 +112,12 @@ impl Metrics {
                 "Unix time at which the last fully successful run ended (0: none yet)",
                 Gauge::default(),
             ),
+            last_complete_read: register(
+                &mut r,
+                "last_complete_read_timestamp_seconds",
+                "Unix time at which the last run that read the whole directory (not only its changes) ended",
+                Gauge::default(),
+            ),
             brake_engaged: register(
                 &mut r,
                 "brake_engaged",
@@ -158,6 +165,10 @@ impl Metrics {
 
     pub fn succeeded_at(&self, unix: i64) {
         self.last_success.set(unix);
+    }
+
+    pub fn read_everything_at(&self, unix: i64) {
+        self.last_complete_read.set(unix);
     }
 
     pub fn brake(&self, engaged: bool) {

@@ -98,7 +98,7 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
             shared.update_health(|h| h.last_success = Some(last.finished_at));
         }
     }
-    run::write_status(&ledger, &shared, &shared.health(), SystemClock.now());
+    run::write_status(&ledger, &shared, &shared.health(), SystemClock.now(), true);
     let listen = loaded.config.daemon.listen;
     if let Some(addr) = listen {
         http::spawn(http::bind(addr).await?, shared.clone());

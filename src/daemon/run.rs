@@ -188,22 +188,28 @@ fn report(
     };
     notify::status(&format!("last run {}: {summary}", format_time(now)));
 
-    write_status(ledger, shared, &health, now);
+    let complete = result.as_ref().is_ok_and(|r| r.preview.read.is_complete());
+    if complete {
+        shared.metrics.read_everything_at(now);
+    }
+    write_status(ledger, shared, &health, now, complete);
     outcome == RunOutcome::Ok
 }
 
 /// Writes `status.json` next to the ledger, for `status` while the daemon holds the ledger.
-pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64) {
-    let (managed, adopted) = match ledger.view() {
-        Ok(view) => (
-            view.accounts.len(),
-            view.accounts
-                .values()
-                .filter(|a| a.origin == Origin::Adopted)
-                .count(),
-        ),
-        Err(_) => (ledger.account_count(), 0),
-    };
+/// `recount`: count the adopted accounts again (reads every record: after complete reads only;
+/// otherwise the count last written stands).
+pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64, recount: bool) {
+    let managed = ledger.account_count();
+    let state_dir = ledger.path().parent().unwrap_or(ledger.path());
+    let recounted = recount.then(|| ledger.view().ok()).flatten().map(|view| {
+        view.accounts
+            .values()
+            .filter(|a| a.origin == Origin::Adopted)
+            .count()
+    });
+    let adopted =
+        recounted.unwrap_or_else(|| status_file::read(state_dir).map_or(0, |s| s.adopted));
     shared.metrics.managed_accounts(managed);
     let status = DaemonStatus {
         pid: std::process::id(),
@@ -215,7 +221,6 @@ pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64)
         reasons: health.reasons(),
         last_run: ledger.last_run().ok().flatten(),
     };
-    let state_dir = ledger.path().parent().unwrap_or(ledger.path());
     if let Err(e) = status_file::write(state_dir, &status) {
         tracing::warn!(error = %e, "cannot write {}", status_file::path(state_dir).display());
     }
