@@ -3,6 +3,7 @@
 //! 1. directory read: our Snapshot vs `ldapsearch -E pr=1000/noprompt` (same filter, attributes);
 //! 2. map + plan against a full ledger, and a whole `plan` run's wall time and peak RSS;
 //! 3. a no-op `sync` (nothing changed): zero homeserver writes, time vs the directory read;
+//!    then an incremental tick: 100 agents changed, `sync --incremental` vs the no-op full run;
 //! 4. apply: account creations through `sync` on a real Synapse vs a plain HTTP loop sending
 //!    the same admin requests at the same concurrency.
 //!
@@ -54,8 +55,8 @@ fn main() {
         .unwrap_or(10_000);
     println!("machine: {} cores, {}", cores(), memory());
     println!();
-    println!("| agents | slapadd s | ldapsearch s | our read s | read ratio | ledger fill s | ledger on disk MB | ledger open s | map+plan s | `plan` run s | `plan` peak RSS MB | `status` s | no-op `sync` s | no-op / read | no-op writes |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| agents | slapadd s | ldapsearch s | our read s | read ratio | ledger fill s | ledger on disk MB | ledger open s | map+plan s | `plan` run s | `plan` peak RSS MB | `status` s | no-op `sync` s | no-op / read | no-op writes | incremental tick s | tick / no-op |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         directory_and_plan(n);
     }
@@ -287,10 +288,10 @@ fn directory_and_plan(n: usize) {
     let (noop_secs, _, out) = timed_run(&config_path, &["sync", "--json"]);
     let summary: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let writes =
-        summary["applied"].as_u64().unwrap() + summary["failed"].as_array().unwrap().len() as u64;
+    let writes = writes_of(&summary);
+    let tick_secs = incremental_tick(&slapd, &config_path, n.min(100));
     println!(
-        "| {n} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.1} | {:.0} | {:.2} | {:.2} | {plan_secs:.2} | {plan_rss:.0} | {status_secs:.2} | {noop_secs:.2} | {:.2}× | {writes} |",
+        "| {n} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.1} | {:.0} | {:.2} | {:.2} | {plan_secs:.2} | {plan_rss:.0} | {status_secs:.2} | {noop_secs:.2} | {:.2}× | {writes} | {tick_secs:.2} | {:.2}× |",
         slapadd.as_secs_f64(),
         ldapsearch.as_secs_f64(),
         ours.as_secs_f64(),
@@ -300,7 +301,38 @@ fn directory_and_plan(n: usize) {
         open.as_secs_f64(),
         map_plan.as_secs_f64(),
         noop_secs / ours.as_secs_f64(),
+        tick_secs / noop_secs,
     );
+}
+
+/// Homeserver writes a `sync --json` summary reports (applied or failed).
+fn writes_of(summary: &serde_json::Value) -> u64 {
+    summary["applied"].as_u64().unwrap() + summary["failed"].as_array().unwrap().len() as u64
+}
+
+/// Changes `changed` agents (an attribute the rules read, `employeeType`, to a value that is no
+/// departure, so neither run writes to the homeserver: the cost measured is our own), then
+/// times `sync --incremental`, which must read only those. Returns its wall time.
+fn incremental_tick(slapd: &Slapd, config: &Path, changed: usize) -> f64 {
+    let ldif: String = (0..changed)
+        .map(|i| {
+            format!(
+                "dn: uid=a{i},ou=people,dc=example,dc=org\nchangetype: modify\nreplace: employeeType\nemployeeType: contractor\n\n"
+            )
+        })
+        .collect();
+    slapd.modify_ldif(&ldif);
+    let (secs, _, out) = timed_run(config, &["sync", "--incremental", "--json"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(summary["read"]["kind"], "changes", "{summary}");
+    assert_eq!(
+        summary["agents"].as_u64(),
+        Some(changed as u64),
+        "{summary}"
+    );
+    assert_eq!(writes_of(&summary), 0, "{summary}");
+    secs
 }
 
 fn dir_size(path: &Path) -> u64 {
