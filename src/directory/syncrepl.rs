@@ -9,6 +9,10 @@
 //! - With a cookie and `syncprov-sessionlog`: a delete phase. Changed entries (state add, for a
 //!   modify or a rename as well), syncIdSets (refreshDeletes TRUE) of the entryUUIDs deleted,
 //!   moved out of the base or no longer matching the filter, SyncDone refreshDeletes TRUE.
+//!   The log is replayed unscoped: every entry of the *database* deleted or modified since
+//!   the cookie and not returned by this search is listed as deleted, wherever it is. So
+//!   `deleted` also holds ids the caller never saw (to ignore), and an id one base calls
+//!   deleted but another returned is not deleted ([`merge`]).
 //! - With a cookie, without a session log (or one older than the log): a present phase.
 //!   Changed entries, syncIdSets (refreshDeletes FALSE) of every entryUUID still matching,
 //!   SyncDone refreshDeletes FALSE.
