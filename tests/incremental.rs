@@ -151,7 +151,7 @@ fn make_changes(slapd: &Slapd, ou: &str) {
 fn assert_changed_entries(c: &Changes, ou: &str, before: &BTreeMap<String, String>) {
     let got = changed(c);
     let dns: Vec<&String> = got.keys().collect();
-    let mut want = vec![
+    let mut want = [
         format!("uid=a0,{ou}"),
         format!("uid=a1b,{ou}"),
         format!("uid=a5,{ou}"),
@@ -298,14 +298,8 @@ async fn cookies_per_base_and_a_move_between_bases() {
     let before = ids_by_dn(&cfg).await;
 
     let w = watermark(&cfg).await;
-    assert_eq!(
-        cookies(&w).keys().collect::<Vec<_>>(),
-        [&ou_a, &ou_b]
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-    );
+    let bases: BTreeSet<&String> = cookies(&w).keys().collect();
+    assert_eq!(bases, [&ou_a, &ou_b].into());
     // a0 moves from base A to base B; b1 is deleted.
     slapd.modify_ldif(&format!(
         "dn: uid=a0,{ou_a}\nchangetype: modrdn\nnewrdn: uid=a0\ndeleteoldrdn: 1\n\
