@@ -110,21 +110,20 @@ impl Directory {
         if let Some(reason) = ids_unlike_sync_uuids(query) {
             return Ok(Incremental::FullReadNeeded(reason));
         }
+        // Every cookie checked before any search, so `pass` sees no entry of a read that a
+        // bad cookie of a later base would void.
+        let mut base_cookies = Vec::with_capacity(bases.len());
+        for base in bases {
+            match usable_cookie(base, cookies) {
+                Ok(cookie) => base_cookies.push((base, cookie)),
+                Err(reason) => return Ok(Incremental::FullReadNeeded(reason)),
+            }
+        }
         let attrs = requested_attributes(query);
         let mut collector = Collector::passing(query, pass);
         let mut refreshes = Vec::new();
         let mut next_cookies = BTreeMap::new();
-        for base in bases {
-            let Some(cookie) = cookies.get(base) else {
-                return Ok(Incremental::FullReadNeeded(format!(
-                    "no sync cookie for the base `{base}` (a base added since the last complete read?)"
-                )));
-            };
-            if let Some(problem) = cookie_problem(cookie) {
-                return Ok(Incremental::FullReadNeeded(format!(
-                    "the sync cookie for `{base}` {problem}"
-                )));
-            }
+        for (base, cookie) in base_cookies {
             let outcome = self
                 .refresh(
                     base,
@@ -425,6 +424,20 @@ fn ids_unlike_sync_uuids(query: &AgentQuery) -> Option<String> {
             query.id_attribute
         )
     })
+}
+
+/// The stored cookie of `base`, or why there is none to send.
+fn usable_cookie<'c>(
+    base: &str,
+    cookies: &'c BTreeMap<String, Vec<u8>>,
+) -> Result<&'c Vec<u8>, String> {
+    let cookie = cookies.get(base).ok_or_else(|| {
+        format!("no sync cookie for the base `{base}` (a base added since the last complete read?)")
+    })?;
+    match cookie_problem(cookie) {
+        Some(problem) => Err(format!("the sync cookie for `{base}` {problem}")),
+        None => Ok(cookie),
+    }
 }
 
 /// Why a stored cookie cannot be sent. slapd takes a cookie without a valid CSN for no cookie
