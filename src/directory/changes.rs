@@ -71,7 +71,9 @@ pub struct Changes {
     /// Agent entries added or changed since the watermark (as a full read would return them),
     /// and entries that could not be agents. No groups: room memberships follow on full reads.
     pub snapshot: Snapshot,
-    /// Agents the directory says were deleted, or that left the agent filter or bases.
+    /// Agents the directory says were deleted, or that left the agent filter or bases. May also
+    /// hold ids that were never agents (OpenLDAP lists every deletion and modification in the
+    /// database outside the search): ignore ids you do not know.
     pub deleted: BTreeSet<StableId>,
     /// When the server listed the agents still there instead of the deleted ones (RFC 4533
     /// present phase): every agent id still there, changed or not. A managed agent neither

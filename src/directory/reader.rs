@@ -10,8 +10,10 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use ldap3::controls::{Control, ControlType, PagedResults};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
+use ldap3::controls::{Control, ControlType, PagedResults, RawControl};
+use ldap3::{
+    Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, ResultEntry, Scope, SearchEntry,
+};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -222,22 +224,15 @@ impl Directory {
                 &mut |se| collector.add(se),
             )
             .await?;
-        let Collector {
-            entries,
-            skipped,
-            passed_on,
-            ..
-        } = collector;
+        let snapshot = collector.into_snapshot(self.server.clone());
         info!(
-            entries = entries.len() + passed_on,
-            skipped = skipped.len(),
+            entries = snapshot.entries.len() + snapshot.passed_on,
+            skipped = snapshot.skipped.len(),
             pages,
             bases = bases.len(),
             server = %self.server,
             "directory snapshot complete"
         );
-        let mut snapshot = Snapshot::complete(entries, skipped, self.server.clone());
-        snapshot.passed_on = passed_on;
         Ok(snapshot)
     }
 
@@ -281,53 +276,29 @@ impl Directory {
                 size: page_size,
                 cookie: std::mem::take(&mut cookie),
             };
-            let started = timed(
-                &url,
-                timeout,
-                || what("requesting"),
-                self.ldap
-                    .with_controls(control)
-                    .with_timeout(timeout)
-                    .streaming_search(base, Scope::Subtree, filter, attrs),
-            )
-            .await?;
-            let mut stream = match started {
-                Ok(stream) => stream,
-                Err(LdapError::FilterParsing) => {
-                    return Err(DirectoryError::InvalidFilter {
-                        filter: filter.to_string(),
-                    })
-                }
-                Err(e) => return Err(op_error(&url, &what("requesting"), timeout, e)),
-            };
             let (mut in_page, mut references) = (0usize, 0usize);
-            loop {
-                let item = timed(&url, timeout, || what("reading"), stream.next()).await?;
-                let re = match item {
-                    Ok(Some(re)) => re,
-                    Ok(None) => break,
-                    Err(e) => return Err(op_error(&url, &what("reading"), timeout, e)),
-                };
-                if re.is_ref() {
-                    // AD continuation references (other partitions): normal, not followed.
-                    references += 1;
-                    continue;
-                }
-                if re.is_intermediate() {
-                    continue;
-                }
-                let se = construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
-                    url: url.clone(),
-                    operation: what("reading"),
-                    cause: "an undecodable search entry".into(),
-                })?;
-                in_page += 1;
-                sink(se);
-            }
-            let result = stream.finish().await;
-            if result.rc != 0 {
-                return Err(search_error(url, base, filter, result));
-            }
+            let result = self
+                .search_messages(
+                    base,
+                    Scope::Subtree,
+                    filter,
+                    attrs,
+                    vec![control.into()],
+                    timeout,
+                    &what,
+                    &mut |re| {
+                        if re.is_ref() {
+                            // AD continuation references (other partitions): normal, not followed.
+                            references += 1;
+                        } else if !re.is_intermediate() {
+                            in_page += 1;
+                            sink(decode_entry(&url, &what("reading"), re)?);
+                        }
+                        Ok(())
+                    },
+                )
+                .await?;
+            check_success(&url, base, filter, &result)?;
             debug!(
                 base,
                 page,
@@ -358,40 +329,76 @@ impl Directory {
         timeout: Duration,
     ) -> Result<Option<SearchEntry>, DirectoryError> {
         let url = self.server.clone();
-        let what = || format!("reading {} of `{dn}`", attrs.join(", "));
+        let what = |_: &str| format!("reading {} of `{dn}`", attrs.join(", "));
         let filter = "(objectClass=*)";
+        let mut found = None;
+        let result = self
+            .search_messages(
+                dn,
+                Scope::Base,
+                filter,
+                attrs,
+                Vec::new(),
+                timeout,
+                &what,
+                &mut |re| {
+                    if !re.is_ref() && !re.is_intermediate() {
+                        found = Some(decode_entry(&url, &what(""), re)?);
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        check_success(&url, dn, filter, &result)?;
+        Ok(found)
+    }
+
+    /// One search, each message (entries, references, intermediate responses) handed to
+    /// `each` as it comes, each step within `timeout`. Returns the server's final result,
+    /// whatever its code: callers check it ([`check_success`]) — ldap3 ends the stream the same
+    /// way on success and on error. `what(verb)` names the step for errors.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn search_messages(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[String],
+        controls: Vec<RawControl>,
+        timeout: Duration,
+        what: &(dyn Fn(&str) -> String + Sync),
+        each: &mut (dyn FnMut(ResultEntry) -> Result<(), DirectoryError> + Send),
+    ) -> Result<LdapResult, DirectoryError> {
+        let url = self.server.clone();
+        let mut ldap = self.ldap.clone();
+        if !controls.is_empty() {
+            ldap.with_controls(controls);
+        }
         let started = timed(
             &url,
             timeout,
-            what,
-            self.ldap
-                .with_timeout(timeout)
-                .streaming_search(dn, Scope::Base, filter, attrs),
+            || what("requesting"),
+            ldap.with_timeout(timeout)
+                .streaming_search(base, scope, filter, attrs),
         )
-        .await?
-        .map_err(|e| op_error(&url, &what(), timeout, e))?;
-        let mut stream = started;
-        let mut found = None;
+        .await?;
+        let mut stream = match started {
+            Ok(stream) => stream,
+            Err(LdapError::FilterParsing) => {
+                return Err(DirectoryError::InvalidFilter {
+                    filter: filter.to_string(),
+                })
+            }
+            Err(e) => return Err(op_error(&url, &what("requesting"), timeout, e)),
+        };
         loop {
-            let item = timed(&url, timeout, what, stream.next()).await?;
-            match item {
-                Ok(Some(re)) if re.is_ref() || re.is_intermediate() => {}
-                Ok(Some(re)) => {
-                    found = Some(construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
-                        url: url.clone(),
-                        operation: what(),
-                        cause: "an undecodable search entry".into(),
-                    })?);
-                }
+            match timed(&url, timeout, || what("reading"), stream.next()).await? {
+                Ok(Some(re)) => each(re)?,
                 Ok(None) => break,
-                Err(e) => return Err(op_error(&url, &what(), timeout, e)),
+                Err(e) => return Err(op_error(&url, &what("reading"), timeout, e)),
             }
         }
-        let result = stream.finish().await;
-        if result.rc != 0 {
-            return Err(search_error(url, dn, filter, result));
-        }
-        Ok(found)
+        Ok(stream.finish().await)
     }
 
     /// Unbinds and closes the connection (best effort, within the connect timeout).
@@ -419,7 +426,7 @@ pub async fn read_snapshot(
 
 /// The query's attributes plus the id attribute (once, any case). No attributes means all
 /// user attributes (`*`) plus the id, which may be operational (`entryUUID`).
-fn requested_attributes(query: &AgentQuery) -> Vec<String> {
+pub(super) fn requested_attributes(query: &AgentQuery) -> Vec<String> {
     let mut attrs: Vec<String> = Vec::new();
     if query.attributes.is_empty() {
         attrs.push("*".into());
@@ -442,6 +449,19 @@ fn construct_entry(re: ResultEntry) -> Option<SearchEntry> {
         return None;
     }
     catch_unwind(AssertUnwindSafe(|| SearchEntry::construct(re))).ok()
+}
+
+/// A search result entry, or a protocol error naming `operation`.
+pub(super) fn decode_entry(
+    url: &str,
+    operation: &str,
+    re: ResultEntry,
+) -> Result<SearchEntry, DirectoryError> {
+    construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
+        url: url.to_string(),
+        operation: operation.to_string(),
+        cause: "an undecodable search entry".into(),
+    })
 }
 
 /// The cookie for the next page: `None` when the search is done (empty cookie, or the server
@@ -492,7 +512,10 @@ impl<'q, 'p> Collector<'q, 'p> {
     }
 
     /// Hands each entry to `pass` first, and keeps it only if `pass` says so.
-    fn passing(query: &'q AgentQuery, pass: &'p mut (dyn FnMut(&Entry) -> bool + Send)) -> Self {
+    pub(super) fn passing(
+        query: &'q AgentQuery,
+        pass: &'p mut (dyn FnMut(&Entry) -> bool + Send),
+    ) -> Self {
         Collector {
             pass: Some(pass),
             ..Collector::new(query)
@@ -522,6 +545,13 @@ impl<'q, 'p> Collector<'q, 'p> {
         }
     }
 
+    /// The Snapshot of what was gathered (no groups yet).
+    pub(super) fn into_snapshot(self, server: String) -> Snapshot {
+        let mut snapshot = Snapshot::complete(self.entries, self.skipped, server);
+        snapshot.passed_on = self.passed_on;
+        snapshot
+    }
+
     fn keep_or_pass_on(&mut self, entry: Entry) {
         let keep = match &mut self.pass {
             Some(pass) => pass(&entry),
@@ -537,22 +567,26 @@ impl<'q, 'p> Collector<'q, 'p> {
     }
 }
 
-/// A search that ended with a result code other than success.
-fn search_error(
-    url: String,
+/// A search's final result: success, or the error naming the base and filter (never a short
+/// list taken for a whole one).
+pub(super) fn check_success(
+    url: &str,
     base: &str,
     filter: &str,
-    result: ldap3::LdapResult,
-) -> DirectoryError {
-    DirectoryError::Search {
-        url,
+    result: &LdapResult,
+) -> Result<(), DirectoryError> {
+    if result.rc == 0 {
+        return Ok(());
+    }
+    Err(DirectoryError::Search {
+        url: url.to_string(),
         base: base.to_string(),
         filter: filter.to_string(),
         code: result.rc,
-        text: result.text,
-        matched: result.matched,
-        referrals: result.refs,
-    }
+        text: result.text.clone(),
+        matched: result.matched.clone(),
+        referrals: result.refs.clone(),
+    })
 }
 
 /// A failed connection attempt, told apart: TLS trust/name problems, timeouts, the rest.

@@ -1,5 +1,6 @@
-//! A real OpenLDAP slapd on a loopback port: `dc=example,dc=org` in back_mdb with syncprov,
-//! an admin (rootdn), a sync service account with unlimited limits, and a `limited` account
+//! A real OpenLDAP slapd on a loopback port: `dc=example,dc=org` in back_mdb with syncprov
+//! (with a session log of 1000 operations, so content sync reports deletions in a delete
+//! phase; `start_without_sessionlog` for the present phase), an admin (rootdn), a sync service account with unlimited limits, and a `limited` account
 //! whose searches stop at 3 entries (result code 4).
 
 use super::process::{run, scratch_dir, Server};
@@ -37,7 +38,7 @@ impl Slapd {
     /// Tests must not stop or pause it: use `Slapd::start()` for that.
     pub fn shared() -> &'static Slapd {
         static SHARED: OnceLock<Result<Slapd, String>> = OnceLock::new();
-        match SHARED.get_or_init(Slapd::try_start) {
+        match SHARED.get_or_init(|| Slapd::try_start(true)) {
             Ok(slapd) => slapd,
             Err(e) => panic!("shared slapd could not start: {e}"),
         }
@@ -45,10 +46,16 @@ impl Slapd {
 
     /// An instance of its own (killed and removed on drop).
     pub fn start() -> Slapd {
-        Slapd::try_start().unwrap_or_else(|e| panic!("{e}"))
+        Slapd::try_start(true).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_start() -> Result<Slapd, String> {
+    /// An instance of its own whose syncprov keeps no session log: content sync then answers
+    /// a cookie with the list of entries still there (present phase), not the deleted ones.
+    pub fn start_without_sessionlog() -> Slapd {
+        Slapd::try_start(false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(sessionlog: bool) -> Result<Slapd, String> {
         require_installed(SLAPD.as_ref(), "slapd");
         require_installed("/usr/bin/ldapadd".as_ref(), "ldapadd (ldap-utils)");
         let began = std::time::Instant::now();
@@ -58,7 +65,7 @@ impl Slapd {
         for sub in ["db", "slapd.d"] {
             std::fs::create_dir(path(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
-        let conf = slapd_conf(&dir.path().to_string_lossy());
+        let conf = slapd_conf(&dir.path().to_string_lossy(), sessionlog);
         std::fs::write(path("slapd.conf"), conf).map_err(|e| format!("write slapd.conf: {e}"))?;
         // slapadd creates the database, then slaptest (which opens it read-only) converts
         // slapd.conf to a cn=config directory, so the config can also be changed at run time.
@@ -242,7 +249,12 @@ impl Slapd {
     }
 }
 
-fn slapd_conf(dir: &str) -> String {
+fn slapd_conf(dir: &str, sessionlog: bool) -> String {
+    let sessionlog = if sessionlog {
+        "syncprov-sessionlog 1000"
+    } else {
+        ""
+    };
     format!(
         r#"include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -274,6 +286,7 @@ access to attrs=userPassword by anonymous auth by * none
 access to * by users read by * none
 overlay syncprov
 syncprov-checkpoint 100 10
+{sessionlog}
 "#
     )
 }
