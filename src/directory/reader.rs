@@ -10,7 +10,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use ldap3::controls::{Control, ControlType, PagedResults};
+use ldap3::controls::{Control, ControlType, PagedResults, RawControl};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -271,22 +271,41 @@ impl Directory {
         timeout: Duration,
         sink: &mut (dyn FnMut(SearchEntry) + Send),
     ) -> Result<usize, DirectoryError> {
+        self.read_base_with(base, filter, attrs, &[], page_size, timeout, sink)
+            .await
+    }
+
+    /// [`Directory::read_base`] with more request controls beside paging (e.g. AD Show
+    /// Deleted).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn read_base_with(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[String],
+        controls: &[RawControl],
+        page_size: i32,
+        timeout: Duration,
+        sink: &mut (dyn FnMut(SearchEntry) + Send),
+    ) -> Result<usize, DirectoryError> {
         let url = self.server.clone();
         let mut cookie: Vec<u8> = Vec::new();
         let mut page = 0usize;
         loop {
             page += 1;
             let what = |verb: &str| format!("{verb} page {page} of `{base}`");
-            let control = PagedResults {
+            let mut request: Vec<RawControl> = vec![PagedResults {
                 size: page_size,
                 cookie: std::mem::take(&mut cookie),
-            };
+            }
+            .into()];
+            request.extend_from_slice(controls);
             let started = timed(
                 &url,
                 timeout,
                 || what("requesting"),
                 self.ldap
-                    .with_controls(control)
+                    .with_controls(request)
                     .with_timeout(timeout)
                     .streaming_search(base, Scope::Subtree, filter, attrs),
             )
@@ -357,7 +376,22 @@ impl Directory {
         attrs: &[String],
         timeout: Duration,
     ) -> Result<Option<SearchEntry>, DirectoryError> {
+        self.read_entry_with(dn, attrs, &[], timeout).await
+    }
+
+    /// [`Directory::read_entry`] with request controls (e.g. AD Show Deleted).
+    pub(super) async fn read_entry_with(
+        &mut self,
+        dn: &str,
+        attrs: &[String],
+        controls: &[RawControl],
+        timeout: Duration,
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
         let url = self.server.clone();
+        if !controls.is_empty() {
+            // Kept by the handle for its next operation, the search below.
+            self.ldap.with_controls(controls.to_vec());
+        }
         let what = || format!("reading {} of `{dn}`", attrs.join(", "));
         let filter = "(objectClass=*)";
         let started = timed(

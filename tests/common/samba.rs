@@ -263,6 +263,64 @@ impl SambaDc {
         );
     }
 
+    /// Lets `account_dn` list and read the domain's Deleted Objects container, as incremental
+    /// reads need (on Windows: `dsacls "CN=Deleted Objects,…" /G DOMAIN\\account:LCRP`).
+    /// Without it AD returns no tombstones at all, and no error.
+    pub fn grant_deleted_objects_read(&self, account_dn: &str) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let sam = self.sam_ldb();
+        let sid_out = self.ldbsearch(account_dn, "(objectClass=*)", &["objectSid"]);
+        let sid = sid_out
+            .lines()
+            .find_map(|l| l.strip_prefix("objectSid: "))
+            .unwrap_or_else(|| panic!("no objectSid for {account_dn}: {sid_out}"))
+            .trim()
+            .to_string();
+        let container = format!("CN=Deleted Objects,{}", self.base_dn);
+        let out = run_env(
+            &[
+                "ldbsearch",
+                "-H",
+                &sam,
+                "--show-deleted",
+                "-s",
+                "base",
+                "-b",
+                &container,
+                "nTSecurityDescriptor",
+            ],
+            None,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // LDIF folds long lines: a line starting with a space continues the one before.
+        let unfolded = out.replace("\n ", "");
+        let sd = unfolded
+            .lines()
+            .find_map(|l| l.strip_prefix("nTSecurityDescriptor: "))
+            .unwrap_or_else(|| panic!("no nTSecurityDescriptor on {container}: {out}"))
+            .trim()
+            .to_string();
+        if sd.contains(&sid) {
+            return;
+        }
+        let ace = format!("(A;;RPLC;;;{sid})");
+        let sd = match sd.find("S:") {
+            Some(sacl) => format!("{}{ace}{}", &sd[..sacl], &sd[sacl..]),
+            None => format!("{sd}{ace}"),
+        };
+        run_env(
+            &["ldbmodify", "-H", &sam, "--controls=show_deleted:1"],
+            Some(&format!(
+                "dn: {container}\nchangetype: modify\nreplace: nTSecurityDescriptor\n\
+                 nTSecurityDescriptor: {sd}\n"
+            )),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// `ldbsearch` straight on the DC's `sam.ldb`: Samba's own view, which shows `objectGUID`
     /// in its string form.
     pub fn ldbsearch(&self, base: &str, filter: &str, attrs: &[&str]) -> String {
