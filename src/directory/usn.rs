@@ -18,6 +18,18 @@
 //! object changing between them is judged by its state in (3): read after, an object that came
 //! into the filter meanwhile would be taken for gone. Whatever changes after (1) has a USN
 //! above the next watermark and is read again next time.
+//!
+//! Why `(objectClass=user)` for (2) and not the agent filter: a tombstone loses
+//! `objectCategory` (the preset's `(objectCategory=person)` no longer matches it) but keeps its
+//! `objectClass`, and an agent that left the filter no longer matches it by definition. Every
+//! object the preset's filter `(&(objectClass=user)(objectCategory=person))` matches is a
+//! `user`, so none escapes (2); both its terms are the user's own attributes, so a change to
+//! either changes its `uSNChanged`. An agent filter must keep agents to user objects (people
+//! are), and must not test group membership (see [`unsuited_query`]).
+//!
+//! Tombstones live for the forest's tombstone lifetime (180 days by default); the periodic
+//! full read (`directory.full_sync_every`, far shorter) catches what an older watermark would
+//! have missed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
