@@ -43,7 +43,7 @@ use super::error::DirectoryError;
 use super::groups::normalize_dn;
 use super::guid::guid_to_string;
 use super::reader::Directory;
-use super::snapshot::{Entry, StableId};
+use super::snapshot::{Entry, SkippedEntry, Snapshot, StableId};
 use super::{AgentQuery, IdFormat};
 
 /// LDAP_SERVER_SHOW_DELETED_OID: searches also return deleted objects (tombstones).
@@ -101,57 +101,23 @@ impl Directory {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));
         }
-        if let Some(why) = unsuited_query(query) {
-            return Ok(Incremental::FullReadNeeded(why));
-        }
-        let dc = self.dc_state(timeout).await?;
-        if let Some(why) = self.watermark_unusable(&dc, invocation_id, usn) {
-            return Ok(Incremental::FullReadNeeded(why));
-        }
-        if !self
-            .sees_deleted_objects(&dc.naming_context, timeout)
-            .await?
-        {
-            return Ok(Incremental::FullReadNeeded(format!(
-                "the bind account cannot read `CN=Deleted Objects,{nc}` on {url}, so deleted \
-                 agents would go unseen: grant it List Contents and Read Property there \
-                 (`dsacls \"CN=Deleted Objects,{nc}\" /takeownership`, then \
-                 `dsacls \"CN=Deleted Objects,{nc}\" /G <DOMAIN\\account>:LCRP`)",
-                nc = dc.naming_context,
-                url = self.server(),
-            )));
-        }
+        let dc = match self.usable_dc(query, invocation_id, usn, timeout).await? {
+            Ok(dc) => dc,
+            Err(why) => return Ok(Incremental::FullReadNeeded(why)),
+        };
         let since = usn + 1;
+        // Ids first, agents second: see the module doc.
         let scopes = id_scopes(bases, &dc.naming_context);
         let changed = self
             .changed_user_ids(&scopes, since, page_size, timeout)
             .await?;
-        let agents = AgentQuery {
-            filter: format!("(&{}(uSNChanged>={since}))", query.filter),
-            ..query.clone()
-        };
-        let mut read: HashSet<StableId> = HashSet::new();
-        let mut recording = |e: &Entry| {
-            read.insert(e.id.clone());
-            pass(e)
-        };
-        let snapshot = self
-            .read_snapshot_passing(bases, &agents, page_size, timeout, &mut recording)
+        let (snapshot, read) = self
+            .changed_agents(bases, query, since, page_size, timeout, pass)
             .await?;
-        // An agent read but skipped (e.g. no usable id) is still there: not a departure.
-        let skipped: HashSet<String> = snapshot
-            .skipped
-            .iter()
-            .map(|s| normalize_dn(&s.dn))
-            .collect();
-        let deleted: BTreeSet<StableId> = changed
-            .into_iter()
-            .filter(|(id, dn)| !read.contains(id) && !skipped.contains(dn))
-            .map(|(id, _)| id)
-            .collect();
+        let deleted = left_agents(changed, &read, &snapshot.skipped);
         info!(
             since = usn,
-            changed = read.len(),
+            changed = snapshot.entries.len() + snapshot.passed_on,
             gone_or_not_agents = deleted.len(),
             next = dc.highest,
             server = %self.server(),
@@ -167,6 +133,63 @@ impl Directory {
                 usn: dc.highest,
             },
         }))
+    }
+
+    /// The DC's state if the watermark can be used with this query on it; else why not.
+    async fn usable_dc(
+        &mut self,
+        query: &AgentQuery,
+        invocation_id: &str,
+        usn: u64,
+        timeout: Duration,
+    ) -> Result<Result<DcState, String>, DirectoryError> {
+        if let Some(why) = unsuited_query(query) {
+            return Ok(Err(why));
+        }
+        let dc = self.dc_state(timeout).await?;
+        if let Some(why) = self.watermark_unusable(&dc, invocation_id, usn) {
+            return Ok(Err(why));
+        }
+        if !self
+            .sees_deleted_objects(&dc.naming_context, timeout)
+            .await?
+        {
+            return Ok(Err(format!(
+                "the bind account cannot read `CN=Deleted Objects,{nc}` on {url}, so deleted \
+                 agents would go unseen: grant it List Contents and Read Property there \
+                 (`dsacls \"CN=Deleted Objects,{nc}\" /takeownership`, then \
+                 `dsacls \"CN=Deleted Objects,{nc}\" /G <DOMAIN\\account>:LCRP`)",
+                nc = dc.naming_context,
+                url = self.server(),
+            )));
+        }
+        Ok(Ok(dc))
+    }
+
+    /// The agents changed at or above `since` under `bases`, read as a full read reads them
+    /// (each handed to `pass`), and the ids of all of them, kept or passed on.
+    async fn changed_agents(
+        &mut self,
+        bases: &[String],
+        query: &AgentQuery,
+        since: u64,
+        page_size: i32,
+        timeout: Duration,
+        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+    ) -> Result<(Snapshot, HashSet<StableId>), DirectoryError> {
+        let agents = AgentQuery {
+            filter: format!("(&{}(uSNChanged>={since}))", query.filter),
+            ..query.clone()
+        };
+        let mut read: HashSet<StableId> = HashSet::new();
+        let mut recording = |e: &Entry| {
+            read.insert(e.id.clone());
+            pass(e)
+        };
+        let snapshot = self
+            .read_snapshot_passing(bases, &agents, page_size, timeout, &mut recording)
+            .await?;
+        Ok((snapshot, read))
     }
 
     /// `highestCommittedUSN`, `invocationId` and the domain naming context, from the root DSE
@@ -306,6 +329,21 @@ impl Directory {
     }
 }
 
+/// The changed ids (id → normalized DN) not read as agents: gone, or never agents. An agent
+/// read but skipped (e.g. no usable id) is still there: not a departure.
+fn left_agents(
+    changed: BTreeMap<StableId, String>,
+    read: &HashSet<StableId>,
+    skipped: &[SkippedEntry],
+) -> BTreeSet<StableId> {
+    let skipped: HashSet<String> = skipped.iter().map(|s| normalize_dn(&s.dn)).collect();
+    changed
+        .into_iter()
+        .filter(|(id, dn)| !read.contains(id) && !skipped.contains(dn))
+        .map(|(id, _)| id)
+        .collect()
+}
+
 /// Why USNs cannot tell this query's changes, if they cannot.
 fn unsuited_query(query: &AgentQuery) -> Option<String> {
     if !query.id_attribute.eq_ignore_ascii_case("objectGUID")
@@ -412,6 +450,26 @@ mod tests {
         assert_eq!(
             id_scopes(&bases, "DC=samdom,DC=test"),
             vec!["DC=samdom,DC=test", "OU=Other,DC=elsewhere,DC=test"]
+        );
+    }
+
+    #[test]
+    fn changed_ids_not_read_as_agents_left_unless_skipped() {
+        let id = |s: &str| StableId(s.into());
+        let changed: BTreeMap<StableId, String> = [
+            (id("read"), "cn=a,ou=p,dc=x".to_string()),
+            (id("gone"), "cn=b,cn=deleted objects,dc=x".to_string()),
+            (id("skipped"), "cn=c,ou=p,dc=x".to_string()),
+        ]
+        .into();
+        let read = HashSet::from([id("read"), id("new")]);
+        let skipped = [SkippedEntry {
+            dn: "CN=c, OU=p,DC=x".into(),
+            reason: "no id".into(),
+        }];
+        assert_eq!(
+            left_agents(changed, &read, &skipped),
+            BTreeSet::from([id("gone")])
         );
     }
 

@@ -395,18 +395,27 @@ pub fn unicode_pwd(password: &str) -> String {
     base64(bytes)
 }
 
-/// Fails with a clear message when something already listens on an AD port.
+/// Fails with a clear message when something still listens on an AD port after a few seconds
+/// (the DC of the previous test process, under nextest, may take a moment to go).
 fn ports_free() -> Result<(), String> {
-    for port in AD_PORTS {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Err(format!(
-                "port {port} on 127.0.0.1 is already in use (`ss -ltnp 'sport = :{port}'` \
-                 says by what). A Samba AD DC needs 389, 636 and 3268 and only one can run per \
-                 machine: stop the other DC (or test binary) first"
-            ));
-        }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = || {
+        AD_PORTS
+            .into_iter()
+            .find(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok())
+    };
+    while busy().is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(())
+    match busy() {
+        Some(port) => Err(format!(
+            "port {port} on 127.0.0.1 is already in use (`ss -ltnp 'sport = :{port}'` \
+             says by what). A Samba AD DC needs 389, 636 and 3268 and only one can run per \
+             machine: stop the other DC (or test binary) first; under nextest run the AD \
+             tests one at a time (`-j 1`)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether an LDAPS search of the rootDSE works (the DC is ready to serve); `verify`: check
