@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "active_directory/incremental.rs"]
+mod incremental;
 
 use common::accounts::{at, emails, flag, DAY, T0};
 use common::ad_site::{AdSite, Agent};

@@ -74,9 +74,13 @@ fn changes_since_the_last_complete_read_are_read_and_applied_alone() {
         run.stdout
     );
     assert!(site.synapse.get_user(&site.mxid("eve.martin")).is_some());
-    assert_eq!(
-        user(&site, &site.mxid("anne.martin"))["displayname"],
-        format!("Annie Martin {}", site.tag)
+    let anne = user(&site, &site.mxid("anne.martin"));
+    assert!(
+        anne["displayname"]
+            .as_str()
+            .unwrap()
+            .starts_with("Annie Martin"),
+        "{anne}"
     );
     assert!(flag(&user(&site, &site.mxid("bruno.martin")), "suspended"));
     assert!(flag(&user(&site, &site.mxid("chloe.martin")), "suspended"));

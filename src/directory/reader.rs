@@ -266,16 +266,35 @@ impl Directory {
         timeout: Duration,
         sink: &mut (dyn FnMut(SearchEntry) + Send),
     ) -> Result<usize, DirectoryError> {
+        self.read_base_with(base, filter, attrs, &[], page_size, timeout, sink)
+            .await
+    }
+
+    /// [`Directory::read_base`] with more request controls beside paging (e.g. AD Show
+    /// Deleted).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn read_base_with(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attrs: &[String],
+        controls: &[RawControl],
+        page_size: i32,
+        timeout: Duration,
+        sink: &mut (dyn FnMut(SearchEntry) + Send),
+    ) -> Result<usize, DirectoryError> {
         let url = self.server.clone();
         let mut cookie: Vec<u8> = Vec::new();
         let mut page = 0usize;
         loop {
             page += 1;
             let what = |verb: &str| format!("{verb} page {page} of `{base}`");
-            let control = PagedResults {
+            let mut request: Vec<RawControl> = vec![PagedResults {
                 size: page_size,
                 cookie: std::mem::take(&mut cookie),
-            };
+            }
+            .into()];
+            request.extend_from_slice(controls);
             let (mut in_page, mut references) = (0usize, 0usize);
             let result = self
                 .search_messages(
@@ -283,7 +302,7 @@ impl Directory {
                     Scope::Subtree,
                     filter,
                     attrs,
-                    vec![control.into()],
+                    request,
                     timeout,
                     &what,
                     &mut |re| {
@@ -328,6 +347,17 @@ impl Directory {
         attrs: &[String],
         timeout: Duration,
     ) -> Result<Option<SearchEntry>, DirectoryError> {
+        self.read_entry_with(dn, attrs, &[], timeout).await
+    }
+
+    /// [`Directory::read_entry`] with request controls (e.g. AD Show Deleted).
+    pub(super) async fn read_entry_with(
+        &mut self,
+        dn: &str,
+        attrs: &[String],
+        controls: &[RawControl],
+        timeout: Duration,
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
         let url = self.server.clone();
         let what = |_: &str| format!("reading {} of `{dn}`", attrs.join(", "));
         let filter = "(objectClass=*)";
@@ -338,7 +368,7 @@ impl Directory {
                 Scope::Base,
                 filter,
                 attrs,
-                Vec::new(),
+                controls.to_vec(),
                 timeout,
                 &what,
                 &mut |re| {

@@ -263,6 +263,64 @@ impl SambaDc {
         );
     }
 
+    /// Lets `account_dn` list and read the domain's Deleted Objects container, as incremental
+    /// reads need (on Windows: `dsacls "CN=Deleted Objects,…" /G DOMAIN\\account:LCRP`).
+    /// Without it AD returns no tombstones at all, and no error.
+    pub fn grant_deleted_objects_read(&self, account_dn: &str) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let sam = self.sam_ldb();
+        let sid_out = self.ldbsearch(account_dn, "(objectClass=*)", &["objectSid"]);
+        let sid = sid_out
+            .lines()
+            .find_map(|l| l.strip_prefix("objectSid: "))
+            .unwrap_or_else(|| panic!("no objectSid for {account_dn}: {sid_out}"))
+            .trim()
+            .to_string();
+        let container = format!("CN=Deleted Objects,{}", self.base_dn);
+        let out = run_env(
+            &[
+                "ldbsearch",
+                "-H",
+                &sam,
+                "--show-deleted",
+                "-s",
+                "base",
+                "-b",
+                &container,
+                "nTSecurityDescriptor",
+            ],
+            None,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // LDIF folds long lines: a line starting with a space continues the one before.
+        let unfolded = out.replace("\n ", "");
+        let sd = unfolded
+            .lines()
+            .find_map(|l| l.strip_prefix("nTSecurityDescriptor: "))
+            .unwrap_or_else(|| panic!("no nTSecurityDescriptor on {container}: {out}"))
+            .trim()
+            .to_string();
+        if sd.contains(&sid) {
+            return;
+        }
+        let ace = format!("(A;;RPLC;;;{sid})");
+        let sd = match sd.find("S:") {
+            Some(sacl) => format!("{}{ace}{}", &sd[..sacl], &sd[sacl..]),
+            None => format!("{sd}{ace}"),
+        };
+        run_env(
+            &["ldbmodify", "-H", &sam, "--controls=show_deleted:1"],
+            Some(&format!(
+                "dn: {container}\nchangetype: modify\nreplace: nTSecurityDescriptor\n\
+                 nTSecurityDescriptor: {sd}\n"
+            )),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// `ldbsearch` straight on the DC's `sam.ldb`: Samba's own view, which shows `objectGUID`
     /// in its string form.
     pub fn ldbsearch(&self, base: &str, filter: &str, attrs: &[&str]) -> String {
@@ -337,18 +395,27 @@ pub fn unicode_pwd(password: &str) -> String {
     base64(bytes)
 }
 
-/// Fails with a clear message when something already listens on an AD port.
+/// Fails with a clear message when something still listens on an AD port after a few seconds
+/// (the DC of the previous test process, under nextest, may take a moment to go).
 fn ports_free() -> Result<(), String> {
-    for port in AD_PORTS {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Err(format!(
-                "port {port} on 127.0.0.1 is already in use (`ss -ltnp 'sport = :{port}'` \
-                 says by what). A Samba AD DC needs 389, 636 and 3268 and only one can run per \
-                 machine: stop the other DC (or test binary) first"
-            ));
-        }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = || {
+        AD_PORTS
+            .into_iter()
+            .find(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok())
+    };
+    while busy().is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(())
+    match busy() {
+        Some(port) => Err(format!(
+            "port {port} on 127.0.0.1 is already in use (`ss -ltnp 'sport = :{port}'` \
+             says by what). A Samba AD DC needs 389, 636 and 3268 and only one can run per \
+             machine: stop the other DC (or test binary) first; under nextest run the AD \
+             tests one at a time (`-j 1`)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether an LDAPS search of the rootDSE works (the DC is ready to serve); `verify`: check
