@@ -271,6 +271,10 @@ fn sigusr1_runs_a_sync_now_and_status_works_while_the_daemon_holds_the_ledger() 
     daemon.signal("USR1");
     let second = daemon.wait_runs(2, Duration::from_secs(30));
     assert_eq!(second["last_run"]["applied"], 1, "{second}");
+    // The first run read everything; the second, within the hour, only the new agent.
+    assert_eq!(first["last_run"]["incremental"], false, "{first}");
+    assert_eq!(second["last_run"]["incremental"], true, "{second}");
+    assert_eq!(second["last_run"]["agents"], 1, "{second}");
     assert!(site.synapse.get_user(&site.mxid("ursule.bonnet")).is_some());
 
     // The daemon holds sled's lock: `status` shows what the daemon wrote.

@@ -336,3 +336,37 @@ async fn an_account_that_cannot_read_deleted_objects_gets_full_reads_not_a_gap()
     assert!(why.contains("CN=Deleted Objects"), "{why}");
     assert!(why.contains("LCRP"), "{why}");
 }
+
+/// The binary between complete reads: `sync --incremental` applies a change and a deletion it
+/// read by USN, then finds nothing more.
+#[test]
+fn an_incremental_sync_applies_a_change_and_a_deletion_read_by_usn() {
+    let site = super::departures_site("usn-sync");
+    site.dc.grant_deleted_objects_read(&site.dc.sync_dn);
+    site.set_attr("paul", "displayName", &["Paul Girard-Roux"]);
+    site.dc.delete(&site.dn("anne"));
+    let run = site.sync_ok_with(&["--incremental", "--now", &super::at(super::T0 + 60)]);
+    assert!(
+        run.stdout
+            .contains("changes only: 1 changed agents, 1 gone"),
+        "{}",
+        super::all_output(&run)
+    );
+    assert!(super::has(&site, &site.mxid("anne"), "suspended"));
+    let paul = super::user(&site, &site.mxid("paul"));
+    assert_eq!(paul["displayname"], "Paul Girard-Roux", "{paul}");
+    assert!(!super::flag(&paul, "suspended"));
+
+    let again = site.sync_ok_with(&["--incremental", "--now", &super::at(super::T0 + 120)]);
+    assert!(
+        again.stdout.contains("0 changed agents, 0 gone") && again.stdout.contains("0 planned"),
+        "{}",
+        super::all_output(&again)
+    );
+    let status = site.run(&["status"]);
+    assert!(
+        status.stdout.contains("Incremental reads: from USN"),
+        "{}",
+        status.stdout
+    );
+}
