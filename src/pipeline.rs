@@ -370,7 +370,7 @@ async fn preview_for_sync<H: Homeserver + Rooms>(
                 Ok((mapped, view)) => {
                     let state = State {
                         view,
-                        managed: ledger.account_count(),
+                        managed: ledger.account_count()?,
                         last_good: ledger.last_good()?,
                     };
                     return plan_mapped(config, rules, &state, mapped, now, Some(homeserver)).await;

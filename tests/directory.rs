@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pki::{base64, TestPki};
-use common::Slapd;
+use common::{init_tracing, Slapd};
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
     read_snapshot, AgentQuery, Directory, DirectoryError, IdFormat, Snapshot,
@@ -20,14 +20,6 @@ use matrix_ldap_sync::secret::Secret;
 use url::Url;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Shows the reader's `debug!` lines (pages, counts) for a failing test, or with --nocapture.
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("matrix_ldap_sync=debug")
-        .try_init();
-}
 
 fn config(slapd: &Slapd, base: &str) -> DirectoryConfig {
     init_tracing();

@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::Slapd;
+use common::{init_tracing, Slapd};
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
     read_changes_with, read_snapshot, read_snapshot_with, AgentQuery, Changes, Directory, IdFormat,
@@ -20,13 +20,6 @@ use matrix_ldap_sync::secret::Secret;
 use url::Url;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("matrix_ldap_sync=debug")
-        .try_init();
-}
 
 fn config(slapd: &Slapd, bases: &[&str]) -> DirectoryConfig {
     init_tracing();

@@ -109,6 +109,6 @@ fn state_dir_usable(config: &Config) -> Result<String, String> {
     Ok(format!(
         "{} ({} managed accounts)",
         ledger.path().display(),
-        ledger.account_count()
+        ledger.account_count().map_err(|e| e.to_string())?
     ))
 }

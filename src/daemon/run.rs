@@ -200,7 +200,7 @@ fn report(
 /// `recount`: count the adopted accounts again (reads every record: after complete reads only;
 /// otherwise the count last written stands).
 pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64, recount: bool) {
-    let managed = ledger.account_count();
+    let managed = ledger.account_count().unwrap_or_default();
     let state_dir = ledger.path().parent().unwrap_or(ledger.path());
     let recounted = recount.then(|| ledger.view().ok()).flatten().map(|view| {
         view.accounts

@@ -90,34 +90,52 @@ impl Ledger {
             .collect()
     }
 
-    /// The records an incremental plan needs: those of `ids`, of every account in its grace
-    /// period, and of every holder of a localpart starting with one of `localparts` (so that a
-    /// new agent's localpart is allocated as a complete plan would). No rooms.
+    /// The records an incremental plan needs first: those of `ids` and of every account in its
+    /// grace period. No rooms.
     pub fn partial_view<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a StableId>,
-        localparts: &[String],
     ) -> Result<LedgerView, LedgerError> {
         let mut view = LedgerView::default();
-        let mut add = |key: &[u8]| -> Result<(), LedgerError> {
-            if let Some(raw) = self.accounts.get(key)? {
-                let record: super::AccountRecord = decode(&raw)?;
-                view.accounts.insert(record.id.clone(), record);
-            }
-            Ok(())
-        };
         for id in ids {
-            add(id.0.as_bytes())?;
+            self.add_record(&mut view, id.0.as_bytes())?;
         }
         for key in self.departing.iter().keys() {
-            add(&key?)?;
-        }
-        for prefix in localparts {
-            for item in self.localparts.scan_prefix(prefix.as_bytes()) {
-                add(&item?.1)?;
-            }
+            self.add_record(&mut view, &key?)?;
         }
         Ok(view)
+    }
+
+    /// Adds to `view` the holders of the localparts `new_agents` new agents wanting `base` may
+    /// be offered (`base`, `base2`, `base3`, … up to as many free ones as there are agents), so
+    /// that a plan of changes allocates localparts as a complete plan would.
+    pub fn add_localpart_holders(
+        &self,
+        view: &mut LedgerView,
+        base: &str,
+        new_agents: usize,
+    ) -> Result<(), LedgerError> {
+        let mut free = 0;
+        let candidates =
+            std::iter::once(base.to_string()).chain((2u64..).map(|n| format!("{base}{n}")));
+        for candidate in candidates {
+            if free >= new_agents {
+                break;
+            }
+            match self.localparts.get(candidate.as_bytes())? {
+                Some(holder) => self.add_record(view, &holder)?,
+                None => free += 1,
+            }
+        }
+        Ok(())
+    }
+
+    fn add_record(&self, view: &mut LedgerView, key: &[u8]) -> Result<(), LedgerError> {
+        if let Some(raw) = self.accounts.get(key)? {
+            let record: super::AccountRecord = decode(&raw)?;
+            view.accounts.insert(record.id.clone(), record);
+        }
+        Ok(())
     }
 
     /// Writes the end of a run: journal entry, last good run, sync point and scheduled

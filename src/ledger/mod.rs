@@ -27,6 +27,8 @@ use crate::directory::StableId;
 pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const LAST_GOOD_KEY: &[u8] = b"last_good_run";
+/// How many records `accounts` holds (sled counts a tree by walking it).
+const ACCOUNT_COUNT_KEY: &[u8] = b"account_count";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -107,6 +109,7 @@ impl Ledger {
             }
             None => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                meta.insert(ACCOUNT_COUNT_KEY, &0u64.to_be_bytes())?;
                 db.flush()?;
             }
             Some(raw) => {
@@ -135,7 +138,8 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Brings a ledger of an older schema up to this one. Version 1 had no `departing` index.
+    /// Brings a ledger of an older schema up to this one. Version 1 had no `departing` index
+    /// and no account count.
     fn upgrade(&self) -> Result<(), LedgerError> {
         let found = self
             .meta
@@ -146,6 +150,10 @@ impl Ledger {
             return Ok(());
         }
         self.rebuild_departing_index()?;
+        self.meta.insert(
+            ACCOUNT_COUNT_KEY,
+            &(self.accounts.len() as u64).to_be_bytes(),
+        )?;
         self.meta
             .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
         self.db.flush()?;
@@ -196,8 +204,9 @@ impl Ledger {
             &self.localparts,
             &self.audit,
             &self.departing,
+            &self.meta,
         )
-            .transaction(|(accounts, localparts, trail, departing_index)| {
+            .transaction(|(accounts, localparts, trail, departing_index, meta)| {
                 if let Some(owner) = localparts.get(record.localpart.as_bytes())? {
                     if owner.as_ref() != key {
                         return Err(ConflictableTransactionError::Abort(format!(
@@ -207,7 +216,10 @@ impl Ledger {
                         )));
                     }
                 }
-                accounts.insert(key, value.as_slice())?;
+                if accounts.insert(key, value.as_slice())?.is_none() {
+                    let count = meta.get(ACCOUNT_COUNT_KEY)?.map_or(0, |raw| count_of(&raw));
+                    meta.insert(ACCOUNT_COUNT_KEY, &(count + 1).to_be_bytes())?;
+                }
                 localparts.insert(record.localpart.as_bytes(), key)?;
                 if departing {
                     departing_index.insert(key, &[])?;
@@ -269,8 +281,13 @@ impl Ledger {
         Ok(())
     }
 
-    pub fn account_count(&self) -> usize {
-        self.accounts.len()
+    /// How many accounts the ledger manages (kept with every record written: no walk).
+    pub fn account_count(&self) -> Result<usize, LedgerError> {
+        let count = match self.meta.get(ACCOUNT_COUNT_KEY)? {
+            Some(raw) => count_of(&raw),
+            None => self.accounts.len() as u64,
+        };
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     /// Makes every write so far durable.
@@ -278,6 +295,11 @@ impl Ledger {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// A big-endian u64 as stored; anything else reads as 0 (a count is rebuilt on upgrade).
+fn count_of(raw: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(raw).map_or(0, u64::from_be_bytes)
 }
 
 /// Tells a lock held by another process and a damaged store from other open failures.

@@ -118,15 +118,16 @@ pub(super) async fn read_changes_and_map(
     }
     gone.retain(|id| !read_ids.contains(id));
     let scheduled = ledger.scheduled()?;
-    let localparts: Vec<String> = desired
-        .accounts
-        .iter()
-        .map(|a| a.localpart.clone())
-        .collect();
-    let view = ledger.partial_view(
-        read_ids.iter().chain(&gone).chain(scheduled.keys()),
-        &localparts,
-    )?;
+    let mut view = ledger.partial_view(read_ids.iter().chain(&gone).chain(scheduled.keys()))?;
+    let mut new_by_localpart: BTreeMap<&str, usize> = BTreeMap::new();
+    for want in &desired.accounts {
+        if !view.accounts.contains_key(&want.id) {
+            *new_by_localpart.entry(&want.localpart).or_default() += 1;
+        }
+    }
+    for (base, new_agents) in new_by_localpart {
+        ledger.add_localpart_holders(&mut view, base, new_agents)?;
+    }
     add_scheduled(&mut desired, &scheduled, &view, &read_ids, &gone, now);
     let agents = changes.snapshot.agents();
     tracing::info!(

@@ -22,6 +22,14 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Shows the library's `debug!` lines (pages, counts) for a failing test, or with --nocapture.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("matrix_ldap_sync=debug")
+        .try_init();
+}
+
 /// A free TCP port on 127.0.0.1 (from the kernel's ephemeral range, so high).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

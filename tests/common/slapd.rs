@@ -73,6 +73,7 @@ impl Slapd {
             &[
                 "/usr/sbin/slapadd",
                 "-q",
+                "-w",
                 "-f",
                 &path("slapd.conf"),
                 "-b",
@@ -212,7 +213,9 @@ impl Slapd {
     }
 
     /// Loads a large LDIF file offline with slapadd (much faster than ldapadd; overlays such
-    /// as memberOf are not run): stops slapd, loads, starts it again.
+    /// as memberOf are not run): stops slapd, loads, starts it again. `-w` brings the
+    /// database's contextCSN up to the loaded entries, as syncprov needs: without it, sync
+    /// cookies taken afterwards would predate every loaded entry.
     pub fn bulk_load(&self, ldif: &std::path::Path) {
         self.stop();
         let config = self.dir.path().join("slapd.d");
@@ -220,6 +223,7 @@ impl Slapd {
             &[
                 "/usr/sbin/slapadd",
                 "-q",
+                "-w",
                 "-F",
                 &config.to_string_lossy(),
                 "-b",
