@@ -172,6 +172,36 @@ fn get_user_of_an_unknown_mxid_is_none() {
 }
 
 #[test]
+fn a_listing_replaces_lookups_only_when_it_costs_the_homeserver_less() {
+    let synapse = Synapse::shared();
+    let rt = rt();
+    let gone = synapse.create_user(&unique("hs-cheaper-gone"), Some("Gone"));
+    let (s, b) = synapse.request(
+        "POST",
+        &format!("/_synapse/admin/v1/deactivate/{gone}"),
+        Some(&json!({"erase": false})),
+    );
+    assert_eq!(s, 200, "{b}");
+    let hs = admin_client(synapse);
+
+    // A handful of lookups: never worth a listing.
+    assert_eq!(rt.block_on(hs.list_users_if_cheaper(3)).unwrap(), None);
+    // Far more lookups than the homeserver has users: one listing, deactivated included.
+    let users = rt
+        .block_on(hs.list_users_if_cheaper(usize::MAX))
+        .unwrap()
+        .expect("listed");
+    assert!(users.iter().any(|u| u.mxid == gone && u.deactivated));
+    // One user per page: a listing costs more than looking each of them up.
+    let one_per_page = admin_client(synapse).with_page_size(1);
+    assert_eq!(
+        rt.block_on(one_per_page.list_users_if_cheaper(users.len()))
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
 fn list_users_pages_through_everyone_including_deactivated_and_locked() {
     let synapse = Synapse::shared();
     let rt = rt();

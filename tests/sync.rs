@@ -233,6 +233,64 @@ fn an_existing_account_with_the_same_mxid_is_adopted() {
 }
 
 #[test]
+fn a_large_first_sync_lists_accounts_once_and_still_adopts_and_refuses() {
+    const AGENTS: usize = 120;
+    let site = Site::new("bulk");
+    let ldif: String = (0..AGENTS)
+        .map(|i| {
+            format!(
+                "dn: uid=b{i},{ou}\nobjectClass: inetOrgPerson\nuid: b{i}\ncn: Bulk {i}\ngivenName: Bulk\nsn: N{i} {tag}\nou: DSI\n\n",
+                ou = site.ou,
+                tag = site.tag
+            )
+        })
+        .collect();
+    site.slapd.add_ldif(&ldif);
+    let adopted = site
+        .synapse
+        .create_user(&format!("bulk.n0-{}", site.tag), Some("Old name"));
+    let gone = site
+        .synapse
+        .create_user(&format!("bulk.n1-{}", site.tag), Some("Gone"));
+    let (code, body) = site.synapse.request(
+        "POST",
+        &format!("/_synapse/admin/v1/deactivate/{gone}"),
+        Some(&serde_json::json!({"erase": false})),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    let mark = site.synapse.log_mark();
+    let run = site.run(&["sync"]);
+    // One listing instead of a lookup per account, and one PUT per account created.
+    let ours: Vec<(String, String)> = site
+        .synapse
+        .requests_since(mark)
+        .into_iter()
+        .filter(|(_, path)| path.contains(&site.tag))
+        .collect();
+    assert!(ours.iter().all(|(method, _)| method == "PUT"), "{ours:?}");
+    assert_eq!(ours.len(), AGENTS - 1, "{ours:?}");
+    assert!(run.stdout.contains("(1 adopted)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("exists but is deactivated"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(
+        display_name(site.synapse, &adopted),
+        format!("Bulk N0 {} [DSI]", site.tag)
+    );
+    let untouched = site.synapse.get_user(&gone).unwrap();
+    assert_eq!(untouched["deactivated"], true);
+    assert_eq!(untouched["displayname"], "Gone");
+
+    let status: Value = serde_json::from_str(&site.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["managed_accounts"], AGENTS - 1, "{status}");
+    assert_eq!(status["adopted"], 1, "{status}");
+}
+
+#[test]
 fn an_agent_missing_an_attribute_is_skipped_and_the_rest_synced() {
     let site = Site::new("skip");
     site.add_agent("good", "Gaëlle", "Morel", "DSI", None);

@@ -2,10 +2,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::existing::Existing;
 use super::{audit, Options, Outcome, StepError};
 use crate::clock::Clock;
 use crate::config::ReversibleStep;
-use crate::homeserver::{Homeserver, HomeserverError, UserChanges};
+use crate::homeserver::{Homeserver, HomeserverError, Upserted, UserChanges};
 use crate::ledger::{AccountRecord, AccountStatus, Ledger, LedgerError, Origin};
 use crate::plan::{Action, ActionKind};
 
@@ -15,6 +16,7 @@ pub(super) struct Runner<'a, H> {
     pub(super) clock: &'a dyn Clock,
     pub(super) options: &'a Options,
     pub(super) stop: &'a AtomicBool,
+    pub(super) existing: &'a Existing,
 }
 
 impl<H: Homeserver> Runner<'_, H> {
@@ -95,22 +97,26 @@ impl<H: Homeserver> Runner<'_, H> {
         else {
             return Ok(Outcome::NotTried);
         };
-        let existing = self.homeserver.get_user(mxid).await?;
-        if existing.as_ref().is_some_and(|u| u.deactivated) {
+        let existing = self.existing.of(self.homeserver, action).await?;
+        if existing == Some(true) {
             return Err(refused(mxid, "the account exists but is deactivated: not adopted; reactivate it or free the localpart").into());
         }
         let changes = UserChanges {
             displayname: Some(display_name.clone()),
             emails: Some(emails.clone()),
         };
-        self.homeserver.upsert_user(mxid, &changes).await?;
-        let (origin, outcome, kind) = match existing {
-            Some(_) => (Origin::Adopted, Outcome::Adopted, "adopt_account"),
-            None => (
+        let upserted = self.homeserver.upsert_user(mxid, &changes).await?;
+        // "Updated" also catches an account made by hand since the homeserver was asked
+        // (a listing can be minutes old by now).
+        let adopted = existing.is_some() || upserted == Upserted::Updated;
+        let (origin, outcome, kind) = if adopted {
+            (Origin::Adopted, Outcome::Adopted, "adopt_account")
+        } else {
+            (
                 Origin::Created,
                 Outcome::Done,
                 ActionKind::CreateAccount.name(),
-            ),
+            )
         };
         let Some(mut record) = new_account_record(action, origin, self.clock.now()) else {
             return Ok(Outcome::NotTried);

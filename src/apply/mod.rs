@@ -8,6 +8,7 @@
 //! two actions in flight touch the same ledger record.
 
 mod accounts;
+mod existing;
 pub mod rooms;
 
 pub use accounts::new_account_record;
@@ -97,12 +98,14 @@ pub async fn apply<H: Homeserver + Rooms>(
     }
 
     let stop = AtomicBool::new(false);
+    let existing = existing::Existing::read(plan, homeserver).await;
     let runner = &accounts::Runner {
         homeserver,
         ledger,
         clock,
         options,
         stop: &stop,
+        existing: &existing,
     };
     for kind in ActionKind::ALL {
         let mut results = stream::iter(plan.actions.iter().filter(|a| a.kind() == kind))

@@ -116,6 +116,15 @@ pub trait Homeserver: Send + Sync {
     /// empty in what it returns: see [`RemoteUser::emails`].
     fn list_users(&self) -> impl Future<Output = Result<Vec<RemoteUser>, HomeserverError>> + Send;
 
+    /// Every local account as [`Homeserver::list_users`] gives it, but only if reading the
+    /// whole list costs the homeserver less than `lookups` [`Homeserver::get_user`] calls;
+    /// `None` otherwise. For a large batch of creations, one listing answers "does it exist?"
+    /// for all of them.
+    fn list_users_if_cheaper(
+        &self,
+        lookups: usize,
+    ) -> impl Future<Output = Result<Option<Vec<RemoteUser>>, HomeserverError>> + Send;
+
     /// Suspends (`true`) or unsuspends an account. A suspended user can still log in and
     /// read, but not send: reversible.
     fn set_suspended(

@@ -47,6 +47,14 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Users per page when listing accounts.
 const DEFAULT_PAGE_SIZE: u32 = 500;
 
+/// Listing users costs Synapse about one single-user GET per 12 users listed (a page of 500:
+/// ~55 ms of CPU; a GET: ~1.5 ms; Synapse 1.163, SQLite), plus one per page.
+const USERS_LISTED_PER_LOOKUP: u64 = 12;
+
+/// Fewer lookups than this are never replaced by a listing (not even counted): where a
+/// listing would pay for so few, the homeserver is so small that it saves next to nothing.
+const MIN_LOOKUPS_TO_LIST: u64 = 40;
+
 /// Synapse admin API client. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
 pub struct SynapseClient {
@@ -544,6 +552,9 @@ struct UserPage {
     users: Vec<WireUser>,
     #[serde(default)]
     next_token: Option<serde_json::Value>,
+    /// How many users match the query, all pages together.
+    #[serde(default)]
+    total: Option<u64>,
 }
 
 /// A boolean that Synapse may send as `true`/`false`, `0`/`1` or `null`.
@@ -696,6 +707,28 @@ impl Homeserver for SynapseClient {
             }
             other => other,
         }
+    }
+
+    async fn list_users_if_cheaper(
+        &self,
+        lookups: usize,
+    ) -> Result<Option<Vec<RemoteUser>>, HomeserverError> {
+        let lookups = u64::try_from(lookups).unwrap_or(u64::MAX);
+        if lookups < MIN_LOOKUPS_TO_LIST {
+            return Ok(None);
+        }
+        let path = "/_synapse/admin/v2/users";
+        let query = [("limit", "1"), ("deactivated", "true"), ("locked", "true")];
+        let req = self.request(Method::Get, path.into(), path, &query, None);
+        let first: UserPage = self.get_json(&req).await.map_err(explain_auth)?;
+        let Some(total) = first.total else {
+            return Ok(None);
+        };
+        let pages = total.div_ceil(u64::from(self.page_size)).max(1);
+        if pages + total / USERS_LISTED_PER_LOOKUP >= lookups {
+            return Ok(None);
+        }
+        self.list_users().await.map(Some)
     }
 
     /// Every local account. The list endpoint does not report threepids: `emails` is empty
