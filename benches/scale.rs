@@ -153,7 +153,7 @@ fn write_config(
     std::fs::write(
         &config,
         format!(
-            "[directory]\nurls = [\"{}\"]\nbind_dn = \"{}\"\nbind_password_file = \"ldap.pw\"\nbase_dns = [\"ou=people,dc=example,dc=org\"]\npage_size = 1000\nincremental = false\n\n\
+            "[directory]\nurls = [\"{}\"]\nbind_dn = \"{}\"\nbind_password_file = \"ldap.pw\"\nbase_dns = [\"ou=people,dc=example,dc=org\"]\npage_size = 1000\n\n\
              [homeserver]\nurl = \"{homeserver}\"\nserver_name = \"example.org\"\naccess_token_file = \"token\"\nconcurrency = {concurrency}\ntimeout_secs = 60\n\n\
              [state]\ndirectory = \"state\"\n\n[mapping]\nfile = \"{}\"\n\n[brake]\nmax_departures_percent = 100.0\n",
             slapd.url,
@@ -336,9 +336,9 @@ fn incremental_tick(slapd: &Slapd, config: &Path, changed: usize) -> f64 {
         })
         .collect();
     slapd.modify_ldif(&ldif);
-    let (secs, _, out) = timed_run(config, &["sync", "--incremental", "--json"]);
+    let run = timed_run(config, &["sync", "--incremental", "--json"]);
     let summary: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
     assert_eq!(summary["read"]["kind"], "changes", "{summary}");
     assert_eq!(
         summary["agents"].as_u64(),
@@ -346,7 +346,7 @@ fn incremental_tick(slapd: &Slapd, config: &Path, changed: usize) -> f64 {
         "{summary}"
     );
     assert_eq!(writes_of(&summary), 0, "{summary}");
-    secs
+    run.secs
 }
 
 fn dir_size(path: &Path) -> u64 {
