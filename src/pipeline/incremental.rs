@@ -128,6 +128,9 @@ pub(super) async fn read_changes_and_map(
     for (base, new_agents) in new_by_localpart {
         ledger.add_localpart_holders(&mut view, base, new_agents)?;
     }
+    // The directory may name ids that were never agents (AD lists every user changed in the
+    // domain, OpenLDAP every entry its session log holds): only managed ones are gone.
+    gone.retain(|id| view.accounts.contains_key(id));
     add_scheduled(&mut desired, &scheduled, &view, &read_ids, &gone, now);
     let agents = changes.snapshot.agents();
     tracing::info!(
