@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pki::{base64, TestPki};
-use common::{init_tracing, Slapd};
+use common::Slapd;
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
     read_snapshot, AgentQuery, Directory, DirectoryError, IdFormat, Snapshot,
@@ -21,19 +21,11 @@ use url::Url;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Full reads only: these tests are about the read itself.
 fn config(slapd: &Slapd, base: &str) -> DirectoryConfig {
-    init_tracing();
     DirectoryConfig {
-        urls: vec![Url::parse(&slapd.url).unwrap()],
-        starttls: false,
-        ca_file: None,
-        bind_dn: slapd.sync_dn.clone(),
-        bind_password: Secret::new(slapd.sync_password.clone()),
-        base_dns: vec![base.to_string()],
-        page_size: 2,
-        timeout: TIMEOUT,
         incremental: false,
-        full_sync_every: Duration::from_secs(3600),
+        ..slapd.directory_config(&[base], TIMEOUT)
     }
 }
 

@@ -10,31 +10,17 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{init_tracing, Slapd};
+use common::Slapd;
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
     read_changes_with, read_snapshot, read_snapshot_with, AgentQuery, Changes, Directory, IdFormat,
     Incremental, RoomSources, StableId, Watermark,
 };
-use matrix_ldap_sync::secret::Secret;
-use url::Url;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn config(slapd: &Slapd, bases: &[&str]) -> DirectoryConfig {
-    init_tracing();
-    DirectoryConfig {
-        urls: vec![Url::parse(&slapd.url).unwrap()],
-        starttls: false,
-        ca_file: None,
-        bind_dn: slapd.sync_dn.clone(),
-        bind_password: Secret::new(slapd.sync_password.clone()),
-        base_dns: bases.iter().map(|b| b.to_string()).collect(),
-        page_size: 2,
-        timeout: TIMEOUT,
-        incremental: true,
-        full_sync_every: Duration::from_secs(3600),
-    }
+    slapd.directory_config(bases, TIMEOUT)
 }
 
 /// Agents are inetOrgPersons with `employeeType: agent`.

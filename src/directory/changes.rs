@@ -66,7 +66,7 @@ impl Watermark {
 
 /// What changed since a watermark. Like a Snapshot, it exists only if every search it took
 /// ended with result code success.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Changes {
     /// Agent entries added or changed since the watermark (as a full read would return them),
     /// and entries that could not be agents. No groups: room memberships follow on full reads.
@@ -81,15 +81,6 @@ pub struct Changes {
     pub present: Option<BTreeSet<StableId>>,
     /// Where this read leaves off.
     pub watermark: Watermark,
-}
-
-impl Default for Watermark {
-    fn default() -> Self {
-        Watermark::Syncrepl {
-            server: String::new(),
-            cookies: BTreeMap::new(),
-        }
-    }
 }
 
 /// The answer to an incremental read.

@@ -188,6 +188,28 @@ impl Slapd {
 
     /// Creates `ou=<name>-<n>-<pid>,dc=example,dc=org` (unique per call, see `unique`) and
     /// returns its DN.
+    /// How the library reaches this slapd as the sync account: plain LDAP, `bases`, pages of 2
+    /// (paging always exercised), each operation within `timeout`, incremental reads on.
+    pub fn directory_config(
+        &self,
+        bases: &[&str],
+        timeout: Duration,
+    ) -> matrix_ldap_sync::config::DirectoryConfig {
+        super::init_tracing();
+        matrix_ldap_sync::config::DirectoryConfig {
+            urls: vec![url::Url::parse(&self.url).unwrap()],
+            starttls: false,
+            ca_file: None,
+            bind_dn: self.sync_dn.clone(),
+            bind_password: matrix_ldap_sync::secret::Secret::new(self.sync_password.clone()),
+            base_dns: bases.iter().map(|b| b.to_string()).collect(),
+            page_size: 2,
+            timeout,
+            incremental: true,
+            full_sync_every: Duration::from_secs(3600),
+        }
+    }
+
     pub fn new_ou(&self, name: &str) -> String {
         let ou = unique(name);
         let dn = format!("ou={ou},{}", self.base_dn);
