@@ -3,6 +3,7 @@
 //! apply.
 
 mod incremental;
+mod ledger_view;
 mod observe;
 
 pub use incremental::{fingerprint, usable_point, Read};
@@ -46,21 +47,6 @@ impl State {
             view,
             last_good: ledger.last_good()?,
         })
-    }
-
-    /// [`State::read`] on a blocking thread, so that it runs while the directory is read.
-    pub fn read_beside(ledger: &Ledger) -> tokio::task::JoinHandle<Result<State, LedgerError>> {
-        let ledger = ledger.clone();
-        tokio::task::spawn_blocking(move || State::read(&ledger))
-    }
-
-    /// What [`State::read_beside`] read.
-    pub async fn finished(
-        reading: tokio::task::JoinHandle<Result<State, LedgerError>>,
-    ) -> Result<State, LedgerError> {
-        reading
-            .await
-            .map_err(|e| LedgerError::Unfinished(e.to_string()))?
     }
 }
 
@@ -134,7 +120,8 @@ pub async fn preview_with<H: Homeserver + Rooms>(
     plan_mapped(config, rules, state, mapped, now, homeserver).await
 }
 
-/// [`preview_with`], reading the ledger's state from `ledger` while the directory is read.
+/// [`preview_with`], with the ledger's state from `ledger`: every account's profile, read
+/// while the directory is read, and the records the plan needs.
 pub async fn preview_reading<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
@@ -142,10 +129,21 @@ pub async fn preview_reading<H: Homeserver + Rooms>(
     now: i64,
     homeserver: Option<&H>,
 ) -> Result<Preview, RunError> {
-    let reading = State::read_beside(ledger);
+    let reading = {
+        let ledger = ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.profiles())
+    };
     let mapped = read_and_map(config, rules, now).await;
-    let state = State::finished(reading).await?;
-    plan_mapped(config, rules, &state, mapped?, now, homeserver).await
+    let profiles = reading
+        .await
+        .map_err(|e| LedgerError::Unfinished(e.to_string()))??;
+    let mapped = mapped?;
+    let state = State {
+        view: ledger_view::complete_view(ledger, profiles, &mapped.desired)?,
+        managed: ledger.account_count()?,
+        last_good: ledger.last_good()?,
+    };
+    plan_mapped(config, rules, &state, mapped, now, homeserver).await
 }
 
 /// The directory's agents, mapped as they are read (the entries are not kept unless room

@@ -197,17 +197,20 @@ fn report(
 }
 
 /// Writes `status.json` next to the ledger, for `status` while the daemon holds the ledger.
-/// `recount`: count the adopted accounts again (reads every record: after complete reads only;
-/// otherwise the count last written stands).
+/// `recount`: count the adopted accounts again (reads every account's profile: after complete
+/// reads only; otherwise the count last written stands).
 pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64, recount: bool) {
     let managed = ledger.account_count().unwrap_or_default();
     let state_dir = ledger.path().parent().unwrap_or(ledger.path());
-    let recounted = recount.then(|| ledger.view().ok()).flatten().map(|view| {
-        view.accounts
-            .values()
-            .filter(|a| a.origin == Origin::Adopted)
-            .count()
-    });
+    let recounted = recount
+        .then(|| ledger.profiles().ok())
+        .flatten()
+        .map(|profiles| {
+            profiles
+                .values()
+                .filter(|p| p.origin == Origin::Adopted)
+                .count()
+        });
     let adopted =
         recounted.unwrap_or_else(|| status_file::read(state_dir).map_or(0, |s| s.adopted));
     shared.metrics.managed_accounts(managed);

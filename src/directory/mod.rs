@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 mod changes;
+mod decode;
 mod entry;
 mod error;
 mod filters;

@@ -473,21 +473,13 @@ pub(super) fn requested_attributes(query: &AgentQuery) -> Vec<String> {
     attrs
 }
 
-/// `SearchEntry::construct` panics on a malformed entry; a daemon must not.
-fn construct_entry(re: ResultEntry) -> Option<SearchEntry> {
-    if re.0.id != 4 {
-        return None;
-    }
-    catch_unwind(AssertUnwindSafe(|| SearchEntry::construct(re))).ok()
-}
-
 /// A search result entry, or a protocol error naming `operation`.
 pub(super) fn decode_entry(
     url: &str,
     operation: &str,
     re: ResultEntry,
 ) -> Result<SearchEntry, DirectoryError> {
-    construct_entry(re).ok_or_else(|| DirectoryError::Protocol {
+    super::decode::search_entry(re.0).ok_or_else(|| DirectoryError::Protocol {
         url: url.to_string(),
         operation: operation.to_string(),
         cause: "an undecodable search entry".into(),

@@ -4,15 +4,18 @@
 //! `localparts` (localpart → stable id, so a localpart is never handed out twice), `audit`
 //! (every applied action), `runs` (the run journal); `rooms`, `room_members`, `room_powers`
 //! (see [`memberships`]); `departing` and `scheduled`, the indexes incremental runs plan from
-//! (see [`incremental`]). An applied action's account record and its audit entry are written
-//! in one transaction, so a crash leaves either both or neither.
+//! (see [`incremental`]); `profiles`, a digest of each account that complete plans read instead
+//! of the records (see [`profiles`]). An applied action's account record, its profile and its
+//! audit entry are written in one transaction, so a crash leaves either all or none.
 
 mod incremental;
 pub mod memberships;
+mod profiles;
 mod records;
 
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
+pub use profiles::{profile_digest, Profile, Profiles, Stage};
 pub use records::{AccountRecord, AccountStatus, AuditEntry, Origin, RunRecord};
 
 use std::collections::BTreeMap;
@@ -24,7 +27,7 @@ use sled::Transactional;
 use crate::directory::StableId;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const LAST_GOOD_KEY: &[u8] = b"last_good_run";
 /// How many records `accounts` holds (sled counts a tree by walking it).
@@ -64,6 +67,8 @@ pub struct Ledger {
     departing: sled::Tree,
     /// Stable id → [`Scheduled`]: agents whose departure date is set in the directory.
     scheduled: sled::Tree,
+    /// Stable id → [`Profile`].
+    profiles: sled::Tree,
 }
 
 /// The last run that was not held back by the brake.
@@ -80,6 +85,9 @@ pub struct LastGood {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerView {
     pub accounts: BTreeMap<StableId, AccountRecord>,
+    /// Managed accounts whose records were not read because they need nothing (their profile
+    /// is as the directory wants it, or they are deactivated and gone), with their mxid.
+    pub in_step: BTreeMap<StableId, String>,
     pub rooms: RoomsView,
 }
 
@@ -131,6 +139,7 @@ impl Ledger {
             runs: db.open_tree("runs")?,
             departing: db.open_tree("departing")?,
             scheduled: db.open_tree("scheduled")?,
+            profiles: db.open_tree("profiles")?,
             path,
             db,
         };
@@ -139,7 +148,7 @@ impl Ledger {
     }
 
     /// Brings a ledger of an older schema up to this one. Version 1 had no `departing` index
-    /// and no account count.
+    /// and no account count, version 2 no `profiles`.
     fn upgrade(&self) -> Result<(), LedgerError> {
         let found = self
             .meta
@@ -150,6 +159,7 @@ impl Ledger {
             return Ok(());
         }
         self.rebuild_departing_index()?;
+        self.rebuild_profiles()?;
         self.meta.insert(
             ACCOUNT_COUNT_KEY,
             &(self.accounts.len() as u64).to_be_bytes(),
@@ -177,6 +187,7 @@ impl Ledger {
             .collect::<Result<BTreeMap<_, _>, LedgerError>>()?;
         Ok(LedgerView {
             accounts,
+            in_step: BTreeMap::new(),
             rooms: self.rooms_view()?,
         })
     }
@@ -197,6 +208,7 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let key = record.id.0.as_bytes();
         let value = encode(record)?;
+        let profile = Profile::of(record).encode();
         let audit_value = encode(audit)?;
         let departing = matches!(record.status, AccountStatus::Departing { .. });
         let result = (
@@ -205,31 +217,35 @@ impl Ledger {
             &self.audit,
             &self.departing,
             &self.meta,
+            &self.profiles,
         )
-            .transaction(|(accounts, localparts, trail, departing_index, meta)| {
-                if let Some(owner) = localparts.get(record.localpart.as_bytes())? {
-                    if owner.as_ref() != key {
-                        return Err(ConflictableTransactionError::Abort(format!(
-                            "localpart `{}` already belongs to {}",
-                            record.localpart,
-                            String::from_utf8_lossy(&owner)
-                        )));
+            .transaction(
+                |(accounts, localparts, trail, departing_index, meta, profiles)| {
+                    if let Some(owner) = localparts.get(record.localpart.as_bytes())? {
+                        if owner.as_ref() != key {
+                            return Err(ConflictableTransactionError::Abort(format!(
+                                "localpart `{}` already belongs to {}",
+                                record.localpart,
+                                String::from_utf8_lossy(&owner)
+                            )));
+                        }
                     }
-                }
-                if accounts.insert(key, value.as_slice())?.is_none() {
-                    let count = meta.get(ACCOUNT_COUNT_KEY)?.map_or(0, |raw| count_of(&raw));
-                    meta.insert(ACCOUNT_COUNT_KEY, &(count + 1).to_be_bytes())?;
-                }
-                localparts.insert(record.localpart.as_bytes(), key)?;
-                if departing {
-                    departing_index.insert(key, &[])?;
-                } else {
-                    departing_index.remove(key)?;
-                }
-                let seq = trail.generate_id()?;
-                trail.insert(&seq.to_be_bytes(), audit_value.as_slice())?;
-                Ok(())
-            });
+                    if accounts.insert(key, value.as_slice())?.is_none() {
+                        let count = meta.get(ACCOUNT_COUNT_KEY)?.map_or(0, |raw| count_of(&raw));
+                        meta.insert(ACCOUNT_COUNT_KEY, &(count + 1).to_be_bytes())?;
+                    }
+                    localparts.insert(record.localpart.as_bytes(), key)?;
+                    profiles.insert(key, profile.as_slice())?;
+                    if departing {
+                        departing_index.insert(key, &[])?;
+                    } else {
+                        departing_index.remove(key)?;
+                    }
+                    let seq = trail.generate_id()?;
+                    trail.insert(&seq.to_be_bytes(), audit_value.as_slice())?;
+                    Ok(())
+                },
+            );
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Abort(message)) => Err(LedgerError::Corrupt(message)),

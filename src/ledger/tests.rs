@@ -290,3 +290,77 @@ fn the_end_of_a_run_writes_journal_sync_point_and_scheduled_together() {
     assert_eq!(ids, ["d"]);
     assert_eq!(ledger.runs.len(), 4);
 }
+
+#[test]
+fn profiles_follow_every_record_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let anne = record("a", "anne");
+    ledger
+        .record_account(&anne, &audit(&anne.mxid, "create"))
+        .unwrap();
+    let profile = |ledger: &Ledger| ledger.profiles().unwrap()[&StableId("a".into())].clone();
+    assert_eq!(
+        profile(&ledger),
+        Profile {
+            stage: Stage::Active,
+            origin: Origin::Created,
+            mxid: "@anne:example.org".into(),
+            digest: profile_digest(&anne.dn, &anne.display_name, &anne.emails),
+        }
+    );
+    let renamed = AccountRecord {
+        display_name: "Anne Autre".into(),
+        ..departing("a", "anne")
+    };
+    ledger
+        .record_account(&renamed, &audit(&anne.mxid, "suspend"))
+        .unwrap();
+    let now = profile(&ledger);
+    assert_eq!(now.stage, Stage::Departing);
+    assert_eq!(
+        now.digest,
+        profile_digest(&anne.dn, "Anne Autre", &anne.emails)
+    );
+    let gone = AccountRecord {
+        status: AccountStatus::Deactivated {
+            at: 9,
+            reason: "left".into(),
+        },
+        ..renamed
+    };
+    ledger
+        .record_account(&gone, &audit(&anne.mxid, "deactivate"))
+        .unwrap();
+    assert_eq!(profile(&ledger).stage, Stage::Deactivated);
+    assert_eq!(ledger.profiles().unwrap().len(), 1);
+}
+
+#[test]
+fn a_schema_2_ledger_gets_its_profiles_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let adopted = AccountRecord {
+        origin: Origin::Adopted,
+        ..record("b", "bob")
+    };
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for r in [record("a", "anne"), adopted.clone()] {
+            ledger
+                .record_account(&r, &audit(&r.mxid, "create"))
+                .unwrap();
+        }
+        // As a schema 2 build left it: no profiles.
+        ledger.profiles.clear().unwrap();
+        ledger.meta.insert(SCHEMA_KEY, &2u32.to_be_bytes()).unwrap();
+        ledger.flush().unwrap();
+    }
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let profiles = ledger.profiles().unwrap();
+    assert_eq!(profiles.len(), 2);
+    assert_eq!(profiles[&StableId("b".into())], Profile::of(&adopted));
+    assert_eq!(
+        ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
+        SCHEMA_VERSION.to_be_bytes()
+    );
+}

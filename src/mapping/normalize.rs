@@ -6,6 +6,10 @@ use unicode_normalization::UnicodeNormalization;
 /// Latin text without accents: `Élodie Dupré` → `Elodie Dupre`, `Œuvre` → `OEuvre`.
 /// Letters with no ASCII form are kept as they are (a later filter may drop them).
 pub fn strip_accents(text: &str) -> String {
+    if text.is_ascii() {
+        // Nothing to decompose or replace (and most names are ASCII).
+        return text.to_string();
+    }
     let mut out = String::with_capacity(text.len());
     for c in text.nfkd().filter(|c| !is_combining_mark(*c)) {
         match c {

@@ -119,15 +119,7 @@ pub(super) async fn read_changes_and_map(
     gone.retain(|id| !read_ids.contains(id));
     let scheduled = ledger.scheduled()?;
     let mut view = ledger.partial_view(read_ids.iter().chain(&gone).chain(scheduled.keys()))?;
-    let mut new_by_localpart: BTreeMap<&str, usize> = BTreeMap::new();
-    for want in &desired.accounts {
-        if !view.accounts.contains_key(&want.id) {
-            *new_by_localpart.entry(&want.localpart).or_default() += 1;
-        }
-    }
-    for (base, new_agents) in new_by_localpart {
-        ledger.add_localpart_holders(&mut view, base, new_agents)?;
-    }
+    super::ledger_view::add_localpart_holders(ledger, &mut view, &desired)?;
     // The directory may name ids that were never agents (AD lists every user changed in the
     // domain, OpenLDAP every entry its session log holds): only managed ones are gone.
     gone.retain(|id| view.accounts.contains_key(id));

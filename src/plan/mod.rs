@@ -125,6 +125,12 @@ pub fn plan_with_rooms(
         .accounts
         .values()
         .map(|r| (r.id.clone(), r.mxid.clone()))
+        .chain(
+            ledger
+                .in_step
+                .iter()
+                .map(|(id, mxid)| (id.clone(), mxid.clone())),
+        )
         .collect();
     for action in &result.actions {
         if let Action::CreateAccount { id, mxid, .. } = action {
@@ -167,9 +173,11 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
     for (want, record) in wanted {
         match record {
             Some(record) => plan_managed(&mut plan, &lifecycle, want, record),
+            None if ledger.in_step.contains_key(&want.id) => {}
             None => plan_new(&mut plan, &mut allocator, policy, want),
         }
     }
+    plan.unchanged += ledger.in_step.len();
     for record in gone {
         let reason = format!("no longer in the directory (last seen as {})", record.dn);
         if lifecycle.departed(&mut plan, record, &reason) {

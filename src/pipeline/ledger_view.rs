@@ -1,0 +1,244 @@
+//! The ledger records a plan needs. A complete plan reads every account's profile (a few bytes
+//! each, see [`crate::ledger::Profile`]) beside the directory read, and decodes only the
+//! records of agents whose profile is not what the directory says now, of accounts the
+//! directory no longer returns, and of the holders of the localparts new agents may get.
+
+use std::collections::BTreeMap;
+
+use crate::ledger::{profile_digest, Ledger, LedgerError, LedgerView, Profile, Profiles, Stage};
+use crate::mapping::{AgentState, Desired, DesiredAccount};
+
+/// The view a plan of `desired` (a complete read) needs, from every account's `profiles`.
+pub(super) fn complete_view(
+    ledger: &Ledger,
+    mut profiles: Profiles,
+    desired: &Desired,
+) -> Result<LedgerView, LedgerError> {
+    let mut view = LedgerView {
+        rooms: ledger.rooms_view()?,
+        ..LedgerView::default()
+    };
+    for want in &desired.accounts {
+        match profiles.remove(&want.id) {
+            None => {}
+            Some(profile) if in_step(&profile, want) => {
+                view.in_step.insert(want.id.clone(), profile.mxid);
+            }
+            Some(_) => ledger.add_record(&mut view, want.id.0.as_bytes())?,
+        }
+    }
+    let skipped: std::collections::HashSet<_> = desired
+        .skipped
+        .iter()
+        .filter_map(|s| s.id.as_ref())
+        .collect();
+    // Accounts of agents the directory did not return: gone (a departure to plan), or skipped.
+    for (id, profile) in profiles {
+        if profile.stage == Stage::Deactivated && !skipped.contains(&id) {
+            view.in_step.insert(id, profile.mxid);
+        } else {
+            ledger.add_record(&mut view, id.0.as_bytes())?;
+        }
+    }
+    add_localpart_holders(ledger, &mut view, desired)?;
+    Ok(view)
+}
+
+/// True when the account needs nothing: active, and the directory wants it as it is.
+fn in_step(profile: &Profile, want: &DesiredAccount) -> bool {
+    profile.stage == Stage::Active
+        && want.state == AgentState::Active
+        && profile.digest == profile_digest(&want.dn, &want.display_name, &want.emails)
+}
+
+/// Adds to `view` the holders of the localparts the agents of `desired` without an account
+/// may be offered, so that localparts are allocated as from a view of every record.
+pub(super) fn add_localpart_holders(
+    ledger: &Ledger,
+    view: &mut LedgerView,
+    desired: &Desired,
+) -> Result<(), LedgerError> {
+    let mut new_by_localpart: BTreeMap<&str, usize> = BTreeMap::new();
+    for want in &desired.accounts {
+        if !view.accounts.contains_key(&want.id) && !view.in_step.contains_key(&want.id) {
+            *new_by_localpart.entry(&want.localpart).or_default() += 1;
+        }
+    }
+    for (base, new_agents) in new_by_localpart {
+        ledger.add_localpart_holders(view, base, new_agents)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::ReversibleStep;
+    use crate::directory::StableId;
+    use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Origin};
+    use crate::mapping::SkippedAgent;
+    use crate::plan::{self, Policy};
+
+    fn record(id: &str, localpart: &str, status: AccountStatus) -> AccountRecord {
+        AccountRecord {
+            id: StableId(id.into()),
+            mxid: format!("@{localpart}:example.org"),
+            localpart: localpart.into(),
+            dn: format!("uid={id},ou=people,dc=example,dc=org"),
+            display_name: format!("Agent {id}"),
+            emails: vec![format!("{id}@example.org")],
+            origin: Origin::Created,
+            created_at: 1,
+            updated_at: 1,
+            status,
+        }
+    }
+
+    fn want(id: &str, localpart: &str) -> DesiredAccount {
+        DesiredAccount {
+            id: StableId(id.into()),
+            dn: format!("uid={id},ou=people,dc=example,dc=org"),
+            localpart: localpart.into(),
+            display_name: format!("Agent {id}"),
+            emails: vec![format!("{id}@example.org")],
+            state: AgentState::Active,
+            login: None,
+        }
+    }
+
+    fn departing(since: i64) -> AccountStatus {
+        AccountStatus::Departing {
+            since,
+            reason: "left".into(),
+            step: ReversibleStep::Suspend,
+        }
+    }
+
+    fn deactivated() -> AccountStatus {
+        AccountStatus::Deactivated {
+            at: 5,
+            reason: "left".into(),
+        }
+    }
+
+    /// A ledger and a directory with one of everything a complete plan tells apart.
+    fn world() -> (tempfile::TempDir, Ledger, Desired) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let records = [
+            record("in-step", "jean.martin", AccountStatus::Active),
+            record("in-step-2", "jean.martin2", AccountStatus::Active),
+            record("renamed", "renamed", AccountStatus::Active),
+            record("moved", "moved", AccountStatus::Active),
+            record("scheduled", "scheduled", AccountStatus::Active),
+            record("leaving", "leaving", AccountStatus::Active),
+            record("gone", "gone", AccountStatus::Active),
+            record("in-grace", "in-grace", departing(1_000)),
+            record("grace-over", "grace-over", departing(10)),
+            record("back", "back", departing(1_000)),
+            record("returned", "returned", deactivated()),
+            record("long-gone", "long-gone", deactivated()),
+            record("skipped", "skipped", AccountStatus::Active),
+            record("skipped-deactivated", "skipped-x", deactivated()),
+        ];
+        for r in &records {
+            let audit = AuditEntry {
+                at: 1,
+                mxid: r.mxid.clone(),
+                id: r.id.clone(),
+                action: "create".into(),
+                reason: "test".into(),
+                result: "ok".into(),
+            };
+            ledger.record_account(r, &audit).unwrap();
+        }
+        let mut accounts = vec![
+            want("in-step", "jean.martin"),
+            want("in-step-2", "jean.martin2"),
+            DesiredAccount {
+                display_name: "Agent Renamed".into(),
+                ..want("renamed", "renamed")
+            },
+            DesiredAccount {
+                dn: "uid=moved,ou=elsewhere,dc=example,dc=org".into(),
+                ..want("moved", "moved")
+            },
+            DesiredAccount {
+                state: AgentState::Scheduled {
+                    at: 2_000,
+                    reason: "contract ends".into(),
+                },
+                ..want("scheduled", "scheduled")
+            },
+            DesiredAccount {
+                state: AgentState::Departed {
+                    reason: "disabled".into(),
+                    since: None,
+                },
+                ..want("leaving", "leaving")
+            },
+            want("back", "back"),
+            want("returned", "returned"),
+            // Two new agents wanting a localpart two in-step accounts hold.
+            want("new-1", "jean.martin"),
+            want("new-2", "jean.martin"),
+            want("new-3", "fresh"),
+        ];
+        accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        let skipped = ["skipped", "skipped-deactivated"]
+            .map(|id| SkippedAgent {
+                id: Some(StableId(id.into())),
+                dn: format!("uid={id},ou=people,dc=example,dc=org"),
+                reason: "no given name".into(),
+            })
+            .to_vec();
+        let desired = Desired {
+            accounts,
+            skipped,
+            ..Desired::default()
+        };
+        (dir, ledger, desired)
+    }
+
+    #[test]
+    fn a_complete_plan_from_profiles_is_the_plan_from_every_record() {
+        let (_dir, ledger, desired) = world();
+        let policy = Policy {
+            server_name: "example.org".into(),
+            now: 1_500,
+            grace: 1_000,
+            step: ReversibleStep::Suspend,
+            protected: vec![],
+        };
+        let everything = plan::plan(&desired, &ledger.view().unwrap(), &policy);
+        let view = complete_view(&ledger, ledger.profiles().unwrap(), &desired).unwrap();
+        assert_eq!(plan::plan(&desired, &view, &policy), everything);
+        assert!(everything.has_changes());
+        assert_eq!(everything.unchanged, 6, "{everything:#?}");
+
+        // Not decoded: the one in-step account no new agent's localpart needs, and the
+        // deactivated account that is gone.
+        let read: Vec<&str> = view.accounts.keys().map(|id| id.0.as_str()).collect();
+        assert!(
+            !read.contains(&"long-gone") && read.contains(&"in-step"),
+            "{read:?}"
+        );
+        let in_step: Vec<&str> = view.in_step.keys().map(|id| id.0.as_str()).collect();
+        assert_eq!(in_step, ["long-gone"]);
+    }
+
+    #[test]
+    fn in_step_accounts_are_not_decoded() {
+        let (_dir, ledger, mut desired) = world();
+        desired.accounts.retain(|a| !a.id.0.starts_with("new-"));
+        let view = complete_view(&ledger, ledger.profiles().unwrap(), &desired).unwrap();
+        let in_step: Vec<&str> = view.in_step.keys().map(|id| id.0.as_str()).collect();
+        assert_eq!(in_step, ["in-step", "in-step-2", "long-gone"]);
+        assert_eq!(
+            view.in_step[&StableId("in-step".into())],
+            "@jean.martin:example.org"
+        );
+        assert_eq!(view.accounts.len(), 14 - 3);
+    }
+}
