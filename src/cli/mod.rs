@@ -157,7 +157,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // The command is done: idle worker threads are not worth waiting for.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
@@ -265,13 +268,17 @@ async fn sync(
         print!("{}", render::sync_text(&result));
     }
     let failed = !result.report.failed.is_empty() || !result.report.rooms.failed.is_empty();
-    if failed || result.report.aborted.is_some() {
-        Ok(ExitCode::FAILURE)
+    let code = if failed || result.report.aborted.is_some() {
+        ExitCode::FAILURE
     } else if result.held_back > 0 {
-        Ok(ExitCode::from(EXIT_BRAKE_ENGAGED))
+        ExitCode::from(EXIT_BRAKE_ENGAGED)
     } else {
-        Ok(ExitCode::SUCCESS)
-    }
+        ExitCode::SUCCESS
+    };
+    // The process ends here and the system takes its memory back at once: freeing a large
+    // directory's accounts one by one would only delay the exit (~40 ms per 100,000).
+    std::mem::forget(result);
+    Ok(code)
 }
 
 fn status(config: &Config, json: bool) -> Result<ExitCode, String> {

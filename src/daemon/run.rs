@@ -207,8 +207,8 @@ pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64,
         .flatten()
         .map(|profiles| {
             profiles
-                .values()
-                .filter(|p| p.origin == Origin::Adopted)
+                .iter()
+                .filter(|(_, p)| p.origin == Origin::Adopted)
                 .count()
         });
     let adopted =

@@ -5,8 +5,6 @@
 //!
 //! Written in the same transaction as the account record it describes.
 
-use std::collections::HashMap;
-
 use sha2::{Digest, Sha256};
 
 use super::{AccountRecord, AccountStatus, Ledger, LedgerError, Origin};
@@ -30,8 +28,8 @@ pub struct Profile {
     pub digest: [u8; 16],
 }
 
-/// Every account's [`Profile`], by stable id.
-pub type Profiles = HashMap<StableId, Profile>;
+/// Every account's [`Profile`], in stable-id order.
+pub type Profiles = Vec<(StableId, Profile)>;
 
 /// A digest of what a plan compares between an agent and the record of their account.
 /// Exact (every field length-prefixed): equal digests mean equal fields.
@@ -102,7 +100,7 @@ impl Profile {
 }
 
 impl Ledger {
-    /// Every account's profile (no record decoded).
+    /// Every account's profile (no record decoded), in stable-id order.
     pub fn profiles(&self) -> Result<Profiles, LedgerError> {
         let mut profiles = Profiles::with_capacity(self.account_count()?);
         for item in self.profiles.iter() {
@@ -110,7 +108,7 @@ impl Ledger {
             let id = StableId(String::from_utf8_lossy(&key).into_owned());
             let profile = Profile::decode(&value)
                 .ok_or_else(|| LedgerError::Corrupt(format!("unreadable profile for {}", id.0)))?;
-            profiles.insert(id, profile);
+            profiles.push((id, profile));
         }
         Ok(profiles)
     }

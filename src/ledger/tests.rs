@@ -299,7 +299,7 @@ fn profiles_follow_every_record_written() {
     ledger
         .record_account(&anne, &audit(&anne.mxid, "create"))
         .unwrap();
-    let profile = |ledger: &Ledger| ledger.profiles().unwrap()[&StableId("a".into())].clone();
+    let profile = |ledger: &Ledger| ledger.profiles().unwrap()[0].1.clone();
     assert_eq!(
         profile(&ledger),
         Profile {
@@ -358,7 +358,7 @@ fn a_schema_2_ledger_gets_its_profiles_when_opened() {
     let ledger = Ledger::open(dir.path()).unwrap();
     let profiles = ledger.profiles().unwrap();
     assert_eq!(profiles.len(), 2);
-    assert_eq!(profiles[&StableId("b".into())], Profile::of(&adopted));
+    assert_eq!(profiles[1], (StableId("b".into()), Profile::of(&adopted)));
     assert_eq!(
         ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
         SCHEMA_VERSION.to_be_bytes()

@@ -46,8 +46,13 @@ fn is_separator(c: char) -> bool {
 /// other illegal characters (apostrophes, …) dropped, runs of separators folded, and no
 /// separator at either end. `Pierre-Yves  L'Hôte` → `pierre-yves-lhote`.
 pub fn to_localpart(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in strip_accents(text).to_lowercase().chars() {
+    let lowered = if text.is_ascii() {
+        text.to_ascii_lowercase()
+    } else {
+        strip_accents(text).to_lowercase()
+    };
+    let mut out = String::with_capacity(lowered.len());
+    for c in lowered.chars() {
         let c = if c.is_whitespace() { '-' } else { c };
         if !is_localpart_char(c) {
             continue;
@@ -57,7 +62,13 @@ pub fn to_localpart(text: &str) -> String {
         }
         out.push(c);
     }
-    out.trim_matches(is_separator).to_string()
+    if out.ends_with(is_separator) {
+        out.truncate(out.trim_end_matches(is_separator).len());
+    }
+    match out.strip_prefix(is_separator) {
+        Some(rest) => rest.to_string(),
+        None => out,
+    }
 }
 
 /// The part of an e-mail address before the `@` (the whole text if there is none).

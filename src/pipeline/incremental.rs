@@ -119,7 +119,13 @@ pub(super) async fn read_changes_and_map(
     gone.retain(|id| !read_ids.contains(id));
     let scheduled = ledger.scheduled()?;
     let mut view = ledger.partial_view(read_ids.iter().chain(&gone).chain(scheduled.keys()))?;
-    super::ledger_view::add_localpart_holders(ledger, &mut view, &desired)?;
+    let new_agents = desired
+        .accounts
+        .iter()
+        .filter(|want| !view.accounts.contains_key(&want.id))
+        .map(|want| want.localpart.as_str())
+        .collect::<Vec<_>>();
+    super::ledger_view::add_localpart_holders(ledger, &mut view, new_agents)?;
     // The directory may name ids that were never agents (AD lists every user changed in the
     // domain, OpenLDAP every entry its session log holds): only managed ones are gone.
     gone.retain(|id| view.accounts.contains_key(id));

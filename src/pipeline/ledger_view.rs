@@ -3,66 +3,84 @@
 //! records of agents whose profile is not what the directory says now, of accounts the
 //! directory no longer returns, and of the holders of the localparts new agents may get.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
+use crate::directory::StableId;
 use crate::ledger::{profile_digest, Ledger, LedgerError, LedgerView, Profile, Profiles, Stage};
 use crate::mapping::{AgentState, Desired, DesiredAccount};
 
 /// The view a plan of `desired` (a complete read) needs, from every account's `profiles`.
+/// One merge of the two id-ordered lists.
 pub(super) fn complete_view(
     ledger: &Ledger,
-    mut profiles: Profiles,
+    profiles: Profiles,
     desired: &Desired,
 ) -> Result<LedgerView, LedgerError> {
-    let mut view = LedgerView {
-        rooms: ledger.rooms_view()?,
-        ..LedgerView::default()
-    };
-    for want in &desired.accounts {
-        match profiles.remove(&want.id) {
-            None => {}
-            Some(profile) if in_step(&profile, want) => {
-                view.in_step.insert(want.id.clone(), profile.mxid);
-            }
-            Some(_) => ledger.add_record(&mut view, want.id.0.as_bytes())?,
+    let mut wants: Vec<&DesiredAccount> = desired.accounts.iter().collect();
+    if !wants.is_sorted_by(|a, b| a.id <= b.id) {
+        wants.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    let mut profiles = profiles.into_iter().peekable();
+    let mut in_step = Vec::new();
+    let mut to_read = Vec::new();
+    // Accounts of agents the directory did not return.
+    let mut unreturned = Vec::new();
+    let mut new_agents = Vec::new();
+    for want in wants {
+        unreturned.extend(std::iter::from_fn(|| {
+            profiles.next_if(|(id, _)| *id < want.id)
+        }));
+        match profiles.next_if(|(id, _)| *id == want.id) {
+            None => new_agents.push(want.localpart.as_str()),
+            Some((id, profile)) if is_in_step(&profile, want) => in_step.push((id, profile.mxid)),
+            Some((id, _)) => to_read.push(id),
         }
     }
-    let skipped: std::collections::HashSet<_> = desired
+    unreturned.extend(profiles);
+    let skipped: HashSet<&StableId> = desired
         .skipped
         .iter()
         .filter_map(|s| s.id.as_ref())
         .collect();
-    // Accounts of agents the directory did not return: gone (a departure to plan), or skipped.
-    for (id, profile) in profiles {
+    for (id, profile) in unreturned {
+        // Gone and deactivated: nothing more can happen to it. Otherwise a departure to plan
+        // (or a skipped agent, left as it is).
         if profile.stage == Stage::Deactivated && !skipped.contains(&id) {
-            view.in_step.insert(id, profile.mxid);
+            in_step.push((id, profile.mxid));
         } else {
-            ledger.add_record(&mut view, id.0.as_bytes())?;
+            to_read.push(id);
         }
     }
-    add_localpart_holders(ledger, &mut view, desired)?;
+    let mut view = LedgerView {
+        in_step: in_step.into_iter().collect(),
+        rooms: ledger.rooms_view()?,
+        ..LedgerView::default()
+    };
+    for id in to_read {
+        ledger.add_record(&mut view, id.0.as_bytes())?;
+    }
+    add_localpart_holders(ledger, &mut view, new_agents)?;
     Ok(view)
 }
 
 /// True when the account needs nothing: active, and the directory wants it as it is.
-fn in_step(profile: &Profile, want: &DesiredAccount) -> bool {
+fn is_in_step(profile: &Profile, want: &DesiredAccount) -> bool {
     profile.stage == Stage::Active
         && want.state == AgentState::Active
         && profile.digest == profile_digest(&want.dn, &want.display_name, &want.emails)
 }
 
-/// Adds to `view` the holders of the localparts the agents of `desired` without an account
-/// may be offered, so that localparts are allocated as from a view of every record.
-pub(super) fn add_localpart_holders(
+/// Adds to `view` the holders of the localparts agents without an account (wanting
+/// `new_agents`) may be offered, so that localparts are allocated as from a view of every
+/// record.
+pub(super) fn add_localpart_holders<'a>(
     ledger: &Ledger,
     view: &mut LedgerView,
-    desired: &Desired,
+    new_agents: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), LedgerError> {
     let mut new_by_localpart: BTreeMap<&str, usize> = BTreeMap::new();
-    for want in &desired.accounts {
-        if !view.accounts.contains_key(&want.id) && !view.in_step.contains_key(&want.id) {
-            *new_by_localpart.entry(&want.localpart).or_default() += 1;
-        }
+    for localpart in new_agents {
+        *new_by_localpart.entry(localpart).or_default() += 1;
     }
     for (base, new_agents) in new_by_localpart {
         ledger.add_localpart_holders(view, base, new_agents)?;
@@ -75,7 +93,6 @@ pub(super) fn add_localpart_holders(
 mod tests {
     use super::*;
     use crate::config::ReversibleStep;
-    use crate::directory::StableId;
     use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Origin};
     use crate::mapping::SkippedAgent;
     use crate::plan::{self, Policy};
