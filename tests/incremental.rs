@@ -63,7 +63,7 @@ async fn watermark(cfg: &DirectoryConfig) -> Watermark {
 }
 
 async fn changes(cfg: &DirectoryConfig, since: &Watermark) -> Changes {
-    match read_changes_with(cfg, &agents(), since, &mut |_| true)
+    match read_changes_with(cfg, &agents(), since, &mut Some)
         .await
         .unwrap()
     {
@@ -73,7 +73,7 @@ async fn changes(cfg: &DirectoryConfig, since: &Watermark) -> Changes {
 }
 
 async fn full_read_needed(cfg: &DirectoryConfig, since: &Watermark) -> String {
-    match read_changes_with(cfg, &agents(), since, &mut |_| true)
+    match read_changes_with(cfg, &agents(), since, &mut Some)
         .await
         .unwrap()
     {
@@ -246,7 +246,7 @@ async fn a_change_during_the_full_read_is_read_again() {
     let mut seen = Vec::new();
     let answer = read_changes_with(&cfg, &agents(), &w, &mut |e| {
         seen.push((e.dn.clone(), e.first("mail").map(str::to_string)));
-        false
+        None
     })
     .await
     .unwrap();
@@ -375,7 +375,7 @@ async fn an_id_other_than_entry_uuid_needs_a_full_read() {
     let w = watermark(&cfg).await;
     let mut query = agents();
     query.id_attribute = "uid".into();
-    let answer = read_changes_with(&cfg, &query, &w, &mut |_| true)
+    let answer = read_changes_with(&cfg, &query, &w, &mut Some)
         .await
         .unwrap();
     assert!(
@@ -392,7 +392,7 @@ async fn a_full_read_with_incremental_on_carries_its_watermark() {
     let mut cfg = config(slapd, &[&ou]);
     let before = ids_by_dn(&cfg).await;
 
-    let snap = read_snapshot_with(&cfg, &agents(), &RoomSources::default(), &mut |_| true)
+    let snap = read_snapshot_with(&cfg, &agents(), &RoomSources::default(), &mut Some)
         .await
         .unwrap();
     assert_eq!(snap.entries.len(), 2);
@@ -405,7 +405,7 @@ async fn a_full_read_with_incremental_on_carries_its_watermark() {
     assert!(deleted_of(&c, &before).is_empty(), "{c:?}");
 
     cfg.incremental = false;
-    let snap = read_snapshot_with(&cfg, &agents(), &RoomSources::default(), &mut |_| true)
+    let snap = read_snapshot_with(&cfg, &agents(), &RoomSources::default(), &mut Some)
         .await
         .unwrap();
     assert_eq!(snap.watermark, None);

@@ -179,7 +179,7 @@ impl Directory {
     }
 
     /// What changed since `since`, each agent entry handed to `pass` as it is read (kept in
-    /// the Snapshot only if it returns true).
+    /// the Snapshot only if it gives it back).
     pub async fn read_changes(
         &mut self,
         bases: &[String],
@@ -187,7 +187,7 @@ impl Directory {
         since: &Watermark,
         page_size: i32,
         timeout: Duration,
-        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+        pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<Incremental, DirectoryError> {
         if since.server() != self.server() {
             return Ok(Incremental::FullReadNeeded(format!(
@@ -216,7 +216,7 @@ pub async fn read_changes_with(
     cfg: &crate::config::DirectoryConfig,
     query: &AgentQuery,
     since: &Watermark,
-    pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+    pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
 ) -> Result<Incremental, DirectoryError> {
     let mut dir = Directory::connect(cfg).await?;
     let result = dir

@@ -555,12 +555,12 @@ fn dn_filter(dns: &[String]) -> String {
 /// Connects to `cfg.urls` (failover), reads the agents of every base of `cfg.base_dns`, then
 /// what `extra` asks for (groups under their bases or the same ones; agents matching each
 /// filter), then closes. Every search is complete or the whole read is an error. Each agent
-/// entry is handed to `pass` as it is read, and kept in the Snapshot only if it returns true.
+/// entry is handed to `pass` as it is read, and kept in the Snapshot only if it gives it back.
 pub async fn read_snapshot_with(
     cfg: &crate::config::DirectoryConfig,
     agents: &super::AgentQuery,
     extra: &RoomSources,
-    pass: &mut (dyn FnMut(&super::Entry) -> bool + Send),
+    pass: &mut (dyn FnMut(super::Entry) -> Option<super::Entry> + Send),
 ) -> Result<super::Snapshot, DirectoryError> {
     let mut dir = Directory::connect(cfg).await?;
     let result = async {

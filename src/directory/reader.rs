@@ -193,21 +193,21 @@ impl Directory {
         page_size: i32,
         timeout: Duration,
     ) -> Result<Snapshot, DirectoryError> {
-        self.read_snapshot_passing(bases, query, page_size, timeout, &mut |_| true)
+        self.read_snapshot_passing(bases, query, page_size, timeout, &mut Some)
             .await
     }
 
     /// [`Directory::read_snapshot`], handing each agent entry to `pass` as it is read (once,
-    /// however many bases hold it): an entry `pass` returns false for is not kept in the
-    /// Snapshot, only counted (`passed_on`), so a caller can map entries as they come without
-    /// holding the whole directory.
+    /// however many bases hold it): an entry `pass` takes (returns `None` for) is not kept in
+    /// the Snapshot, only counted (`passed_on`), so a caller can map entries as they come
+    /// without holding the whole directory.
     pub async fn read_snapshot_passing(
         &mut self,
         bases: &[String],
         query: &AgentQuery,
         page_size: i32,
         timeout: Duration,
-        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+        pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<Snapshot, DirectoryError> {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));
@@ -509,8 +509,8 @@ fn next_cookie(ctrls: &[Control]) -> Result<Option<Vec<u8>>, ()> {
 /// Gathers entries across pages and bases; one entry per stable id.
 pub(super) struct Collector<'q, 'p> {
     query: &'q AgentQuery,
-    /// Sees each entry first; false: not kept (only counted).
-    pass: Option<&'p mut (dyn FnMut(&Entry) -> bool + Send)>,
+    /// Sees each entry first, and takes it (only counted then) or gives it back to be kept.
+    pass: Option<&'p mut (dyn FnMut(Entry) -> Option<Entry> + Send)>,
     pub(super) entries: Vec<Entry>,
     passed_on: usize,
     skipped: Vec<SkippedEntry>,
@@ -533,10 +533,10 @@ impl<'q, 'p> Collector<'q, 'p> {
         }
     }
 
-    /// Hands each entry to `pass` first, and keeps it only if `pass` says so.
+    /// Hands each entry to `pass` first, and keeps those it gives back.
     pub(super) fn passing(
         query: &'q AgentQuery,
-        pass: &'p mut (dyn FnMut(&Entry) -> bool + Send),
+        pass: &'p mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Self {
         Collector {
             pass: Some(pass),
@@ -575,16 +575,14 @@ impl<'q, 'p> Collector<'q, 'p> {
     }
 
     fn keep_or_pass_on(&mut self, entry: Entry) {
-        let keep = match &mut self.pass {
-            Some(pass) => pass(&entry),
-            None => true,
+        self.by_id.insert(entry.id.0.clone(), entry.dn.clone());
+        let kept = match &mut self.pass {
+            Some(pass) => pass(entry),
+            None => Some(entry),
         };
-        if keep {
-            self.by_id.insert(entry.id.0.clone(), entry.dn.clone());
-            self.entries.push(entry);
-        } else {
-            self.passed_on += 1;
-            self.by_id.insert(entry.id.0, entry.dn);
+        match kept {
+            Some(entry) => self.entries.push(entry),
+            None => self.passed_on += 1,
         }
     }
 }
@@ -779,9 +777,9 @@ mod tests {
     fn entries_passed_on_are_counted_once_and_not_kept() {
         let q = query(&[], "entryUUID");
         let mut seen = Vec::new();
-        let mut pass = |e: &Entry| {
+        let mut pass = |e: Entry| {
             seen.push(e.id.0.clone());
-            e.id.0 == "2"
+            (e.id.0 == "2").then_some(e)
         };
         let mut c = Collector::passing(&q, &mut pass);
         c.add(se("uid=a,ou=p,dc=x", "1"));

@@ -102,7 +102,7 @@ impl Directory {
         query: &AgentQuery,
         cookies: &BTreeMap<String, Vec<u8>>,
         timeout: Duration,
-        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+        pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<Incremental, DirectoryError> {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));

@@ -96,7 +96,7 @@ impl Directory {
         usn: u64,
         page_size: i32,
         timeout: Duration,
-        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+        pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<Incremental, DirectoryError> {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));
@@ -175,14 +175,14 @@ impl Directory {
         since: u64,
         page_size: i32,
         timeout: Duration,
-        pass: &mut (dyn FnMut(&Entry) -> bool + Send),
+        pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<(Snapshot, HashSet<StableId>), DirectoryError> {
         let agents = AgentQuery {
             filter: format!("(&{}(uSNChanged>={since}))", query.filter),
             ..query.clone()
         };
         let mut read: HashSet<StableId> = HashSet::new();
-        let mut recording = |e: &Entry| {
+        let mut recording = |e: Entry| {
             read.insert(e.id.clone());
             pass(e)
         };

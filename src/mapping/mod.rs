@@ -162,7 +162,8 @@ impl<'r> Mapper<'r> {
                 .collect(),
             ..desired
         };
-        desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        // Ids are unique (the read keeps one entry per id): no order to keep among equals.
+        desired.accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         keep_emails_unique(&mut desired);
         desired
     }

@@ -91,8 +91,8 @@ pub(super) async fn read_changes_and_map(
         &agent_query(rules),
         &point.watermark,
         &mut |entry| {
-            mapper.add(entry);
-            false
+            mapper.add(&entry);
+            None
         },
     )
     .await?;

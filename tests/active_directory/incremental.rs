@@ -81,7 +81,7 @@ fn config(site: &AdSite) -> DirectoryConfig {
 }
 
 async fn full_read(cfg: &DirectoryConfig, query: &AgentQuery) -> Watermark {
-    let snapshot = read_snapshot_with(cfg, query, &RoomSources::default(), &mut |_| true)
+    let snapshot = read_snapshot_with(cfg, query, &RoomSources::default(), &mut Some)
         .await
         .unwrap();
     snapshot
@@ -90,7 +90,7 @@ async fn full_read(cfg: &DirectoryConfig, query: &AgentQuery) -> Watermark {
 }
 
 async fn changes(cfg: &DirectoryConfig, query: &AgentQuery, since: &Watermark) -> Changes {
-    match read_changes_with(cfg, query, since, &mut |_| true)
+    match read_changes_with(cfg, query, since, &mut Some)
         .await
         .unwrap()
     {
@@ -100,7 +100,7 @@ async fn changes(cfg: &DirectoryConfig, query: &AgentQuery, since: &Watermark) -
 }
 
 async fn full_read_needed(cfg: &DirectoryConfig, query: &AgentQuery, since: &Watermark) -> String {
-    match read_changes_with(cfg, query, since, &mut |_| true)
+    match read_changes_with(cfg, query, since, &mut Some)
         .await
         .unwrap()
     {
