@@ -304,7 +304,10 @@ fn directory_and_plan(n: usize) {
     let summary: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let writes = writes_of(&summary);
-    let tick_secs = incremental_tick(&slapd, &config_path, n.min(100));
+    // Best of 3, each round changing other agents (a round reads only its own changes).
+    let tick_secs = (0..3)
+        .map(|round| incremental_tick(&slapd, &config_path, n, round))
+        .fold(f64::INFINITY, f64::min);
     println!(
         "| {n} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.1} | {:.0} | {:.2} | {:.2} | {plan_secs:.2} | {plan_rss:.0} | {status_secs:.2} | {noop_secs:.2} | {:.2}× | {writes} | {tick_secs:.2} | {:.2}× |",
         slapadd.as_secs_f64(),
@@ -325,11 +328,14 @@ fn writes_of(summary: &serde_json::Value) -> u64 {
     summary["applied"].as_u64().unwrap() + summary["failed"].as_array().unwrap().len() as u64
 }
 
-/// Changes `changed` agents (an attribute the rules read, `employeeType`, to a value that is no
-/// departure, so neither run writes to the homeserver: the cost measured is our own), then
-/// times `sync --incremental`, which must read only those. Returns its wall time.
-fn incremental_tick(slapd: &Slapd, config: &Path, changed: usize) -> f64 {
-    let ldif: String = (0..changed)
+/// Changes 100 of the `agents` (the `round`-th hundred; an attribute the rules read,
+/// `employeeType`, to a value that is no departure, so neither run writes to the homeserver:
+/// the cost measured is our own), then times `sync --incremental`, which must read only
+/// those. Returns its wall time.
+fn incremental_tick(slapd: &Slapd, config: &Path, agents: usize, round: usize) -> f64 {
+    let changed = agents.min(100);
+    let ldif: String = (round * changed..(round + 1) * changed)
+        .map(|i| i % agents)
         .map(|i| {
             format!(
                 "dn: uid=a{i},ou=people,dc=example,dc=org\nchangetype: modify\nreplace: employeeType\nemployeeType: contractor\n\n"
