@@ -16,9 +16,10 @@ const SEARCH_RESULT_ENTRY: u64 = 4;
 pub(super) fn search_entry(tag: StructureTag) -> Option<SearchEntry> {
     let mut parts = constructed(tag.match_id(SEARCH_RESULT_ENTRY)?)?.into_iter();
     let dn = text(parts.next()?)?;
-    let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+    let attributes = constructed(parts.next()?)?;
+    let mut attrs: HashMap<String, Vec<String>> = HashMap::with_capacity(attributes.len());
     let mut bin_attrs: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-    for attribute in constructed(parts.next()?)? {
+    for attribute in attributes {
         let mut attribute = constructed(attribute)?.into_iter();
         let name = text(attribute.next()?)?;
         let raw = constructed(attribute.next()?)?
