@@ -2,6 +2,7 @@
 //! mapping → plan (against the ledger, and the rooms as the homeserver has them) → brake →
 //! apply.
 
+mod complete_read;
 mod incremental;
 mod ledger_view;
 mod observe;
@@ -13,13 +14,10 @@ use crate::apply::{self, ApplyReport, Observer};
 use crate::brake;
 use crate::clock::Clock;
 use crate::config::Config;
-use std::panic::resume_unwind;
-use std::sync::mpsc::Receiver;
-
-use crate::directory::{self, AgentQuery, DirectoryError, Entry, Snapshot};
+use crate::directory::{AgentQuery, DirectoryError};
 use crate::homeserver::{Homeserver, HomeserverError, Rooms, SynapseClient};
 use crate::ledger::{FinishedRun, LastGood, Ledger, LedgerError, LedgerView, RunRecord, SyncPoint};
-use crate::mapping::{self, Desired, Rules};
+use crate::mapping::{Desired, Rules};
 use crate::plan::{self, Plan, Policy};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +33,7 @@ pub enum RunError {
 /// What the ledger holds that a preview needs.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    /// The accounts (all, or those a plan of changes needs) and rooms.
+    /// The accounts (all, or those the plan needs, see [`LedgerView::in_step`]) and rooms.
     pub view: LedgerView,
     /// How many accounts the ledger manages.
     pub managed: usize,
@@ -119,7 +117,7 @@ pub async fn preview_with<H: Homeserver + Rooms>(
     now: i64,
     homeserver: Option<&H>,
 ) -> Result<Preview, RunError> {
-    let mapped = read_and_map(config, rules, now).await?;
+    let mapped = complete_read::read_and_map(config, rules, now).await?;
     plan_mapped(config, rules, state, mapped, now, homeserver).await
 }
 
@@ -136,7 +134,7 @@ pub async fn preview_reading<H: Homeserver + Rooms>(
         let ledger = ledger.clone();
         tokio::task::spawn_blocking(move || ledger.profiles())
     };
-    let mapped = read_and_map(config, rules, now).await;
+    let mapped = complete_read::read_and_map(config, rules, now).await;
     let profiles = reading
         .await
         .map_err(|e| LedgerError::Unfinished(e.to_string()))??;
@@ -156,86 +154,6 @@ struct Mapped {
     agents: usize,
     desired: Desired,
     read: Read,
-}
-
-/// What the directory read hands the mapping thread.
-enum ToMapper {
-    /// Entries in the order read (a few hundred at a time: one message each would cost more
-    /// than the mapping saves).
-    Entries(Vec<Entry>),
-    /// The read is complete: what else it gathered (groups, skipped entries).
-    Read(Snapshot),
-}
-
-/// Reads the directory and maps each agent on another thread as it comes: the mapping runs
-/// beside the read (which waits on the server much of the time) instead of slowing it.
-async fn read_and_map(config: &Config, rules: &Rules, now: i64) -> Result<Mapped, RunError> {
-    let (to_mapper, inbox) = std::sync::mpsc::channel();
-    let mapping = {
-        let rules = rules.clone();
-        tokio::task::spawn_blocking(move || map_as_read(&rules, now, inbox))
-    };
-    const BATCH: usize = 256;
-    let mut batch = Vec::with_capacity(BATCH);
-    // A send is refused only if the mapping thread panicked, which the join below reports.
-    let read = directory::read_snapshot_with(
-        &config.directory,
-        &agent_query(rules),
-        &rules.rooms.sources(),
-        &mut |entry| {
-            batch.push(entry);
-            if batch.len() == BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                let _ = to_mapper.send(ToMapper::Entries(full));
-            }
-            None
-        },
-    )
-    .await;
-    // On an error the channel closes (the thread ends with nothing) and the error is returned.
-    let snapshot = read?;
-    let _ = to_mapper.send(ToMapper::Entries(batch));
-    let _ = to_mapper.send(ToMapper::Read(snapshot));
-    drop(to_mapper);
-    let Some((desired, snapshot)) = mapping
-        .await
-        .unwrap_or_else(|e| resume_unwind(e.into_panic()))
-    else {
-        unreachable!("the mapping thread was handed the snapshot")
-    };
-    Ok(Mapped {
-        agents: snapshot.agents(),
-        server: snapshot.server,
-        desired,
-        read: Read::Complete {
-            watermark: snapshot.watermark,
-        },
-    })
-}
-
-/// The mapping thread: maps each entry as the read hands it on, keeps those the room rules
-/// read again, and finishes with the snapshot. `None`: the read failed.
-fn map_as_read(rules: &Rules, now: i64, inbox: Receiver<ToMapper>) -> Option<(Desired, Snapshot)> {
-    let mut mapper = mapping::Mapper::new(rules, now);
-    let mut kept = Vec::new();
-    for message in inbox {
-        match message {
-            ToMapper::Entries(entries) => {
-                for entry in entries {
-                    if mapper.add(&entry) {
-                        kept.push(entry);
-                    }
-                }
-            }
-            ToMapper::Read(mut snapshot) => {
-                snapshot.passed_on -= kept.len();
-                snapshot.entries = kept;
-                let desired = mapper.finish(&snapshot);
-                return Some((desired, snapshot));
-            }
-        }
-    }
-    None
 }
 
 async fn plan_mapped<H: Homeserver + Rooms>(

@@ -176,31 +176,45 @@ fn a_partial_view_holds_the_asked_ids_the_departing_and_the_localpart_holders() 
     assert_eq!(ledger.account_count().unwrap(), 5);
 }
 
-#[test]
-fn a_schema_1_ledger_gets_its_departing_index_when_opened() {
-    let dir = tempfile::tempdir().unwrap();
+/// A ledger holding `records` as a build of schema `version` left it (`undo` takes away what
+/// that schema did not have), opened again by this build; checks it is at this schema now.
+fn reopened_from_schema(
+    dir: &tempfile::TempDir,
+    version: u32,
+    records: &[AccountRecord],
+    undo: impl FnOnce(&Ledger),
+) -> Ledger {
     {
         let ledger = Ledger::open(dir.path()).unwrap();
+        for r in records {
+            ledger.record_account(r, &audit(&r.mxid, "create")).unwrap();
+        }
+        undo(&ledger);
         ledger
-            .record_account(
-                &departing("e", "eve"),
-                &audit("@eve:example.org", "suspend"),
-            )
+            .meta
+            .insert(SCHEMA_KEY, &version.to_be_bytes())
             .unwrap();
-        // As a schema 1 build left it: no index, version 1.
-        ledger.departing.clear().unwrap();
-        ledger.meta.remove(ACCOUNT_COUNT_KEY).unwrap();
-        ledger.meta.insert(SCHEMA_KEY, &1u32.to_be_bytes()).unwrap();
         ledger.flush().unwrap();
     }
     let ledger = Ledger::open(dir.path()).unwrap();
-    let view = ledger.partial_view(&[]).unwrap();
-    assert_eq!(view.accounts.len(), 1);
-    assert_eq!(ledger.account_count().unwrap(), 1);
     assert_eq!(
         ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
         SCHEMA_VERSION.to_be_bytes()
     );
+    ledger
+}
+
+#[test]
+fn a_schema_1_ledger_gets_its_departing_index_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    // Schema 1 had no index and no count.
+    let ledger = reopened_from_schema(&dir, 1, &[departing("e", "eve")], |ledger| {
+        ledger.departing.clear().unwrap();
+        ledger.meta.remove(ACCOUNT_COUNT_KEY).unwrap();
+    });
+    let view = ledger.partial_view(&[]).unwrap();
+    assert_eq!(view.accounts.len(), 1);
+    assert_eq!(ledger.account_count().unwrap(), 1);
 }
 
 #[test]
@@ -343,24 +357,12 @@ fn a_schema_2_ledger_gets_its_profiles_when_opened() {
         origin: Origin::Adopted,
         ..record("b", "bob")
     };
-    {
-        let ledger = Ledger::open(dir.path()).unwrap();
-        for r in [record("a", "anne"), adopted.clone()] {
-            ledger
-                .record_account(&r, &audit(&r.mxid, "create"))
-                .unwrap();
-        }
-        // As a schema 2 build left it: no profiles.
+    // Schema 2 had no profiles.
+    let records = [record("a", "anne"), adopted.clone()];
+    let ledger = reopened_from_schema(&dir, 2, &records, |ledger| {
         ledger.profiles.clear().unwrap();
-        ledger.meta.insert(SCHEMA_KEY, &2u32.to_be_bytes()).unwrap();
-        ledger.flush().unwrap();
-    }
-    let ledger = Ledger::open(dir.path()).unwrap();
+    });
     let profiles = ledger.profiles().unwrap();
     assert_eq!(profiles.len(), 2);
     assert_eq!(profiles[1], (StableId("b".into()), Profile::of(&adopted)));
-    assert_eq!(
-        ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
-        SCHEMA_VERSION.to_be_bytes()
-    );
 }

@@ -70,6 +70,24 @@ pub enum Coverage {
     },
 }
 
+impl Desired {
+    /// The accounts in stable-id order (sorted here only if they are not already), for a
+    /// merge with the ledger's id-ordered records.
+    pub fn accounts_by_id(&self) -> Vec<&DesiredAccount> {
+        let mut wants: Vec<&DesiredAccount> = self.accounts.iter().collect();
+        if !wants.is_sorted_by(|a, b| a.id <= b.id) {
+            wants.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
+        wants
+    }
+
+    /// The ids of agents the directory returned but that could not be mapped: neither wanted
+    /// nor gone.
+    pub fn skipped_ids(&self) -> std::collections::HashSet<&StableId> {
+        self.skipped.iter().filter_map(|s| s.id.as_ref()).collect()
+    }
+}
+
 impl Coverage {
     /// True when a managed account that `accounts` does not mention has left.
     pub fn is_gone(&self, id: &StableId) -> bool {

@@ -3,9 +3,8 @@
 //! records of agents whose profile is not what the directory says now, of accounts the
 //! directory no longer returns, and of the holders of the localparts new agents may get.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use crate::directory::StableId;
 use crate::ledger::{profile_digest, Ledger, LedgerError, LedgerView, Profile, Profiles, Stage};
 use crate::mapping::{AgentState, Desired, DesiredAccount};
 
@@ -16,17 +15,13 @@ pub(super) fn complete_view(
     profiles: Profiles,
     desired: &Desired,
 ) -> Result<LedgerView, LedgerError> {
-    let mut wants: Vec<&DesiredAccount> = desired.accounts.iter().collect();
-    if !wants.is_sorted_by(|a, b| a.id <= b.id) {
-        wants.sort_by(|a, b| a.id.cmp(&b.id));
-    }
     let mut profiles = profiles.into_iter().peekable();
     let mut in_step = Vec::new();
     let mut to_read = Vec::new();
     // Accounts of agents the directory did not return.
     let mut unreturned = Vec::new();
     let mut new_agents = Vec::new();
-    for want in wants {
+    for want in desired.accounts_by_id() {
         unreturned.extend(std::iter::from_fn(|| {
             profiles.next_if(|(id, _)| *id < want.id)
         }));
@@ -37,11 +32,7 @@ pub(super) fn complete_view(
         }
     }
     unreturned.extend(profiles);
-    let skipped: HashSet<&StableId> = desired
-        .skipped
-        .iter()
-        .filter_map(|s| s.id.as_ref())
-        .collect();
+    let skipped = desired.skipped_ids();
     for (id, profile) in unreturned {
         // Gone and deactivated: nothing more can happen to it. Otherwise a departure to plan
         // (or a skipped agent, left as it is).
@@ -93,6 +84,7 @@ pub(super) fn add_localpart_holders<'a>(
 mod tests {
     use super::*;
     use crate::config::ReversibleStep;
+    use crate::directory::StableId;
     use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Origin};
     use crate::mapping::SkippedAgent;
     use crate::plan::{self, Policy};

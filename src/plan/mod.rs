@@ -205,16 +205,9 @@ struct Paired<'a> {
 /// One merge of the two id-ordered lists (the desired accounts are sorted by id; sorted here
 /// if they are not), instead of a map lookup per agent.
 fn pair_up<'a>(desired: &'a Desired, ledger: &'a LedgerView) -> Paired<'a> {
-    let mut wants: Vec<&DesiredAccount> = desired.accounts.iter().collect();
-    if !wants.is_sorted_by(|a, b| a.id <= b.id) {
-        wants.sort_by(|a, b| a.id.cmp(&b.id));
-    }
+    let wants = desired.accounts_by_id();
     // Agents the directory returned but that could not be mapped are not gone either.
-    let skipped: std::collections::HashSet<&StableId> = desired
-        .skipped
-        .iter()
-        .filter_map(|s| s.id.as_ref())
-        .collect();
+    let skipped = desired.skipped_ids();
     let mut records = ledger.accounts.values().peekable();
     let mut gone = Vec::new();
     // The id of the last record matched: passed over afterwards, it is not gone.
