@@ -144,7 +144,10 @@ pub async fn preview_reading<H: Homeserver + Rooms>(
         managed: ledger.account_count()?,
         last_good: ledger.last_good()?,
     };
-    plan_mapped(config, rules, &state, mapped, now, homeserver).await
+    let preview = plan_mapped(config, rules, &state, mapped, now, homeserver).await;
+    // An entry per account in step: the run need not wait for them to be freed.
+    tokio::task::spawn_blocking(move || drop(state));
+    preview
 }
 
 /// The directory's agents, mapped as they are read (the entries are not kept unless room

@@ -276,8 +276,11 @@ async fn sync(
         ExitCode::SUCCESS
     };
     // The process ends here and the system takes its memory back at once: freeing a large
-    // directory's accounts one by one would only delay the exit (~40 ms per 100,000).
+    // directory's accounts one by one would only delay the exit (~40 ms per 100,000), and so
+    // would closing the ledger, whose every write the run flushed (sled's drop walks every
+    // page it has cached).
     std::mem::forget(result);
+    std::mem::forget(ledger);
     Ok(code)
 }
 

@@ -130,12 +130,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// Adds the record of `key` (a stable id) to `view`, if there is one; a record read takes
-    /// the place of its entry in `view.in_step`.
+    /// Adds the record of `key` (a stable id) to `view`, if there is one.
     pub fn add_record(&self, view: &mut LedgerView, key: &[u8]) -> Result<(), LedgerError> {
         if let Some(raw) = self.accounts.get(key)? {
             let record: super::AccountRecord = decode(&raw)?;
-            view.in_step.remove(&record.id);
             view.accounts.insert(record.id.clone(), record);
         }
         Ok(())

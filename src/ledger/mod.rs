@@ -86,8 +86,9 @@ pub struct LastGood {
 pub struct LedgerView {
     pub accounts: BTreeMap<StableId, AccountRecord>,
     /// Managed accounts whose records were not read because they need nothing (their profile
-    /// is as the directory wants it, or they are deactivated and gone), with their mxid.
-    pub in_step: BTreeMap<StableId, String>,
+    /// is as the directory wants it, or they are deactivated and gone), with their mxid; in
+    /// stable-id order, none of them in `accounts`.
+    pub in_step: Vec<(StableId, String)>,
     pub rooms: RoomsView,
 }
 
@@ -187,7 +188,7 @@ impl Ledger {
             .collect::<Result<BTreeMap<_, _>, LedgerError>>()?;
         Ok(LedgerView {
             accounts,
-            in_step: BTreeMap::new(),
+            in_step: Vec::new(),
             rooms: self.rooms_view()?,
         })
     }

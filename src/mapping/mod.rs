@@ -208,8 +208,8 @@ fn keep_emails_unique(desired: &mut Desired) {
 /// account already has. Borrows the addresses: most directories share none.
 fn shared_emails(accounts: &[DesiredAccount]) -> Vec<(usize, String, String)> {
     use std::collections::hash_map::Entry as Slot;
-    let mut owner: std::collections::HashMap<&str, &str> =
-        std::collections::HashMap::with_capacity(accounts.len());
+    let mut owner: rustc_hash::FxHashMap<&str, &str> =
+        rustc_hash::FxHashMap::with_capacity_and_hasher(accounts.len(), Default::default());
     let mut shared = Vec::new();
     for (i, account) in accounts.iter().enumerate() {
         for address in &account.emails {

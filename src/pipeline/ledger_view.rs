@@ -3,8 +3,9 @@
 //! records of agents whose profile is not what the directory says now, of accounts the
 //! directory no longer returns, and of the holders of the localparts new agents may get.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
+use crate::directory::StableId;
 use crate::ledger::{profile_digest, Ledger, LedgerError, LedgerView, Profile, Profiles, Stage};
 use crate::mapping::{AgentState, Desired, DesiredAccount};
 
@@ -15,35 +16,30 @@ pub(super) fn complete_view(
     profiles: Profiles,
     desired: &Desired,
 ) -> Result<LedgerView, LedgerError> {
-    let mut profiles = profiles.into_iter().peekable();
-    let mut in_step = Vec::new();
-    let mut to_read = Vec::new();
-    // Accounts of agents the directory did not return.
-    let mut unreturned = Vec::new();
+    let wants = desired.accounts_by_id();
+    let digests = digests_of(&wants);
+    let skipped = desired.skipped_ids();
+    let mut sorted = Sorted::default();
     let mut new_agents = Vec::new();
-    for want in desired.accounts_by_id() {
-        unreturned.extend(std::iter::from_fn(|| {
-            profiles.next_if(|(id, _)| *id < want.id)
-        }));
+    let mut profiles = profiles.into_iter().peekable();
+    for (want, digest) in wants.into_iter().zip(digests) {
+        while let Some(gone) = profiles.next_if(|(id, _)| *id < want.id) {
+            sorted.unreturned(gone, &skipped);
+        }
         match profiles.next_if(|(id, _)| *id == want.id) {
             None => new_agents.push(want.localpart.as_str()),
-            Some((id, profile)) if is_in_step(&profile, want) => in_step.push((id, profile.mxid)),
-            Some((id, _)) => to_read.push(id),
+            Some((id, profile)) if is_in_step(&profile, want, digest) => {
+                sorted.in_step.push((id, profile.mxid))
+            }
+            Some((id, _)) => sorted.to_read.push(id),
         }
     }
-    unreturned.extend(profiles);
-    let skipped = desired.skipped_ids();
-    for (id, profile) in unreturned {
-        // Gone and deactivated: nothing more can happen to it. Otherwise a departure to plan
-        // (or a skipped agent, left as it is).
-        if profile.stage == Stage::Deactivated && !skipped.contains(&id) {
-            in_step.push((id, profile.mxid));
-        } else {
-            to_read.push(id);
-        }
+    for gone in profiles {
+        sorted.unreturned(gone, &skipped);
     }
+    let Sorted { in_step, to_read } = sorted;
     let mut view = LedgerView {
-        in_step: in_step.into_iter().collect(),
+        in_step,
         rooms: ledger.rooms_view()?,
         ..LedgerView::default()
     };
@@ -54,11 +50,47 @@ pub(super) fn complete_view(
     Ok(view)
 }
 
-/// True when the account needs nothing: active, and the directory wants it as it is.
-fn is_in_step(profile: &Profile, want: &DesiredAccount) -> bool {
-    profile.stage == Stage::Active
-        && want.state == AgentState::Active
-        && profile.digest == profile_digest(&want.dn, &want.display_name, &want.emails)
+/// The accounts of a complete view, in id order: those needing nothing, and those whose
+/// record the plan needs.
+#[derive(Default)]
+struct Sorted {
+    in_step: Vec<(StableId, String)>,
+    to_read: Vec<StableId>,
+}
+
+impl Sorted {
+    /// An account the directory did not return: gone and deactivated, nothing more can happen
+    /// to it. Otherwise a departure to plan (or a skipped agent, left as it is).
+    fn unreturned(&mut self, (id, profile): (StableId, Profile), skipped: &HashSet<&StableId>) {
+        if profile.stage == Stage::Deactivated && !skipped.contains(&id) {
+            self.in_step.push((id, profile.mxid));
+        } else {
+            self.to_read.push(id);
+        }
+    }
+}
+
+/// The [`profile_digest`] of each of `wants`, on two threads: the directory has finished
+/// answering, so its core is free, and this is most of a complete plan's own time.
+fn digests_of(wants: &[&DesiredAccount]) -> Vec<[u8; 16]> {
+    let digest = |w: &&DesiredAccount| profile_digest(&w.dn, &w.display_name, &w.emails);
+    let (first, second) = wants.split_at(wants.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| second.iter().map(digest).collect::<Vec<_>>());
+        let mut digests: Vec<[u8; 16]> = first.iter().map(digest).collect();
+        digests.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        digests
+    })
+}
+
+/// True when the account needs nothing: active, and the directory wants it as it is
+/// (`digest` is the [`profile_digest`] of `want`).
+fn is_in_step(profile: &Profile, want: &DesiredAccount, digest: [u8; 16]) -> bool {
+    profile.stage == Stage::Active && want.state == AgentState::Active && profile.digest == digest
 }
 
 /// Adds to `view` the holders of the localparts agents without an account (wanting
@@ -73,8 +105,16 @@ pub(super) fn add_localpart_holders<'a>(
     for localpart in new_agents {
         *new_by_localpart.entry(localpart).or_default() += 1;
     }
+    let read_before = view.accounts.len();
     for (base, new_agents) in new_by_localpart {
         ledger.add_localpart_holders(view, base, new_agents)?;
+    }
+    if view.accounts.len() > read_before {
+        // A holder read now was in step: its record takes the place of that entry.
+        let LedgerView {
+            accounts, in_step, ..
+        } = view;
+        in_step.retain(|(id, _)| !accounts.contains_key(id));
     }
     Ok(())
 }
@@ -84,7 +124,6 @@ pub(super) fn add_localpart_holders<'a>(
 mod tests {
     use super::*;
     use crate::config::ReversibleStep;
-    use crate::directory::StableId;
     use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Origin};
     use crate::mapping::SkippedAgent;
     use crate::plan::{self, Policy};
@@ -233,7 +272,7 @@ mod tests {
             !read.contains(&"long-gone") && read.contains(&"in-step"),
             "{read:?}"
         );
-        let in_step: Vec<&str> = view.in_step.keys().map(|id| id.0.as_str()).collect();
+        let in_step: Vec<&str> = view.in_step.iter().map(|(id, _)| id.0.as_str()).collect();
         assert_eq!(in_step, ["long-gone"]);
     }
 
@@ -242,11 +281,18 @@ mod tests {
         let (_dir, ledger, mut desired) = world();
         desired.accounts.retain(|a| !a.id.0.starts_with("new-"));
         let view = complete_view(&ledger, ledger.profiles().unwrap(), &desired).unwrap();
-        let in_step: Vec<&str> = view.in_step.keys().map(|id| id.0.as_str()).collect();
-        assert_eq!(in_step, ["in-step", "in-step-2", "long-gone"]);
+        let in_step: Vec<(&str, &str)> = view
+            .in_step
+            .iter()
+            .map(|(id, mxid)| (id.0.as_str(), mxid.as_str()))
+            .collect();
         assert_eq!(
-            view.in_step[&StableId("in-step".into())],
-            "@jean.martin:example.org"
+            in_step,
+            [
+                ("in-step", "@jean.martin:example.org"),
+                ("in-step-2", "@jean.martin2:example.org"),
+                ("long-gone", "@long-gone:example.org")
+            ]
         );
         assert_eq!(view.accounts.len(), 14 - 3);
     }

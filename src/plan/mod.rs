@@ -170,11 +170,11 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
     let mut allocator = LocalpartAllocator::new(ledger);
     let lifecycle = Lifecycle::new(policy);
     let Paired { wanted, gone } = pair_up(desired, ledger);
-    for (want, record) in wanted {
-        match record {
-            Some(record) => plan_managed(&mut plan, &lifecycle, want, record),
-            None if ledger.in_step.contains_key(&want.id) => {}
-            None => plan_new(&mut plan, &mut allocator, policy, want),
+    for (want, known) in wanted {
+        match known {
+            Known::Record(record) => plan_managed(&mut plan, &lifecycle, want, record),
+            Known::InStep => {}
+            Known::New => plan_new(&mut plan, &mut allocator, policy, want),
         }
     }
     plan.unchanged += ledger.in_step.len();
@@ -196,13 +196,22 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
 /// The desired accounts with their ledger records, and the records nobody in the directory
 /// has any more.
 struct Paired<'a> {
-    /// In stable-id order; `None`: not managed yet.
-    wanted: Vec<(&'a DesiredAccount, Option<&'a AccountRecord>)>,
+    /// In stable-id order.
+    wanted: Vec<(&'a DesiredAccount, Known<'a>)>,
     /// In stable-id order.
     gone: Vec<&'a AccountRecord>,
 }
 
-/// One merge of the two id-ordered lists (the desired accounts are sorted by id; sorted here
+/// What the ledger view has of a desired account.
+enum Known<'a> {
+    Record(&'a AccountRecord),
+    /// Managed, and needs nothing (see [`LedgerView::in_step`]).
+    InStep,
+    /// Not managed yet.
+    New,
+}
+
+/// One merge of the id-ordered lists (the desired accounts are sorted by id; sorted here
 /// if they are not), instead of a map lookup per agent.
 fn pair_up<'a>(desired: &'a Desired, ledger: &'a LedgerView) -> Paired<'a> {
     let wants = desired.accounts_by_id();
@@ -221,16 +230,22 @@ fn pair_up<'a>(desired: &'a Desired, ledger: &'a LedgerView) -> Paired<'a> {
             gone.push(record);
         }
     };
+    let mut in_step = ledger.in_step.iter().map(|(id, _)| id).peekable();
     let mut wanted = Vec::with_capacity(wants.len());
     for want in wants {
         while let Some(record) = records.next_if(|r| r.id < want.id) {
             left(record, matched);
         }
-        let record = records.peek().copied().filter(|r| r.id == want.id);
-        if record.is_some() {
+        while in_step.next_if(|id| **id < want.id).is_some() {}
+        let known = if let Some(record) = records.peek().copied().filter(|r| r.id == want.id) {
             matched = Some(&want.id);
-        }
-        wanted.push((want, record));
+            Known::Record(record)
+        } else if in_step.next_if(|id| **id == want.id).is_some() {
+            Known::InStep
+        } else {
+            Known::New
+        };
+        wanted.push((want, known));
     }
     for record in records {
         left(record, matched);
