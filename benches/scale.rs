@@ -226,21 +226,14 @@ fn directory_and_plan(n: usize) {
     assert_eq!(count, n, "ldapsearch saw {count} agents");
 
     let config_path = write_config(work.path(), &slapd, "http://127.0.0.1:9", "unused-token", 8);
-    let config = Config::load(&config_path).unwrap();
-    let rules = Rules::load(&config.mapping_file).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let query = pipeline::agent_query(&rules);
-    let snapshot = rt
-        .block_on(directory::read_snapshot(&config.directory, &query))
-        .unwrap();
+    let reader = Reader::load(&config_path);
+    let (config, rules) = (&reader.config, &reader.rules);
+    let snapshot = reader.read();
     assert_eq!(snapshot.entries.len(), n);
 
     // A full ledger: every agent managed, as after a first sync.
     let now = 1_800_000_000;
-    let (fill, _) = best_of(1, || fill_ledger(&config, &rules, &snapshot, now));
+    let (fill, _) = best_of(1, || fill_ledger(config, rules, &snapshot, now));
     let ledger_mb = dir_size(&config.state_dir) as f64 / 1e6;
 
     // The three figures compared with each other, measured in turn, round after round, so that
@@ -255,9 +248,7 @@ fn directory_and_plan(n: usize) {
         assert_eq!(read_process(&config_path), n);
         ours = ours.min(start.elapsed().as_secs_f64());
         let start = Instant::now();
-        let read = rt
-            .block_on(directory::read_snapshot(&config.directory, &query))
-            .unwrap();
+        let read = reader.read();
         in_process = in_process.min(start.elapsed().as_secs_f64());
         drop(read);
         // Nothing changed: the homeserver URL is a closed port, so any write would fail the run.
@@ -278,8 +269,8 @@ fn directory_and_plan(n: usize) {
     });
     assert_eq!(state.view.accounts.len(), n);
     let (map_plan, planned) = best_of(3, || {
-        let desired = mapping::map_snapshot(&snapshot, &rules, now);
-        plan::plan(&desired, &state.view, &pipeline::policy(&config, now))
+        let desired = mapping::map_snapshot(&snapshot, rules, now);
+        plan::plan(&desired, &state.view, &pipeline::policy(config, now))
     });
     assert!(!planned.has_changes(), "a full ledger plans nothing");
     drop(state);
@@ -324,18 +315,44 @@ fn read_process(config: &Path) -> usize {
 /// The process `read_process` times: loads the config and rules, reads a Snapshot as `sync`
 /// would, prints how many agents it holds, and exits without freeing them (as `sync` does).
 fn read_only(config: &Path) -> ! {
-    let config = Config::load(config).unwrap();
-    let rules = Rules::load(&config.mapping_file).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let query = pipeline::agent_query(&rules);
-    let snapshot = rt
-        .block_on(directory::read_snapshot(&config.directory, &query))
-        .unwrap();
+    let snapshot = Reader::load(config).read();
     println!("{}", snapshot.entries.len());
     std::process::exit(0)
+}
+
+/// What a directory read needs, loaded as `sync` loads it.
+struct Reader {
+    config: Config,
+    rules: Rules,
+    query: directory::AgentQuery,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Reader {
+    fn load(config: &Path) -> Reader {
+        let config = Config::load(config).unwrap();
+        let rules = Rules::load(&config.mapping_file).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let query = pipeline::agent_query(&rules);
+        Reader {
+            config,
+            rules,
+            query,
+            rt,
+        }
+    }
+
+    fn read(&self) -> directory::Snapshot {
+        self.rt
+            .block_on(directory::read_snapshot(
+                &self.config.directory,
+                &self.query,
+            ))
+            .unwrap()
+    }
 }
 
 /// OpenLDAP's own client dumping the agents to nowhere; returns how many it saw.
