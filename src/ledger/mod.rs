@@ -343,5 +343,21 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LedgerError> 
     serde_json::from_slice(raw).map_err(|e| LedgerError::Corrupt(format!("unreadable record: {e}")))
 }
 
+/// Opens again a ledger this process has just closed. sled's background threads let go of the
+/// store's file lock a moment after the last handle is dropped, so a reopen at once can find
+/// the lock still held, by ourselves. Tests reopen; the binaries open once per process.
+#[cfg(test)]
+pub(crate) fn reopen(dir: &Path) -> Result<Ledger, LedgerError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Ledger::open(dir) {
+            Err(LedgerError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
