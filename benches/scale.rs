@@ -4,7 +4,9 @@
 //!    these two and the no-op `sync` of step 3 are measured in turn, five rounds, best of each.
 //!    Our read is timed twice: as a whole process (this bench re-run with `--read-only`), like
 //!    ldapsearch and the no-op `sync`, which pay process start and a cold heap; and in process,
-//!    on the bench's runtime and warm heap, the read alone;
+//!    on the bench's runtime and warm heap, the read alone. The rounds' "steal %" is the share
+//!    of the machine's CPU time the hypervisor gave other guests meanwhile (/proc/stat): on a
+//!    shared VM it says how far these figures were slowed;
 //! 2. map + plan against a full ledger, and a whole `plan` run's wall time and peak RSS;
 //! 3. a no-op `sync` (nothing changed): zero homeserver writes, time vs the directory read;
 //!    then an incremental tick: 100 agents changed, `sync --incremental` vs the no-op full run;
@@ -69,8 +71,8 @@ fn main() {
         .unwrap_or(10_000);
     println!("machine: {} cores, {}", cores(), memory());
     println!();
-    println!("| agents | slapadd s | ldapsearch s | our read s | read ratio | in-process read s | ledger fill s | ledger on disk MB | ledger open s | map+plan s | `plan` run s | `plan` peak RSS MB | `status` s | no-op `sync` s | no-op / read | no-op / in-process read | no-op writes | incremental tick s | tick / no-op |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| agents | slapadd s | ldapsearch s | our read s | read ratio | in-process read s | ledger fill s | ledger on disk MB | ledger open s | map+plan s | `plan` run s | `plan` peak RSS MB | `status` s | no-op `sync` s | no-op / read | no-op / in-process read | no-op writes | incremental tick s | tick / no-op | steal % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         directory_and_plan(n);
     }
@@ -92,6 +94,30 @@ fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// The machine's CPU time so far as /proc/stat counts it: (stolen by the hypervisor, all).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let all = ticks.iter().take(8).sum();
+    (ticks.get(7).copied().unwrap_or(0), all)
+}
+
+/// The share of the machine's CPU time stolen by the hypervisor since `since` (from
+/// [`cpu_ticks`]), in percent: how far other guests slowed the figures measured in that time.
+fn steal_percent(since: (u64, u64)) -> f64 {
+    let now = cpu_ticks();
+    let all = now.1.saturating_sub(since.1).max(1);
+    100.0 * now.0.saturating_sub(since.0) as f64 / all as f64
 }
 
 fn memory() -> String {
@@ -244,6 +270,7 @@ fn directory_and_plan(n: usize) {
     // each ratio compares runs made under the same load on this shared machine; best of 5.
     let (mut ldapsearch, mut ours, mut in_process) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     let mut noop = None::<Timed>;
+    let rounds_from = cpu_ticks();
     for _ in 0..5 {
         let start = Instant::now();
         assert_eq!(ldapsearch_dump(&slapd), n);
@@ -261,6 +288,7 @@ fn directory_and_plan(n: usize) {
             noop = Some(run);
         }
     }
+    let steal = steal_percent(rounds_from);
     let noop = noop.unwrap();
     let (noop_secs, out) = (noop.secs, noop.stdout);
     let summary: serde_json::Value =
@@ -287,7 +315,7 @@ fn directory_and_plan(n: usize) {
         .map(|round| incremental_tick(&slapd, &config_path, n, round))
         .fold(f64::INFINITY, f64::min);
     println!(
-        "| {n} | {:.1} | {ldapsearch:.2} | {ours:.2} | {:.2}× | {in_process:.2} | {:.1} | {ledger_mb:.0} | {:.2} | {:.2} | {plan_secs:.2} | {plan_rss:.0} | {status_secs:.2} | {noop_secs:.2} | {:.2}× | {:.2}× | {writes} | {tick_secs:.2} | {:.2}× |",
+        "| {n} | {:.1} | {ldapsearch:.2} | {ours:.2} | {:.2}× | {in_process:.2} | {:.1} | {ledger_mb:.0} | {:.2} | {:.2} | {plan_secs:.2} | {plan_rss:.0} | {status_secs:.2} | {noop_secs:.2} | {:.2}× | {:.2}× | {writes} | {tick_secs:.2} | {:.2}× | {steal:.0} |",
         slapadd.as_secs_f64(),
         ours / ldapsearch,
         fill.as_secs_f64(),
