@@ -306,7 +306,7 @@ fn directory_and_plan(n: usize) {
     let writes = writes_of(&summary);
 
     let (open, state) = best_of(3, || {
-        let ledger = Ledger::open(&config.state_dir).unwrap();
+        let ledger = Ledger::reopen(&config.state_dir).unwrap();
         State::read(&ledger).unwrap()
     });
     assert_eq!(state.view.accounts.len(), n);

@@ -98,6 +98,23 @@ impl Ledger {
         dir.join("ledger").exists()
     }
 
+    /// [`Ledger::open`] for a ledger this process has just closed (tests, the bench). sled's
+    /// background threads let go of the store's file lock a moment after the last handle is
+    /// dropped, so a reopen at once can find the lock still held, by this process; this waits
+    /// that out (up to 10 s). The binaries open once per process and use `open`, which reports
+    /// a lock held by another process at once.
+    pub fn reopen(dir: &Path) -> Result<Ledger, LedgerError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Ledger::open(dir) {
+                Err(LedgerError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// Opens (or creates) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
         let path = dir.join("ledger");
@@ -341,22 +358,6 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, LedgerError> {
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, LedgerError> {
     serde_json::from_slice(raw).map_err(|e| LedgerError::Corrupt(format!("unreadable record: {e}")))
-}
-
-/// Opens again a ledger this process has just closed. sled's background threads let go of the
-/// store's file lock a moment after the last handle is dropped, so a reopen at once can find
-/// the lock still held, by ourselves. Tests reopen; the binaries open once per process.
-#[cfg(test)]
-pub(crate) fn reopen(dir: &Path) -> Result<Ledger, LedgerError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Ledger::open(dir) {
-            Err(LedgerError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            opened => return opened,
-        }
-    }
 }
 
 #[cfg(test)]

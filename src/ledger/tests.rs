@@ -42,7 +42,7 @@ fn records_survive_reopening() {
             .unwrap();
         ledger.flush().unwrap();
     }
-    let ledger = reopen(dir.path()).unwrap();
+    let ledger = Ledger::reopen(dir.path()).unwrap();
     let view = ledger.view().unwrap();
     assert_eq!(view.accounts.len(), 1);
     assert_eq!(
@@ -102,7 +102,7 @@ fn a_newer_schema_is_refused_with_a_clear_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = reopen(dir.path()).err().unwrap();
+    let err = Ledger::reopen(dir.path()).err().unwrap();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
 
@@ -196,7 +196,7 @@ fn reopened_from_schema(
             .unwrap();
         ledger.flush().unwrap();
     }
-    let ledger = reopen(dir.path()).unwrap();
+    let ledger = Ledger::reopen(dir.path()).unwrap();
     assert_eq!(
         ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
         SCHEMA_VERSION.to_be_bytes()

@@ -74,7 +74,7 @@ fn rooms_members_and_powers_round_trip_with_audit() {
     assert_eq!(view.powers_in("#dsi:x").next().unwrap().level, 50);
     assert_eq!(ledger.audit_trail(None).unwrap().len(), 7);
     drop(ledger);
-    let again = crate::ledger::reopen(dir.path()).unwrap();
+    let again = Ledger::reopen(dir.path()).unwrap();
     assert_eq!(again.rooms_view().unwrap(), view);
     assert_eq!(again.view().unwrap().rooms, view);
 }
