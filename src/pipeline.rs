@@ -4,10 +4,12 @@
 
 mod complete_read;
 mod incremental;
+mod ledger_cell;
 mod ledger_view;
 mod observe;
 
 pub use incremental::{fingerprint, usable_point, Read};
+pub use ledger_cell::LedgerCell;
 pub use observe::observe_rooms;
 
 use crate::apply::{self, ApplyReport, Observer};
@@ -122,23 +124,26 @@ pub async fn preview_with<H: Homeserver + Rooms>(
 }
 
 /// [`preview_with`], with the ledger's state from `ledger`: every account's profile, read
-/// while the directory is read, and the records the plan needs.
+/// while the directory is read (once the ledger is open, if it is still opening), and the
+/// records the plan needs.
 pub async fn preview_reading<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
-    ledger: &Ledger,
+    ledger: &LedgerCell,
     now: i64,
     homeserver: Option<&H>,
 ) -> Result<Preview, RunError> {
-    let reading = {
-        let ledger = ledger.clone();
+    let reading = async {
+        let ledger = ledger.get().await?.clone();
         tokio::task::spawn_blocking(move || ledger.profiles())
+            .await
+            .map_err(|e| LedgerError::Unfinished(e.to_string()))?
+            .map_err(RunError::from)
     };
-    let mapped = complete_read::read_and_map(config, rules, now).await;
-    let profiles = reading
-        .await
-        .map_err(|e| LedgerError::Unfinished(e.to_string()))??;
-    let mapped = mapped?;
+    // Either failing stops the other: a ledger that cannot be opened ends the read.
+    let (mapped, profiles) =
+        tokio::try_join!(complete_read::read_and_map(config, rules, now), reading)?;
+    let ledger = ledger.get().await?;
     let state = State {
         view: ledger_view::complete_view(ledger, profiles, &mapped.desired)?,
         managed: ledger.account_count()?,
@@ -228,29 +233,30 @@ pub struct SyncOptions {
 pub async fn sync<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
-    ledger: &Ledger,
+    cell: &LedgerCell,
     homeserver: &H,
     clock: &dyn Clock,
     options: SyncOptions,
     observer: &dyn Observer,
 ) -> Result<SyncResult, RunError> {
     let started_at = clock.now();
-    let preview =
-        match preview_for_sync(config, rules, ledger, homeserver, started_at, options).await {
-            Ok(p) => p,
-            // The ledger could not be read: no run to record in it.
-            Err(e @ RunError::Ledger(_)) => return Err(e),
-            Err(e) => {
-                let run = RunRecord {
-                    started_at,
-                    finished_at: clock.now(),
-                    outcome: format!("failed: {e}"),
-                    ..RunRecord::default()
-                };
-                ledger.record_run(&run)?;
-                return Err(e);
-            }
-        };
+    let preview = match preview_for_sync(config, rules, cell, homeserver, started_at, options).await
+    {
+        Ok(p) => p,
+        // The ledger could not be read: no run to record in it.
+        Err(e @ RunError::Ledger(_)) => return Err(e),
+        Err(e) => {
+            let run = RunRecord {
+                started_at,
+                finished_at: clock.now(),
+                outcome: format!("failed: {e}"),
+                ..RunRecord::default()
+            };
+            cell.get().await?.record_run(&run)?;
+            return Err(e);
+        }
+    };
+    let ledger = cell.get().await?;
     let mut plan = preview.plan.clone();
     let allowed = options
         .allowed_departures
@@ -336,34 +342,49 @@ pub async fn sync<H: Homeserver + Rooms>(
 async fn preview_for_sync<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
-    ledger: &Ledger,
+    cell: &LedgerCell,
     homeserver: &H,
     now: i64,
     options: SyncOptions,
 ) -> Result<Preview, RunError> {
-    let point = if options.incremental {
-        usable_point(config, rules, ledger.sync_point()?, now)
-    } else {
-        Err("a complete read was asked for".to_string())
-    };
-    let why_complete = match point {
-        Ok(point) => {
-            match incremental::read_changes_and_map(config, rules, ledger, point, now).await? {
-                Ok((mapped, view)) => {
-                    let state = State {
-                        view,
-                        managed: ledger.account_count()?,
-                        last_good: ledger.last_good()?,
-                    };
-                    return plan_mapped(config, rules, &state, mapped, now, Some(homeserver)).await;
-                }
-                Err(why) => why,
-            }
-        }
-        Err(why) => why,
+    let why_complete = match options.incremental {
+        true => match incremental_preview(config, rules, cell, homeserver, now).await? {
+            Ok(preview) => return Ok(preview),
+            Err(why) => why,
+        },
+        // Without waiting for the ledger: it opens while the directory is read.
+        false => "a complete read was asked for".to_string(),
     };
     tracing::info!(reason = %why_complete, "reading the whole directory");
-    preview_reading(config, rules, ledger, now, Some(homeserver)).await
+    preview_reading(config, rules, cell, now, Some(homeserver)).await
+}
+
+/// The preview of the changes since the last read, or why the whole directory must be read.
+async fn incremental_preview<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    cell: &LedgerCell,
+    homeserver: &H,
+    now: i64,
+) -> Result<Result<Preview, String>, RunError> {
+    let ledger = cell.get().await?;
+    let point = match usable_point(config, rules, ledger.sync_point()?, now) {
+        Ok(point) => point,
+        Err(why) => return Ok(Err(why)),
+    };
+    let (mapped, view) =
+        match incremental::read_changes_and_map(config, rules, ledger, point, now).await? {
+            Ok(read) => read,
+            Err(why) => return Ok(Err(why)),
+        };
+    let state = State {
+        view,
+        managed: ledger.account_count()?,
+        last_good: ledger.last_good()?,
+    };
+    plan_mapped(config, rules, &state, mapped, now, Some(homeserver))
+        .await
+        .map(Ok)
 }
 
 /// Where the next incremental read starts after `read` fully succeeded (`None`: nowhere).

@@ -17,7 +17,7 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::homeserver::SynapseClient;
 use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::Rules;
-use crate::pipeline::{self, State};
+use crate::pipeline::{self, LedgerCell, RunError, State};
 
 /// Exit code of `plan` when changes are pending.
 pub const EXIT_CHANGES_PENDING: u8 = 2;
@@ -225,7 +225,7 @@ async fn plan(config: &Config, clock: &dyn Clock, json: bool) -> Result<ExitCode
     let now = clock.now();
     // A dry run must not create state: no ledger yet means everything is new.
     let preview = if Ledger::exists(&config.state_dir) {
-        let ledger = Ledger::open(&config.state_dir).map_err(|e| e.to_string())?;
+        let ledger = LedgerCell::opening(config.state_dir.clone());
         pipeline::preview_reading(config, &rules, &ledger, now, Some(&homeserver)).await
     } else {
         pipeline::preview_with(config, &rules, &State::default(), now, Some(&homeserver)).await
@@ -251,16 +251,19 @@ async fn sync(
 ) -> Result<ExitCode, String> {
     let allow_mass_changes = options.allowed_departures.is_some();
     let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
-    let ledger = match Ledger::open(&config.state_dir) {
-        Ok(ledger) => ledger,
-        Err(LedgerError::Locked { .. }) if allow_mass_changes => return approve_for_daemon(config),
-        Err(e) => return Err(e.to_string()),
-    };
     let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
+    // Opened while the directory is read; a lock held by the daemon stops the run before any
+    // change.
+    let ledger = LedgerCell::opening(config.state_dir.clone());
     let bar = progress::ProgressBar::default();
-    let result = pipeline::sync(config, &rules, &ledger, &homeserver, clock, options, &bar)
-        .await
-        .map_err(|e| e.to_string())?;
+    let result =
+        match pipeline::sync(config, &rules, &ledger, &homeserver, clock, options, &bar).await {
+            Ok(result) => result,
+            Err(RunError::Ledger(LedgerError::Locked { .. })) if allow_mass_changes => {
+                return approve_for_daemon(config)
+            }
+            Err(e) => return Err(e.to_string()),
+        };
     bar.finish();
     if json {
         println!("{}", render::sync_json(&result));

@@ -60,10 +60,11 @@ pub async fn supervised(
             "an operator approved departures past the brake for this run"
         );
     }
+    let ledger_cell = pipeline::LedgerCell::ready(ledger.clone());
     let sync = pipeline::sync(
         &loaded.config,
         &loaded.rules,
-        ledger,
+        &ledger_cell,
         &loaded.homeserver,
         &SystemClock,
         pipeline::SyncOptions {
