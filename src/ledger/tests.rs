@@ -366,3 +366,43 @@ fn a_schema_2_ledger_gets_its_profiles_when_opened() {
     assert_eq!(profiles.len(), 2);
     assert_eq!(profiles[1], (StableId("b".into()), Profile::of(&adopted)));
 }
+
+#[test]
+fn a_schema_3_ledger_gets_its_profiles_bucketed_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = [record("a", "anne"), departing("b", "bob")];
+    // Schema 3 kept one profile per account, keyed by its id.
+    let ledger = reopened_from_schema(&dir, 3, &records, |ledger| {
+        ledger.profiles.clear().unwrap();
+        for r in &records {
+            let profile = Profile::of(r).encode();
+            ledger.profiles.insert(r.id.0.as_bytes(), profile).unwrap();
+        }
+    });
+    let expected: Vec<_> = records
+        .iter()
+        .map(|r| (r.id.clone(), Profile::of(r)))
+        .collect();
+    assert_eq!(ledger.profiles().unwrap(), expected);
+}
+
+#[test]
+fn profiles_come_in_id_order_whatever_their_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut ids: Vec<String> = (0..300).map(|i| format!("id-{i}")).collect();
+    for id in &ids {
+        let r = record(id, id);
+        ledger
+            .record_account(&r, &audit(&r.mxid, "create"))
+            .unwrap();
+    }
+    ids.sort();
+    let listed: Vec<String> = ledger
+        .profiles()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.0 .0)
+        .collect();
+    assert_eq!(listed, ids);
+}
