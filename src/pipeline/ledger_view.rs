@@ -17,27 +17,9 @@ pub(super) fn complete_view(
     desired: &Desired,
 ) -> Result<LedgerView, LedgerError> {
     let wants = desired.accounts_by_id();
-    let digests = digests_of(&wants);
     let skipped = desired.skipped_ids();
-    let mut sorted = Sorted::default();
-    let mut new_agents = Vec::new();
-    let mut profiles = profiles.into_iter().peekable();
-    for (want, digest) in wants.into_iter().zip(digests) {
-        while let Some(gone) = profiles.next_if(|(id, _)| *id < want.id) {
-            sorted.unreturned(gone, &skipped);
-        }
-        match profiles.next_if(|(id, _)| *id == want.id) {
-            None => new_agents.push(want.localpart.as_str()),
-            Some((id, profile)) if is_in_step(&profile, want, digest) => {
-                sorted.in_step.push((id, profile.mxid))
-            }
-            Some((id, _)) => sorted.to_read.push(id),
-        }
-    }
-    for gone in profiles {
-        sorted.unreturned(gone, &skipped);
-    }
-    let Sorted { in_step, to_read } = sorted;
+    let (Sorted { in_step, to_read }, new_agents) =
+        merge_on_two_threads(&wants, profiles, &skipped);
     let mut view = LedgerView {
         in_step,
         rooms: ledger.rooms_view()?,
@@ -48,6 +30,60 @@ pub(super) fn complete_view(
     }
     add_localpart_holders(ledger, &mut view, new_agents)?;
     Ok(view)
+}
+
+/// [`merge`], each half of the ids on its own thread: the directory has finished answering,
+/// so its core is free, and digesting every profile is most of a complete plan's own time.
+fn merge_on_two_threads<'w>(
+    wants: &[&'w DesiredAccount],
+    mut profiles: Profiles,
+    skipped: &HashSet<&StableId>,
+) -> (Sorted, Vec<&'w str>) {
+    let half = wants.len() / 2;
+    let profiles_after = match wants.get(half) {
+        Some(first) => profiles.split_off(profiles.partition_point(|(id, _)| *id < first.id)),
+        None => Vec::new(),
+    };
+    let (wants_before, wants_after) = wants.split_at(half);
+    std::thread::scope(|scope| {
+        let after = scope.spawn(|| merge(wants_after, profiles_after, skipped));
+        let (mut sorted, mut new_agents) = merge(wants_before, profiles, skipped);
+        let (sorted_after, new_after) = after
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        sorted.in_step.extend(sorted_after.in_step);
+        sorted.to_read.extend(sorted_after.to_read);
+        new_agents.extend(new_after);
+        (sorted, new_agents)
+    })
+}
+
+/// Sorts the accounts of id-ordered `wants` and `profiles` (the accounts to plan, and the
+/// localparts of the agents who have none yet).
+fn merge<'w>(
+    wants: &[&'w DesiredAccount],
+    profiles: Profiles,
+    skipped: &HashSet<&StableId>,
+) -> (Sorted, Vec<&'w str>) {
+    let mut sorted = Sorted::default();
+    let mut new_agents = Vec::new();
+    let mut profiles = profiles.into_iter().peekable();
+    for want in wants {
+        while let Some(gone) = profiles.next_if(|(id, _)| *id < want.id) {
+            sorted.unreturned(gone, skipped);
+        }
+        match profiles.next_if(|(id, _)| *id == want.id) {
+            None => new_agents.push(want.localpart.as_str()),
+            Some((id, profile)) if is_in_step(&profile, want) => {
+                sorted.in_step.push((id, profile.mxid))
+            }
+            Some((id, _)) => sorted.to_read.push(id),
+        }
+    }
+    for gone in profiles {
+        sorted.unreturned(gone, skipped);
+    }
+    (sorted, new_agents)
 }
 
 /// The accounts of a complete view, in id order: those needing nothing, and those whose
@@ -70,27 +106,11 @@ impl Sorted {
     }
 }
 
-/// The [`profile_digest`] of each of `wants`, on two threads: the directory has finished
-/// answering, so its core is free, and this is most of a complete plan's own time.
-fn digests_of(wants: &[&DesiredAccount]) -> Vec<[u8; 16]> {
-    let digest = |w: &&DesiredAccount| profile_digest(&w.dn, &w.display_name, &w.emails);
-    let (first, second) = wants.split_at(wants.len() / 2);
-    std::thread::scope(|scope| {
-        let second = scope.spawn(|| second.iter().map(digest).collect::<Vec<_>>());
-        let mut digests: Vec<[u8; 16]> = first.iter().map(digest).collect();
-        digests.extend(
-            second
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        );
-        digests
-    })
-}
-
-/// True when the account needs nothing: active, and the directory wants it as it is
-/// (`digest` is the [`profile_digest`] of `want`).
-fn is_in_step(profile: &Profile, want: &DesiredAccount, digest: [u8; 16]) -> bool {
-    profile.stage == Stage::Active && want.state == AgentState::Active && profile.digest == digest
+/// True when the account needs nothing: active, and the directory wants it as it is.
+fn is_in_step(profile: &Profile, want: &DesiredAccount) -> bool {
+    profile.stage == Stage::Active
+        && want.state == AgentState::Active
+        && profile.digest == profile_digest(&want.dn, &want.display_name, &want.emails)
 }
 
 /// Adds to `view` the holders of the localparts agents without an account (wanting
@@ -274,6 +294,44 @@ mod tests {
         );
         let in_step: Vec<&str> = view.in_step.iter().map(|(id, _)| id.0.as_str()).collect();
         assert_eq!(in_step, ["long-gone"]);
+    }
+
+    #[test]
+    fn the_two_halves_merge_as_one() {
+        let profile = |id: &str, stage| {
+            let r = record(id, id, AccountStatus::Active);
+            let p = Profile {
+                stage,
+                ..Profile::of(&r)
+            };
+            (StableId(id.into()), p)
+        };
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        // Every split: wants from every other id, profiles for some wants and some others.
+        for wanted in 0..=ids.len() {
+            let wants: Vec<DesiredAccount> = ids
+                .iter()
+                .step_by(2)
+                .take(wanted)
+                .map(|id| want(id, id))
+                .collect();
+            let wants: Vec<&DesiredAccount> = wants.iter().collect();
+            let profiles = || -> Profiles {
+                ["a", "b", "e", "f", "g", "h"]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| profile(id, [Stage::Active, Stage::Deactivated][i % 2]))
+                    .collect()
+            };
+            let skipped = HashSet::new();
+            let (one, new_one) = merge(&wants, profiles(), &skipped);
+            let (two, new_two) = merge_on_two_threads(&wants, profiles(), &skipped);
+            assert_eq!(one.in_step, two.in_step, "{wanted} wanted");
+            assert_eq!(one.to_read, two.to_read, "{wanted} wanted");
+            assert_eq!(new_one, new_two, "{wanted} wanted");
+            // Every profile is sorted once.
+            assert_eq!(one.in_step.len() + one.to_read.len(), 6, "{wanted} wanted");
+        }
     }
 
     #[test]
