@@ -114,6 +114,7 @@ pub struct Mapper<'r> {
     rules: &'r Rules,
     now: i64,
     desired: Desired,
+    emails: EmailHolders,
 }
 
 impl<'r> Mapper<'r> {
@@ -122,6 +123,7 @@ impl<'r> Mapper<'r> {
             rules,
             now,
             desired: Desired::default(),
+            emails: EmailHolders::default(),
         }
     }
 
@@ -130,7 +132,10 @@ impl<'r> Mapper<'r> {
     pub fn add(&mut self, entry: &Entry) -> bool {
         let desired = &mut self.desired;
         match map_entry(entry, self.rules, self.now, &mut desired.warnings) {
-            Ok(account) => desired.accounts.push(account),
+            Ok(account) => {
+                self.emails.add(desired.accounts.len(), &account.emails);
+                desired.accounts.push(account);
+            }
             Err(reason) => {
                 tracing::warn!(dn = %entry.dn, %reason, "agent skipped");
                 desired.skipped.push(SkippedAgent {
@@ -166,7 +171,9 @@ impl<'r> Mapper<'r> {
     /// [`Mapper::finish`] without the rooms: for a read of only some agents (the changes since
     /// the last read), from which no room's members can be known.
     pub fn finish_accounts(self, snapshot: &Snapshot) -> Desired {
-        let Mapper { desired, .. } = self;
+        let Mapper {
+            desired, emails, ..
+        } = self;
         let mut desired = Desired {
             skipped: snapshot
                 .skipped
@@ -180,18 +187,64 @@ impl<'r> Mapper<'r> {
                 .collect(),
             ..desired
         };
+        let sharing = emails.sharing(&desired.accounts);
         // Ids are unique (the read keeps one entry per id): no order to keep among equals.
         desired.accounts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        keep_emails_unique(&mut desired);
+        keep_emails_unique(&mut desired, sharing);
         desired
+    }
+}
+
+/// Which accounts may share an e-mail address with another, noted as each is mapped (by a
+/// hash of the address) so that the check once all are in looks at those few only.
+#[derive(Default)]
+struct EmailHolders {
+    /// Address hash → the first account (by index) with it.
+    first: rustc_hash::FxHashMap<u64, usize>,
+    /// Accounts with an address hash an earlier account has (and those earlier accounts).
+    sharing: Vec<usize>,
+}
+
+impl EmailHolders {
+    fn add(&mut self, account: usize, emails: &[String]) {
+        use std::collections::hash_map::Entry as Slot;
+        for address in emails {
+            let hash = std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, address);
+            match self.first.entry(hash) {
+                Slot::Vacant(slot) => {
+                    slot.insert(account);
+                }
+                Slot::Occupied(first) => self.sharing.extend([*first.get(), account]),
+            }
+        }
+    }
+
+    /// The ids of the accounts that may share an address, sorted.
+    fn sharing(&self, accounts: &[DesiredAccount]) -> Vec<StableId> {
+        let mut ids: Vec<StableId> = self
+            .sharing
+            .iter()
+            .filter_map(|&i| accounts.get(i))
+            .map(|a| a.id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 
 /// An e-mail address can belong to one account only: the homeserver moves it to whichever
 /// account was written last, so two agents sharing one would take it from each other on every
 /// run. The agent first in stable-id order keeps it; the others go without, with a warning.
-fn keep_emails_unique(desired: &mut Desired) {
-    for (i, address, first) in shared_emails(&desired.accounts) {
+/// `sharing`: the sorted ids of every account that may share an address (the others have
+/// addresses of their own).
+fn keep_emails_unique(desired: &mut Desired, sharing: Vec<StableId>) {
+    // Accounts are sorted by id, as `sharing` is: the indices come in account order.
+    let candidates: Vec<usize> = sharing
+        .iter()
+        .filter_map(|id| desired.accounts.binary_search_by(|a| a.id.cmp(id)).ok())
+        .collect();
+    for (i, address, first) in shared_emails(&desired.accounts, &candidates) {
         if let Some(account) = desired.accounts.get_mut(i) {
             let note = format!(
                 "{}: e-mail `{address}` is also {first}'s, left to them",
@@ -205,13 +258,18 @@ fn keep_emails_unique(desired: &mut Desired) {
 }
 
 /// (account index, address, DN of the first account with it) of each address an earlier
-/// account already has. Borrows the addresses: most directories share none.
-fn shared_emails(accounts: &[DesiredAccount]) -> Vec<(usize, String, String)> {
+/// account already has, among the `candidates` (indices in increasing order).
+fn shared_emails(
+    accounts: &[DesiredAccount],
+    candidates: &[usize],
+) -> Vec<(usize, String, String)> {
     use std::collections::hash_map::Entry as Slot;
-    let mut owner: rustc_hash::FxHashMap<&str, &str> =
-        rustc_hash::FxHashMap::with_capacity_and_hasher(accounts.len(), Default::default());
+    let mut owner: rustc_hash::FxHashMap<&str, &str> = Default::default();
     let mut shared = Vec::new();
-    for (i, account) in accounts.iter().enumerate() {
+    for (i, account) in candidates
+        .iter()
+        .filter_map(|&i| Some((i, accounts.get(i)?)))
+    {
         for address in &account.emails {
             match owner.entry(address) {
                 Slot::Vacant(slot) => {
@@ -440,6 +498,53 @@ emails = ["{mail?}"]
                 .contains("uid=b,ou=people,dc=example,dc=org: e-mail `team@x.org` is also uid=a"),
             "{:?}",
             d.warnings
+        );
+    }
+
+    #[test]
+    fn shared_emails_go_to_the_first_in_id_order_whatever_the_read_order() {
+        let agent = |id: &str, mails: &[&str]| {
+            let mut attrs = vec![("givenName", id), ("sn", "X")];
+            attrs.extend(mails.iter().map(|m| ("mail", *m)));
+            entry(id, &attrs)
+        };
+        let d = map_snapshot(
+            &snapshot(vec![
+                agent("d", &["d@x.org", "own@x.org"]),
+                agent("c", &["team@x.org"]),
+                agent("a", &["team@x.org"]),
+                agent("e", &["e@x.org"]),
+                agent("b", &["team@x.org", "d@x.org"]),
+            ]),
+            &rules(),
+            0,
+        );
+        let emails: Vec<&[String]> = d.accounts.iter().map(|a| a.emails.as_slice()).collect();
+        assert_eq!(
+            emails,
+            [
+                &["team@x.org"][..],
+                &["d@x.org"],
+                &[],
+                &["own@x.org"],
+                &["e@x.org"]
+            ]
+        );
+        let dn = |id: &str| format!("uid={id},ou=people,dc=example,dc=org");
+        let note = |who: &str, address: &str, first: &str| {
+            format!(
+                "{}: e-mail `{address}` is also {}'s, left to them",
+                dn(who),
+                dn(first)
+            )
+        };
+        assert_eq!(
+            d.warnings,
+            [
+                note("b", "team@x.org", "a"),
+                note("c", "team@x.org", "a"),
+                note("d", "d@x.org", "b")
+            ]
         );
     }
 
