@@ -27,7 +27,7 @@ use sled::Transactional;
 use crate::directory::StableId;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const LAST_GOOD_KEY: &[u8] = b"last_good_run";
 /// How many records `accounts` holds (sled counts a tree by walking it).
@@ -67,7 +67,7 @@ pub struct Ledger {
     departing: sled::Tree,
     /// Stable id → [`Scheduled`]: agents whose departure date is set in the directory.
     scheduled: sled::Tree,
-    /// Bucket → the [`Profile`]s of the accounts whose ids hash to it (see [`profiles`]).
+    /// Stable id → [`Profile`].
     profiles: sled::Tree,
 }
 
@@ -166,7 +166,7 @@ impl Ledger {
     }
 
     /// Brings a ledger of an older schema up to this one. Version 1 had no `departing` index
-    /// and no account count, version 2 no `profiles`, version 3 one per account.
+    /// and no account count, version 2 no `profiles`.
     fn upgrade(&self) -> Result<(), LedgerError> {
         let found = self
             .meta
@@ -253,16 +253,7 @@ impl Ledger {
                         meta.insert(ACCOUNT_COUNT_KEY, &(count + 1).to_be_bytes())?;
                     }
                     localparts.insert(record.localpart.as_bytes(), key)?;
-                    let bucket = profiles::bucket_key(key);
-                    let held = profiles.get(bucket)?;
-                    let Some(updated) = profiles::bucket_with(held.as_deref(), key, &profile)
-                    else {
-                        return Err(ConflictableTransactionError::Abort(format!(
-                            "the profiles bucket of {} is damaged, or its id or mxid too long",
-                            record.id
-                        )));
-                    };
-                    profiles.insert(&bucket, updated)?;
+                    profiles.insert(key, profile.as_slice())?;
                     if departing {
                         departing_index.insert(key, &[])?;
                     } else {
