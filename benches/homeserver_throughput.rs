@@ -43,6 +43,7 @@ fn upsert_throughput() {
             concurrency,
             timeout: Duration::from_secs(30),
             max_retries: 2,
+            retry_refused_after: std::time::Duration::from_secs(86_400),
         };
         let hs = std::sync::Arc::new(SynapseClient::new(&cfg).unwrap());
         let n = 300;

@@ -312,7 +312,7 @@ fn directory_and_plan(n: usize) {
     assert_eq!(state.view.accounts.len(), n);
     let (map_plan, planned) = best_of(3, || {
         let desired = mapping::map_snapshot(&snapshot, rules, now);
-        plan::plan(&desired, &state.view, &pipeline::policy(config, now))
+        plan::plan(&desired, &state.view, &pipeline::policy(config, rules, now))
     });
     assert!(!planned.has_changes(), "a full ledger plans nothing");
     drop(state);
@@ -434,7 +434,7 @@ fn fill_ledger(config: &Config, rules: &Rules, snapshot: &directory::Snapshot, n
     let first = plan::plan(
         &desired,
         &State::default().view,
-        &pipeline::policy(config, now),
+        &pipeline::policy(config, rules, now),
     );
     for action in &first.actions {
         if let Some(record) = new_account_record(action, Origin::Created, now) {

@@ -153,6 +153,9 @@ pub struct HomeserverConfig {
     pub timeout: Duration,
     /// How often a request is retried after a 429, a 5xx or a transport error.
     pub max_retries: u32,
+    /// An action the homeserver refused for good is tried again after this long, even if the
+    /// agent did not change (`retry_refused_after`, default 1 day).
+    pub retry_refused_after: Duration,
 }
 
 /// A config problem, naming the file, the key (when there is one) and what is wrong.
@@ -268,6 +271,8 @@ struct RawHomeserver {
     timeout_secs: u64,
     #[serde(default = "default_max_retries")]
     max_retries: u32,
+    #[serde(default = "default_retry_refused_after")]
+    retry_refused_after: String,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +306,9 @@ fn default_homeserver_timeout() -> u64 {
 }
 fn default_max_retries() -> u32 {
     5
+}
+fn default_retry_refused_after() -> String {
+    "1d".into()
 }
 
 impl Config {
@@ -469,6 +477,10 @@ impl Validator<'_> {
             concurrency: raw.concurrency,
             timeout: self.duration("homeserver.timeout_secs", raw.timeout_secs)?,
             max_retries: raw.max_retries,
+            retry_refused_after: self.human_duration(
+                "homeserver.retry_refused_after",
+                &raw.retry_refused_after,
+            )?,
         })
     }
 

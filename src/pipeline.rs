@@ -10,7 +10,7 @@ mod observe;
 
 pub use incremental::{fingerprint, usable_point, Read};
 pub use ledger_cell::LedgerCell;
-pub use observe::observe_rooms;
+pub use observe::{observe_accounts, observe_rooms};
 
 use crate::apply::{self, ApplyReport, Observer};
 use crate::brake;
@@ -18,7 +18,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::directory::{AgentQuery, DirectoryError};
 use crate::homeserver::{Homeserver, HomeserverError, Rooms, SynapseClient};
-use crate::ledger::{FinishedRun, LastGood, Ledger, LedgerError, LedgerView, RunRecord, SyncPoint};
+use crate::ledger::{
+    FinishedRun, Held, HeldAgent, LastGood, Ledger, LedgerError, LedgerView, RunRecord, SyncPoint,
+};
 use crate::mapping::{Desired, Rules};
 use crate::plan::{self, Plan, Policy};
 
@@ -89,14 +91,18 @@ pub fn agent_query(rules: &Rules) -> AgentQuery {
     }
 }
 
-/// The plan's policy from the config, at `now`.
-pub fn policy(config: &Config, now: i64) -> Policy {
+/// The plan's policy from the config and the rules, at `now`.
+pub fn policy(config: &Config, rules: &Rules, now: i64) -> Policy {
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     Policy {
         server_name: config.homeserver.server_name.clone(),
         now,
-        grace: i64::try_from(config.departures.grace.as_secs()).unwrap_or(i64::MAX),
+        grace: secs(config.departures.grace),
         step: config.departures.reversible_step,
         protected: config.brake.protected.clone(),
+        adopt: rules.account.adopt,
+        on_conflict: rules.account.on_conflict,
+        retry_refused_after: secs(config.homeserver.retry_refused_after),
     }
 }
 
@@ -155,6 +161,9 @@ pub async fn preview_reading<H: Homeserver + Rooms>(
     preview
 }
 
+/// How many times a plan is made again with the answers about new agents' mxids.
+const MAX_ACCOUNT_ROUNDS: usize = 5;
+
 /// The directory's agents, mapped as they are read (the entries are not kept unless room
 /// rules need them).
 struct Mapped {
@@ -178,7 +187,7 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         desired,
         read,
     } = mapped;
-    let (observed, daemon) = match homeserver {
+    let (rooms, daemon) = match homeserver {
         Some(hs) => {
             observe_rooms(
                 hs,
@@ -190,13 +199,40 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         }
         None => Default::default(),
     };
-    let plan = plan::plan_with_rooms(
-        &desired,
-        &state.view,
-        &policy(config, now),
-        &observed,
-        daemon.as_deref(),
-    );
+    let mut known = plan::Homeserver {
+        rooms,
+        daemon: daemon.as_deref(),
+        accounts: plan::HomeserverAccounts::default(),
+    };
+    let policy = policy(config, rules, now);
+    let mut plan = plan::plan_with_rooms(&desired, &state.view, &policy, &known);
+    if let Some(hs) = homeserver {
+        // New agents' mxids may be held by accounts the daemon did not create: ask, and plan
+        // again with the answers until every mxid the plan would create has been asked about
+        // (an agent offered the next free localpart needs a second question).
+        for _ in 0..MAX_ACCOUNT_ROUNDS {
+            let unasked: Vec<String> = plan
+                .actions
+                .iter()
+                .filter(|a| matches!(a, plan::Action::CreateAccount { .. }))
+                .map(|a| a.mxid().to_string())
+                .filter(|mxid| !known.accounts.knows(mxid))
+                .collect();
+            if unasked.is_empty() {
+                break;
+            }
+            let found =
+                observe_accounts(hs, unasked, config.homeserver.concurrency).await?;
+            let taken = found.iter().any(|(_, account)| account.is_some());
+            for (mxid, account) in found {
+                known.accounts.insert(mxid, account);
+            }
+            if !taken {
+                break;
+            }
+            plan = plan::plan_with_rooms(&desired, &state.view, &policy, &known);
+        }
+    }
     let scope = brake::scope(config, rules);
     let context = brake::Context {
         managed: state.managed,
@@ -280,7 +316,11 @@ pub async fn sync<H: Homeserver + Rooms>(
         concurrency: config.homeserver.concurrency,
         departures: config.departures.clone(),
     };
+    // Before applying: an account that appears meanwhile is held as a conflict by the apply.
+    record_conflicts(ledger, &preview, clock.now())?;
     let report = apply::apply(&plan, homeserver, ledger, clock, &apply_options, observer).await?;
+    // Refusals and conflicts are each one agent's problem: held and shown, they fail neither
+    // the run nor its watermark.
     let failed = report.failed.len() + report.rooms.failed.len();
     let outcome = match (&report.aborted, failed) {
         (Some(why), _) => format!("aborted: {why}"),
@@ -297,6 +337,8 @@ pub async fn sync<H: Homeserver + Rooms>(
         planned: preview.plan.actions.len() + preview.plan.rooms.actions.len(),
         applied: report.applied + report.rooms.applied,
         failed,
+        refused: report.refused.len(),
+        conflicts: preview.plan.conflicts.len() + report.conflicts.len(),
         outcome,
         brake: preview.brake.clone().filter(|_| held_back > 0),
         held_back,
@@ -335,6 +377,31 @@ pub async fn sync<H: Homeserver + Rooms>(
         report,
         held_back,
     })
+}
+
+/// Keeps the ledger's conflicts as the plan found them: for the agents the read covered, the
+/// plan's conflicts replace those recorded before.
+fn record_conflicts(ledger: &Ledger, preview: &Preview, now: i64) -> Result<(), LedgerError> {
+    let desired = &preview.desired;
+    let complete = preview.read.is_complete();
+    let read: std::collections::HashSet<&crate::directory::StableId> =
+        desired.accounts.iter().map(|a| &a.id).collect();
+    let conflicts: Vec<HeldAgent> = preview
+        .plan
+        .conflicts
+        .iter()
+        .map(|c| HeldAgent {
+            id: c.id.clone(),
+            mxid: c.mxid.clone(),
+            dn: c.dn.clone(),
+            since: now,
+            at: now,
+            why: Held::Conflict {
+                reason: c.reason.clone(),
+            },
+        })
+        .collect();
+    ledger.replace_conflicts(|id| complete || read.contains(id), &conflicts)
 }
 
 /// The preview a `sync` applies: of the changes since the last read when `options` and the

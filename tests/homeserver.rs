@@ -30,6 +30,7 @@ fn client(synapse: &Synapse, token: &str) -> SynapseClient {
         concurrency: 4,
         timeout: Duration::from_secs(30),
         max_retries: 2,
+        retry_refused_after: std::time::Duration::from_secs(86_400),
     };
     SynapseClient::new(&cfg).unwrap()
 }

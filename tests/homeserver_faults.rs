@@ -123,6 +123,7 @@ impl Stub {
             concurrency,
             timeout,
             max_retries,
+            retry_refused_after: std::time::Duration::from_secs(86_400),
         }
     }
 
@@ -640,6 +641,7 @@ async fn a_refused_connection_is_retried_then_reported() {
         concurrency: 2,
         timeout: Duration::from_secs(2),
         max_retries: 2,
+        retry_refused_after: std::time::Duration::from_secs(86_400),
     };
     let client = client(&cfg);
     let err = client.whoami().await.unwrap_err();

@@ -7,8 +7,8 @@ use super::{audit, Options, Outcome, StepError};
 use crate::clock::Clock;
 use crate::config::ReversibleStep;
 use crate::homeserver::{Homeserver, HomeserverError, Upserted, UserChanges};
-use crate::ledger::{AccountRecord, AccountStatus, Ledger, LedgerError, Origin};
-use crate::plan::{Action, ActionKind};
+use crate::ledger::{AccountRecord, AccountStatus, Held, HeldAgent, Ledger, LedgerError, Origin};
+use crate::plan::{wanted_digest, Action, ActionKind};
 
 pub(super) struct Runner<'a, H> {
     pub(super) homeserver: &'a H,
@@ -34,6 +34,8 @@ impl<H: Homeserver> Runner<'_, H> {
         };
         match result {
             Ok(outcome) => Ok(outcome),
+            Err(StepError::Homeserver(e)) if e.is_refusal() => self.refused(action, &e),
+            Err(StepError::Conflict(reason)) => self.conflict(action, reason),
             Err(StepError::Homeserver(e)) => {
                 if e.is_auth() {
                     // Every further request would be refused the same way.
@@ -55,6 +57,65 @@ impl<H: Homeserver> Runner<'_, H> {
         }
     }
 
+    /// The homeserver refused this action for good: the agent is held (not asked again until
+    /// it changes or the retry delay passes); the run goes on.
+    fn refused(&self, action: &Action, error: &HomeserverError) -> Result<Outcome, LedgerError> {
+        tracing::warn!(mxid = action.mxid(), action = action.kind().name(), %error, "refused by the homeserver; not tried again until the agent changes or homeserver.retry_refused_after has passed");
+        let now = self.clock.now();
+        self.ledger.hold(&HeldAgent {
+            id: action.id().clone(),
+            mxid: action.mxid().to_string(),
+            dn: self.dn_of(action)?,
+            since: now,
+            at: now,
+            why: Held::Refused {
+                action: action.kind().name().to_string(),
+                wanted: wanted_digest(action),
+                error: error.to_string(),
+            },
+        })?;
+        let entry = audit(
+            self.clock,
+            action.mxid(),
+            action.id(),
+            action.kind().name(),
+            action.reason().into(),
+            &format!("refused: {error}"),
+        );
+        self.ledger.record_audit(&entry)?;
+        Ok(Outcome::Refused(error.to_string()))
+    }
+
+    /// An account appeared on the homeserver with the agent's mxid after the plan was made:
+    /// left alone, and the agent held as a conflict.
+    fn conflict(&self, action: &Action, reason: String) -> Result<Outcome, LedgerError> {
+        tracing::warn!(dn = %self.dn_of(action)?, mxid = action.mxid(), %reason, "conflict: not taken over");
+        let now = self.clock.now();
+        self.ledger.hold(&HeldAgent {
+            id: action.id().clone(),
+            mxid: action.mxid().to_string(),
+            dn: self.dn_of(action)?,
+            since: now,
+            at: now,
+            why: Held::Conflict {
+                reason: reason.clone(),
+            },
+        })?;
+        Ok(Outcome::Conflict(reason))
+    }
+
+    /// The DN of the agent `action` is about (from the action, or else the ledger).
+    fn dn_of(&self, action: &Action) -> Result<String, LedgerError> {
+        if let Action::CreateAccount { dn, .. } | Action::UpdateAccount { dn, .. } = action {
+            return Ok(dn.clone());
+        }
+        Ok(self
+            .ledger
+            .account(action.id())?
+            .map(|r| r.dn)
+            .unwrap_or_default())
+    }
+
     /// Records the account as it now is, with the action's audit entry.
     fn record(
         &self,
@@ -72,6 +133,7 @@ impl<H: Homeserver> Runner<'_, H> {
             "ok",
         );
         self.ledger.record_account(record, &entry)?;
+        self.ledger.release(&record.id)?;
         tracing::info!(mxid = %record.mxid, action = kind, %reason, "applied");
         Ok(())
     }
@@ -91,26 +153,39 @@ impl<H: Homeserver> Runner<'_, H> {
             mxid,
             display_name,
             emails,
+            adopt,
             reason,
             ..
         } = action
         else {
             return Ok(Outcome::NotTried);
         };
-        let existing = self.existing.of(self.homeserver, action).await?;
-        if existing == Some(true) {
-            return Err(refused(mxid, "the account exists but is deactivated: not adopted; reactivate it or free the localpart").into());
+        if adopt.is_none() {
+            // The plan saw no account there; one made since (by hand, by a login) is not the
+            // daemon's to take.
+            if let Some(deactivated) = self.existing.of(self.homeserver, action).await? {
+                return Err(StepError::Conflict(format!(
+                    "an account with this mxid appeared on the homeserver after the plan was made{}: not taken over",
+                    if deactivated { " (deactivated)" } else { "" }
+                )));
+            }
         }
         let changes = UserChanges {
             displayname: Some(display_name.clone()),
             emails: Some(emails.clone()),
         };
         let upserted = self.homeserver.upsert_user(mxid, &changes).await?;
-        // "Updated" also catches an account made by hand since the homeserver was asked
-        // (a listing can be minutes old by now).
-        let adopted = existing.is_some() || upserted == Upserted::Updated;
+        if adopt.is_none() && upserted == Upserted::Updated {
+            // Made in the moment between the check and the write: too late not to set it.
+            tracing::warn!(%mxid, "the account was made on the homeserver while the daemon created it; recorded as adopted");
+        }
+        let adopted = adopt.is_some() || upserted == Upserted::Updated;
         let (origin, outcome, kind) = if adopted {
-            (Origin::Adopted, Outcome::Adopted, "adopt_account")
+            (
+                Origin::Adopted,
+                Outcome::Adopted,
+                ActionKind::AdoptAccount.name(),
+            )
         } else {
             (
                 Origin::Created,

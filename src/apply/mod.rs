@@ -30,6 +30,11 @@ pub enum Outcome {
     /// A create that found the account already there and took it over.
     Adopted,
     Failed(String),
+    /// The homeserver refused it for good (a 4xx other than 401/403/408/429): the agent is
+    /// held, the run goes on and is not failed by it.
+    Refused(String),
+    /// The account appeared on the homeserver after the plan was made: left alone.
+    Conflict(String),
     /// Not tried: an earlier failure showed every request would fail (e.g. a bad token).
     NotTried,
 }
@@ -41,6 +46,10 @@ pub struct ApplyReport {
     pub moved: usize,
     /// (mxid, action kind, error) of every action that failed.
     pub failed: Vec<(String, ActionKind, String)>,
+    /// (mxid, action kind, error) of every action the homeserver refused for good.
+    pub refused: Vec<(String, ActionKind, String)>,
+    /// (mxid, why) of every creation left alone because the account appeared meanwhile.
+    pub conflicts: Vec<(String, String)>,
     pub not_tried: usize,
     /// Why the rest of the plan was not tried, if it was cut short.
     pub aborted: Option<String>,
@@ -132,6 +141,16 @@ pub async fn apply<H: Homeserver + Rooms>(
                         report.aborted = Some(error.clone());
                     }
                 }
+                Outcome::Refused(error) => {
+                    report
+                        .refused
+                        .push((action.mxid().to_string(), action.kind(), error.clone()));
+                }
+                Outcome::Conflict(why) => {
+                    report
+                        .conflicts
+                        .push((action.mxid().to_string(), why.clone()));
+                }
                 Outcome::NotTried => {
                     report.not_tried += 1;
                     if report.aborted.is_none() && observer.should_stop() {
@@ -143,8 +162,27 @@ pub async fn apply<H: Homeserver + Rooms>(
         }
     }
     if report.aborted.is_none() {
-        report.rooms =
-            rooms::apply_rooms(&plan.rooms, homeserver, ledger, clock, options.concurrency).await?;
+        // Accounts that were to be made and were not: nobody to put in rooms.
+        let absent: std::collections::HashSet<&str> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreateAccount { .. }))
+            .map(Action::mxid)
+            .filter(|mxid| {
+                report.failed.iter().any(|(m, ..)| m == mxid)
+                    || report.refused.iter().any(|(m, ..)| m == mxid)
+                    || report.conflicts.iter().any(|(m, _)| m == mxid)
+            })
+            .collect();
+        report.rooms = rooms::apply_rooms(
+            &plan.rooms,
+            homeserver,
+            ledger,
+            clock,
+            options.concurrency,
+            &absent,
+        )
+        .await?;
     }
     ledger.flush()?;
     Ok(report)
@@ -155,6 +193,8 @@ pub async fn apply<H: Homeserver + Rooms>(
 enum StepError {
     Homeserver(HomeserverError),
     Ledger(LedgerError),
+    /// The account is not the daemon's to write (why).
+    Conflict(String),
 }
 
 impl From<HomeserverError> for StepError {

@@ -4,7 +4,7 @@
 //! concurrency. Each success is recorded in the ledger with its audit entry, so a crash
 //! resumes without repeating a join; a failure is audited and counted, and the rest goes on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -31,6 +31,8 @@ pub struct RoomReport {
     pub failed: Vec<(String, String, String, String)>,
     /// How long the join phase took, in milliseconds (for a joins/s figure).
     pub join_ms: u64,
+    /// Actions left out because their account was not made this run.
+    pub not_tried: usize,
 }
 
 impl RoomReport {
@@ -40,15 +42,28 @@ impl RoomReport {
     }
 }
 
-/// Applies `plan` (see the module documentation). Only a ledger failure is an `Err`.
+/// Applies `plan` (see the module documentation), except the actions of the accounts in
+/// `absent` (to be made this run, and not made). Only a ledger failure is an `Err`.
 pub async fn apply_rooms<H: Homeserver + Rooms>(
     plan: &RoomPlan,
     homeserver: &H,
     ledger: &Ledger,
     clock: &dyn Clock,
     concurrency: usize,
+    absent: &HashSet<&str>,
 ) -> Result<RoomReport, LedgerError> {
     let mut report = RoomReport::default();
+    let without_absent;
+    let plan = if absent.is_empty() {
+        plan
+    } else {
+        let mut kept = plan.clone();
+        kept.actions
+            .retain(|a| !a.mxid().is_some_and(|m| absent.contains(m)));
+        report.not_tried = plan.actions.len() - kept.actions.len();
+        without_absent = kept;
+        &without_absent
+    };
     let r = &Runner {
         homeserver,
         ledger,

@@ -7,9 +7,10 @@ use super::{open_existing, read_state};
 use crate::clock::format_time;
 use crate::config::Config;
 use crate::directory::StableId;
-use crate::ledger::{AccountRecord, AccountStatus, AuditEntry};
+use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Held};
 use crate::mapping::{AgentState, DesiredAccount, Rules};
-use crate::pipeline::{self, Preview, State};
+use crate::homeserver::SynapseClient;
+use crate::pipeline::{self, Preview, RunError, State};
 
 /// Audit entries shown per person.
 const RECENT_HISTORY: usize = 5;
@@ -17,9 +18,19 @@ const RECENT_HISTORY: usize = 5;
 pub async fn run(config: &Config, who: &str, now: i64) -> Result<ExitCode, String> {
     let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
     let state = read_state(config)?;
-    let preview = pipeline::preview(config, &rules, &state, now)
-        .await
-        .map_err(|e| e.to_string())?;
+    let homeserver = SynapseClient::new(&config.homeserver).map_err(|e| e.to_string())?;
+    // With the homeserver, the plan sees the accounts new agents' mxids collide with.
+    let preview = match pipeline::preview_with(config, &rules, &state, now, Some(&homeserver)).await
+    {
+        Ok(preview) => preview,
+        Err(RunError::Homeserver(e)) => {
+            eprintln!("note: the homeserver did not answer ({e}); existing accounts and rooms are not checked");
+            pipeline::preview(config, &rules, &state, now)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let ids = matching_ids(who, &preview, &state);
     let skipped: Vec<_> = preview
         .desired
@@ -143,6 +154,18 @@ fn describe(
         }
     }
     planned(&mut out, id, mxid, preview);
+    if let Some(held) = state.view.held.get(id) {
+        let _ = writeln!(
+            out,
+            "  Held since {}: {}",
+            format_time(held.since),
+            match &held.why {
+                Held::Conflict { reason } => format!("conflict with {}: {reason}", held.mxid),
+                Held::Refused { action, error, .. } =>
+                    format!("{action} {} refused by the homeserver: {error}", held.mxid),
+            }
+        );
+    }
     let mine: Vec<_> = history
         .iter()
         .filter(|e| &e.id == id || Some(e.mxid.as_str()) == mxid)
@@ -196,6 +219,26 @@ fn planned(out: &mut String, id: &StableId, mxid: Option<&str>, preview: &Previe
             a.room(),
             held(a.is_destructive()),
             a.reason()
+        );
+    }
+    for c in plan.conflicts.iter().filter(|c| &c.id == id) {
+        any = true;
+        let _ = writeln!(
+            out,
+            "  Plan: conflict, no account for now: {}\n    why: {}",
+            c.mxid, c.reason
+        );
+    }
+    for r in plan.refused.iter().filter(|r| &r.id == id) {
+        any = true;
+        let _ = writeln!(
+            out,
+            "  Plan: {} {} left out: refused by the homeserver since {}: {}; tried again from {} or when the agent changes",
+            r.action,
+            r.mxid,
+            format_time(r.since),
+            r.error,
+            format_time(r.retry_at)
         );
     }
     for p in plan

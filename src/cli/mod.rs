@@ -308,7 +308,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
             status::status_json(&view, last_run.as_ref(), point.as_ref())
         );
     } else {
-        let grace = pipeline::policy(config, 0).grace;
+        let grace = i64::try_from(config.departures.grace.as_secs()).unwrap_or(i64::MAX);
         print!(
             "{}",
             status::status_text(ledger.path(), &view, last_run.as_ref(), grace)

@@ -41,6 +41,29 @@ pub fn plan_text(preview: &Preview) -> String {
     out.push_str(&super::render_rooms::plan_text(&plan.rooms));
     section(
         &mut out,
+        "Conflicts: an existing account the daemon may not take over (nothing is done for these agents)",
+        &plan.conflicts,
+        |c| format!("{}  {}
+      why: {}", c.mxid, c.dn, c.reason),
+    );
+    section(
+        &mut out,
+        "Refused by the homeserver (not asked again until the agent changes)",
+        &plan.refused,
+        |r| {
+            format!(
+                "{}  {}: {} refused since {}: {}; tried again from {}",
+                r.mxid,
+                r.dn,
+                r.action,
+                format_time(r.since),
+                r.error,
+                format_time(r.retry_at)
+            )
+        },
+    );
+    section(
+        &mut out,
         "Waiting (nothing to do yet)",
         &plan.pending,
         |p| format!("{}  {} on {}", p.mxid, p.what, format_time(p.at)),
@@ -148,6 +171,8 @@ pub fn plan_json(preview: &Preview) -> String {
         "moves": plan.moves,
         "not_created": plan.not_created,
         "skipped": plan.skipped,
+        "conflicts": plan.conflicts,
+        "refused": plan.refused,
         "warnings": plan.warnings,
         "rooms": plan.rooms,
         "removals": plan.rooms.removals(),
@@ -179,6 +204,23 @@ pub fn sync_text(result: &SyncResult) -> String {
     for (mxid, kind, error) in &r.failed {
         let _ = writeln!(out, "  FAILED {} {mxid}: {error}", kind.name());
     }
+    for (mxid, kind, error) in &r.refused {
+        let _ = writeln!(
+            out,
+            "  REFUSED {} {mxid}: {error} (held until the agent changes)",
+            kind.name()
+        );
+    }
+    for conflict in &result.preview.plan.conflicts {
+        let _ = writeln!(
+            out,
+            "  CONFLICT {} ({}): {}",
+            conflict.mxid, conflict.dn, conflict.reason
+        );
+    }
+    for (mxid, why) in &r.conflicts {
+        let _ = writeln!(out, "  CONFLICT {mxid}: {why}");
+    }
     out.push_str(&super::render_rooms::sync_text(&r.rooms));
     if let Some(why) = &r.aborted {
         let _ = writeln!(
@@ -205,6 +247,23 @@ pub fn sync_json(result: &SyncResult) -> String {
         .iter()
         .map(|(mxid, kind, error)| json!({"mxid": mxid, "kind": kind, "error": error}))
         .collect();
+    let refused: Vec<_> = r
+        .refused
+        .iter()
+        .map(|(mxid, kind, error)| json!({"mxid": mxid, "kind": kind, "error": error}))
+        .collect();
+    let conflicts: Vec<_> = result
+        .preview
+        .plan
+        .conflicts
+        .iter()
+        .map(|c| json!({"mxid": c.mxid, "dn": c.dn, "reason": c.reason}))
+        .chain(
+            r.conflicts
+                .iter()
+                .map(|(mxid, why)| json!({"mxid": mxid, "reason": why})),
+        )
+        .collect();
     json!({
         "server": result.preview.server,
         "agents": result.preview.agents,
@@ -218,6 +277,8 @@ pub fn sync_json(result: &SyncResult) -> String {
         "adopted": r.adopted,
         "moved": r.moved,
         "failed": failed,
+        "refused": refused,
+        "conflicts": conflicts,
         "not_tried": r.not_tried,
         "aborted": r.aborted,
         "brake": result.preview.brake,

@@ -7,7 +7,9 @@ use serde_json::json;
 
 use crate::clock::format_time;
 use crate::daemon::status_file::DaemonStatus;
-use crate::ledger::{AccountStatus, AuditEntry, LedgerView, Origin, RunRecord, SyncPoint};
+use crate::ledger::{
+    AccountStatus, AuditEntry, Held, HeldAgent, LedgerView, Origin, RunRecord, SyncPoint,
+};
 
 /// Counts of managed accounts by origin and state.
 struct Counts {
@@ -82,8 +84,36 @@ pub fn status_text(
             format_time(due)
         );
     }
+    held_text(&mut out, view.held.values());
     last_run_text(&mut out, last_run);
     out
+}
+
+/// The agents held back by a conflict or a refusal, each with why.
+fn held_text<'a>(out: &mut String, held: impl ExactSizeIterator<Item = &'a HeldAgent>) {
+    if held.len() == 0 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Held agents (nothing is done for them until an admin or the directory settles it): {}",
+        held.len()
+    );
+    for h in held {
+        let what = match &h.why {
+            Held::Conflict { reason } => format!("conflict: {reason}"),
+            Held::Refused { action, error, .. } => {
+                format!("refused by the homeserver ({action}): {error}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {} ({}) since {}: {what}",
+            h.mxid,
+            h.dn,
+            format_time(h.since)
+        );
+    }
 }
 
 fn managed_line(out: &mut String, total: usize, adopted: usize) {
@@ -155,7 +185,11 @@ pub fn daemon_status_text(path: &Path, status: &DaemonStatus) -> String {
     for reason in &status.reasons {
         let _ = writeln!(out, "  {reason}");
     }
+    for warning in &status.warnings {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
     managed_line(&mut out, status.managed_accounts, status.adopted);
+    held_text(&mut out, status.held.iter());
     last_run_text(&mut out, status.last_run.as_ref());
     out
 }
@@ -167,12 +201,14 @@ pub fn daemon_status_json(status: &DaemonStatus) -> String {
         "adopted": status.adopted,
         "last_run": status.last_run,
         "brake": status.last_run.as_ref().and_then(|r| r.brake.clone()),
+        "held": status.held,
         "daemon": {
             "pid": status.pid,
             "written_at": status.written_at,
             "runs": status.runs,
             "health": status.health,
             "reasons": status.reasons,
+            "warnings": status.warnings,
         },
     })
     .to_string()
@@ -212,6 +248,7 @@ pub fn status_json(
         "incremental_from": point.map(|p| p.watermark.describe()),
         "last_complete_read": point.map(|p| p.full_at),
         "brake": last_run.and_then(|r| r.brake.clone()),
+        "held": view.held.values().collect::<Vec<_>>(),
     })
     .to_string()
 }

@@ -17,6 +17,9 @@ pub struct Health {
     pub last_success: Option<i64>,
     /// Runs finished since the daemon started.
     pub runs: u64,
+    /// What an admin should look at that does not make the daemon unhealthy: agents held
+    /// back by a conflict or a refusal (each one agent's problem, not the service's).
+    pub warnings: Vec<String>,
 }
 
 impl Health {
@@ -53,6 +56,17 @@ impl Health {
         out
     }
 
+    /// The warnings for `conflicts` and `refused` held agents.
+    pub fn held(&mut self, conflicts: usize, refused: usize) {
+        self.warnings.clear();
+        if conflicts > 0 {
+            self.warnings.push(format!("{conflicts} agent(s) left alone: their mxid is held by an account the daemon may not take over (see `status`, `plan`)"));
+        }
+        if refused > 0 {
+            self.warnings.push(format!("{refused} agent(s) refused by the homeserver (see `status`, `explain`)"));
+        }
+    }
+
     pub fn is_ok(&self) -> bool {
         self.reasons().is_empty()
     }
@@ -62,6 +76,7 @@ impl Health {
         serde_json::json!({
             "status": if self.is_ok() { "ok" } else { "degraded" },
             "reasons": self.reasons(),
+            "warnings": self.warnings,
             "runs": self.runs,
             "last_success": self.last_success,
         })

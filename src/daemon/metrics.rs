@@ -14,6 +14,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     kind: String,
     result: String,
@@ -62,6 +67,7 @@ pub struct Metrics {
     last_complete_read: Gauge,
     brake_engaged: Gauge,
     directory_up: Gauge,
+    held_agents: Family<HeldLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -130,7 +136,24 @@ impl Metrics {
                 "1 if the last run read the directory completely, 0 if it could not",
                 Gauge::default(),
             ),
+            held_agents: register(
+                &mut r,
+                "held_agents",
+                "Agents the daemon does nothing for until something changes, by reason (conflict: their mxid is an account not theirs; refused: the homeserver refused their action)",
+                Family::default(),
+            ),
             registry: r,
+        }
+    }
+
+    /// How many agents are held back by a conflict and by a refusal.
+    pub fn held(&self, conflicts: usize, refused: usize) {
+        for (reason, count) in [("conflict", conflicts), ("refused", refused)] {
+            self.held_agents
+                .get_or_create(&HeldLabel {
+                    reason: reason.into(),
+                })
+                .set(clamp(count));
         }
     }
 

@@ -46,6 +46,8 @@ impl Observer for RunObserver<'_> {
             Outcome::Done => "done",
             Outcome::Adopted => "adopted",
             Outcome::Failed(_) => "failed",
+            Outcome::Refused(_) => "refused",
+            Outcome::Conflict(_) => "conflict",
             Outcome::NotTried => "not_tried",
         };
         self.metrics.action(action.kind().name(), result);

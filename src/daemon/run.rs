@@ -13,7 +13,7 @@ use super::signals::Event;
 use super::status_file::{self, DaemonStatus};
 use super::{approval, notify, Loaded, Shared};
 use crate::clock::{format_time, Clock, SystemClock};
-use crate::ledger::{Ledger, Origin};
+use crate::ledger::{Held, Ledger, Origin};
 use crate::pipeline::{self, RunError, SyncResult};
 
 /// Signals that arrived during a run, handled once it is over.
@@ -154,7 +154,12 @@ fn report(
     if outcome == RunOutcome::Ok {
         shared.metrics.succeeded_at(now);
     }
-    let health = shared.update_health(|h| h.record(outcome, problem.as_deref(), now));
+    let (conflicts, refused) = held_counts(ledger);
+    shared.metrics.held(conflicts, refused);
+    let health = shared.update_health(|h| {
+        h.record(outcome, problem.as_deref(), now);
+        h.held(conflicts, refused);
+    });
     let summary = match result {
         Ok(r) => {
             let rep = &r.report;
@@ -197,6 +202,16 @@ fn report(
     outcome == RunOutcome::Ok
 }
 
+/// How many agents the ledger holds back by a conflict and by a refusal.
+fn held_counts(ledger: &Ledger) -> (usize, usize) {
+    let held = ledger.held_agents().unwrap_or_default();
+    let conflicts = held
+        .values()
+        .filter(|h| matches!(h.why, Held::Conflict { .. }))
+        .count();
+    (conflicts, held.len() - conflicts)
+}
+
 /// Writes `status.json` next to the ledger, for `status` while the daemon holds the ledger.
 /// `recount`: count the adopted accounts again (reads every account's profile: after complete
 /// reads only; otherwise the count last written stands).
@@ -223,6 +238,8 @@ pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64,
         runs: health.runs,
         health: if health.is_ok() { "ok" } else { "degraded" }.into(),
         reasons: health.reasons(),
+        warnings: health.warnings.clone(),
+        held: ledger.held_agents().unwrap_or_default().into_values().collect(),
         last_run: ledger.last_run().ok().flatten(),
     };
     if let Err(e) = status_file::write(state_dir, &status) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::RunRecord;
+use crate::ledger::{HeldAgent, RunRecord};
 
 const FILE_NAME: &str = "status.json";
 
@@ -25,6 +25,12 @@ pub struct DaemonStatus {
     /// `ok` or `degraded`, with the reasons (as `/health` says).
     pub health: String,
     pub reasons: Vec<String>,
+    /// What to look at that does not make the daemon unhealthy (see `Health::warnings`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Agents held back by a conflict or a refusal.
+    #[serde(default)]
+    pub held: Vec<HeldAgent>,
     pub last_run: Option<RunRecord>,
 }
 
@@ -67,6 +73,8 @@ mod tests {
             runs: 1,
             health: "ok".into(),
             reasons: vec![],
+            warnings: vec![],
+            held: vec![],
             last_run: None,
         };
         write(dir.path(), &status).unwrap();

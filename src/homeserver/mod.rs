@@ -77,6 +77,14 @@ pub enum HomeserverError {
 }
 
 impl HomeserverError {
+    /// True when the homeserver refused this one request for good (a 4xx other than
+    /// 401/403, 408 and 429): asking the same again would be refused again, but other
+    /// requests are not concerned. A 404 on a room or user endpoint is one too.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, HomeserverError::Status { status, .. }
+            if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 429))
+    }
+
     /// True for an HTTP 401/403: the token is wrong or not an admin's.
     pub fn is_auth(&self) -> bool {
         matches!(

@@ -796,6 +796,7 @@ mod tests {
             concurrency: 2,
             timeout: Duration::from_secs(5),
             max_retries: 1,
+            retry_refused_after: std::time::Duration::from_secs(86_400),
         };
         let client = SynapseClient::new(&cfg).unwrap();
         let debug = format!("{client:?}");
@@ -812,6 +813,7 @@ mod tests {
             concurrency: 2,
             timeout: Duration::from_secs(5),
             max_retries: 1,
+            retry_refused_after: std::time::Duration::from_secs(86_400),
         };
         let err = SynapseClient::new(&cfg).unwrap_err();
         assert!(matches!(err, HomeserverError::Config { .. }), "{err:?}");
@@ -827,6 +829,7 @@ mod tests {
             concurrency: 1,
             timeout: Duration::from_secs(5),
             max_retries: 0,
+            retry_refused_after: std::time::Duration::from_secs(86_400),
         };
         let client = SynapseClient::new(&cfg).unwrap();
         let (endpoint, path) = SynapseClient::user_path("@a:example.org");

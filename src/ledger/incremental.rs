@@ -96,7 +96,10 @@ impl Ledger {
         &self,
         ids: impl IntoIterator<Item = &'a StableId>,
     ) -> Result<LedgerView, LedgerError> {
-        let mut view = LedgerView::default();
+        let mut view = LedgerView {
+            held: self.held_agents()?,
+            ..LedgerView::default()
+        };
         for id in ids {
             self.add_record(&mut view, id.0.as_bytes())?;
         }

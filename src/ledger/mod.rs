@@ -16,7 +16,7 @@ mod records;
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
 pub use profiles::{profile_digest, Profile, Profiles, Stage};
-pub use records::{AccountRecord, AccountStatus, AuditEntry, Origin, RunRecord};
+pub use records::{AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,8 @@ pub struct Ledger {
     scheduled: sled::Tree,
     /// Stable id → [`Profile`].
     profiles: sled::Tree,
+    /// Stable id → [`HeldAgent`]: agents held back by a conflict or a refusal.
+    held: sled::Tree,
 }
 
 /// The last run that was not held back by the brake.
@@ -90,6 +92,8 @@ pub struct LedgerView {
     /// stable-id order, none of them in `accounts`.
     pub in_step: Vec<(StableId, String)>,
     pub rooms: RoomsView,
+    /// Agents held back by a conflict or a refusal (few: read whole).
+    pub held: BTreeMap<StableId, HeldAgent>,
 }
 
 impl Ledger {
@@ -158,6 +162,7 @@ impl Ledger {
             departing: db.open_tree("departing")?,
             scheduled: db.open_tree("scheduled")?,
             profiles: db.open_tree("profiles")?,
+            held: db.open_tree("held")?,
             path,
             db,
         };
@@ -207,7 +212,58 @@ impl Ledger {
             accounts,
             in_step: Vec::new(),
             rooms: self.rooms_view()?,
+            held: self.held_agents()?,
         })
+    }
+
+    /// Every agent held back by a conflict or a refusal.
+    pub fn held_agents(&self) -> Result<BTreeMap<StableId, HeldAgent>, LedgerError> {
+        self.held
+            .iter()
+            .map(|item| {
+                let held: HeldAgent = decode(&item?.1)?;
+                Ok((held.id.clone(), held))
+            })
+            .collect()
+    }
+
+    /// Records an agent as held back, keeping when it was first held for the same reason kind.
+    pub fn hold(&self, held: &HeldAgent) -> Result<(), LedgerError> {
+        let key = held.id.0.as_bytes();
+        let mut record = held.clone();
+        if let Some(old) = self.held.get(key)? {
+            let old: HeldAgent = decode(&old)?;
+            if std::mem::discriminant(&old.why) == std::mem::discriminant(&held.why) {
+                record.since = old.since;
+            }
+        }
+        self.held.insert(key, encode(&record)?)?;
+        Ok(())
+    }
+
+    /// Forgets that an agent was held back (the action went through, or the conflict is gone).
+    pub fn release(&self, id: &StableId) -> Result<(), LedgerError> {
+        self.held.remove(id.0.as_bytes())?;
+        Ok(())
+    }
+
+    /// After a plan that looked at every agent `covered` says true of: their conflicts are
+    /// now exactly `conflicts` (refusals are kept: they end when an action goes through).
+    pub fn replace_conflicts(
+        &self,
+        covered: impl Fn(&StableId) -> bool,
+        conflicts: &[HeldAgent],
+    ) -> Result<(), LedgerError> {
+        let still: std::collections::HashSet<&StableId> = conflicts.iter().map(|c| &c.id).collect();
+        for (id, held) in self.held_agents()? {
+            if matches!(held.why, Held::Conflict { .. }) && covered(&id) && !still.contains(&id) {
+                self.release(&id)?;
+            }
+        }
+        for conflict in conflicts {
+            self.hold(conflict)?;
+        }
+        Ok(())
     }
 
     pub fn account(&self, id: &StableId) -> Result<Option<AccountRecord>, LedgerError> {

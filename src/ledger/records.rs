@@ -78,6 +78,12 @@ pub struct RunRecord {
     pub planned: usize,
     pub applied: usize,
     pub failed: usize,
+    /// Actions the homeserver refused for good (their agents are held; not failures).
+    #[serde(default)]
+    pub refused: usize,
+    /// Agents left alone because their mxid is held by an account not theirs.
+    #[serde(default)]
+    pub conflicts: usize,
     /// `ok`, or why the run stopped.
     pub outcome: String,
     /// Why the brake held departures back, if it did.
@@ -89,4 +95,35 @@ pub struct RunRecord {
     /// The run read only what changed since the last read (`agents`: the changed ones).
     #[serde(default)]
     pub incremental: bool,
+}
+
+/// An agent the daemon does nothing for until something changes, and why: shown by `plan`,
+/// `status` and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAgent {
+    pub id: StableId,
+    pub mxid: String,
+    pub dn: String,
+    /// When it was first held for this reason (Unix seconds).
+    pub since: i64,
+    /// When it was last seen held.
+    pub at: i64,
+    pub why: Held,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "held", rename_all = "snake_case")]
+pub enum Held {
+    /// The agent's mxid belongs to an account the daemon did not create and may not adopt.
+    Conflict { reason: String },
+    /// The homeserver refused one of the agent's actions for good (a 4xx other than
+    /// 401/403/408/429): not tried again until the agent's wanted state changes or the retry
+    /// delay has passed.
+    Refused {
+        /// The action kind, e.g. `create_account`.
+        action: String,
+        /// A digest of what the action asked (see `plan::wanted_digest`).
+        wanted: String,
+        error: String,
+    },
 }

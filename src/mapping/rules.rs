@@ -39,6 +39,37 @@ pub struct AccountRules {
     pub display_name: Template,
     /// Each template gives e-mail addresses (a lone `{mail}` gives every value of `mail`).
     pub emails: Vec<Template>,
+    /// What to do with an account that exists on the homeserver, unmanaged, with the mxid an
+    /// agent would get.
+    pub adopt: Adopt,
+    /// What an agent whose localpart is held by such an account gets instead.
+    pub on_conflict: OnConflict,
+}
+
+/// `[account] adopt`: when an existing account the ledger does not manage becomes the agent's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adopt {
+    /// Only when it provably belongs to the agent: one of its e-mail addresses is one of the
+    /// agent's.
+    #[default]
+    Matching,
+    /// Every such account (migrating a server whose users were made by LDAP or SSO logins).
+    All,
+    /// None: every such account is a conflict.
+    Never,
+}
+
+/// `[account] on_conflict`: what an agent whose localpart is held by an account that is not
+/// theirs gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// No account: the conflict is shown until an admin settles it.
+    #[default]
+    Skip,
+    /// The next free localpart (`name2`, `name3`, …).
+    NextFree,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +100,10 @@ struct RawAccount {
     display_name: String,
     #[serde(default)]
     emails: Vec<String>,
+    #[serde(default)]
+    adopt: Adopt,
+    #[serde(default)]
+    on_conflict: OnConflict,
 }
 
 impl Rules {
@@ -135,6 +170,8 @@ impl Rules {
                 localpart: template("account.localpart", &raw.account.localpart)?,
                 display_name: template("account.display_name", &raw.account.display_name)?,
                 emails,
+                adopt: raw.account.adopt,
+                on_conflict: raw.account.on_conflict,
             },
             departure: raw.departure,
             rooms,

@@ -23,6 +23,7 @@ pub(super) fn complete_view(
     let mut view = LedgerView {
         in_step,
         rooms: ledger.rooms_view()?,
+        held: ledger.held_agents()?,
         ..LedgerView::default()
     };
     for id in to_read {
@@ -278,6 +279,9 @@ mod tests {
             grace: 1_000,
             step: ReversibleStep::Suspend,
             protected: vec![],
+            adopt: crate::mapping::Adopt::Matching,
+            on_conflict: crate::mapping::OnConflict::Skip,
+            retry_refused_after: 86_400,
         };
         let everything = plan::plan(&desired, &ledger.view().unwrap(), &policy);
         let view = complete_view(&ledger, ledger.profiles().unwrap(), &desired).unwrap();

@@ -2,12 +2,15 @@
 //! give or the ledger manages from a current template, its id, joined members and power
 //! levels, so `plan` can tell who is already there and who was added by hand.
 
+use std::collections::HashSet;
+
 use futures::stream::{self, StreamExt};
 
 use crate::homeserver::{Homeserver, HomeserverError, Rooms};
 use crate::ledger::RoomsView;
 use crate::mapping::rooms::DesiredRooms;
 use crate::plan::memberships::Observed;
+use crate::plan::ExistingAccount;
 
 /// The rooms as the homeserver has them, and the daemon's own mxid (`None` when the rules
 /// give no room: nothing is asked then).
@@ -52,4 +55,48 @@ pub async fn observe_rooms<H: Homeserver + Rooms>(
         observed.insert(key, state);
     }
     Ok((observed, Some(daemon)))
+}
+
+/// What the homeserver has at each of `mxids` (the accounts a plan would create): `None`
+/// where it has no account. One listing of every account answers for a large batch; the
+/// e-mails of the accounts that exist are then read one by one (the listing lacks them).
+pub async fn observe_accounts<H: Homeserver>(
+    homeserver: &H,
+    mxids: Vec<String>,
+    concurrency: usize,
+) -> Result<Vec<(String, Option<ExistingAccount>)>, HomeserverError> {
+    if mxids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed: Option<HashSet<String>> = homeserver
+        .list_users_if_cheaper(mxids.len())
+        .await?
+        .map(|users| users.into_iter().map(|u| u.mxid).collect());
+    if let Some(listed) = &listed {
+        tracing::info!(
+            accounts = listed.len(),
+            creations = mxids.len(),
+            "listed the homeserver's accounts to see which new agents' mxids are taken"
+        );
+    }
+    stream::iter(mxids)
+        .map(|mxid| {
+            let listed = &listed;
+            async move {
+                if listed.as_ref().is_some_and(|l| !l.contains(&mxid)) {
+                    return Ok((mxid, None));
+                }
+                let account = homeserver.get_user(&mxid).await?.map(|u| ExistingAccount {
+                    emails: u.emails,
+                    deactivated: u.deactivated,
+                    admin: u.admin,
+                });
+                Ok((mxid, account))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<Result<_, HomeserverError>>>()
+        .await
+        .into_iter()
+        .collect()
 }

@@ -16,7 +16,8 @@ pub struct Change<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
-    /// Create the account (or adopt an existing one with the same mxid) with this profile.
+    /// Create the account with this profile; or, with `adopt`, take over the existing account
+    /// of that mxid, which provably is the agent's (or the admin opted in), and set it.
     CreateAccount {
         id: StableId,
         mxid: String,
@@ -24,6 +25,9 @@ pub enum Action {
         dn: String,
         display_name: String,
         emails: Vec<String>,
+        /// Why the existing account is the agent's; `None`: the account is to be made.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        adopt: Option<String>,
         reason: String,
     },
     /// Deactivated, and back in the directory: reactivate the same account and restore its
@@ -74,6 +78,7 @@ pub enum Action {
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
     CreateAccount,
+    AdoptAccount,
     ReactivateAccount,
     ReinstateAccount,
     UpdateAccount,
@@ -83,8 +88,9 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 7] = [
+    pub const ALL: [ActionKind; 8] = [
         ActionKind::CreateAccount,
+        ActionKind::AdoptAccount,
         ActionKind::ReactivateAccount,
         ActionKind::ReinstateAccount,
         ActionKind::UpdateAccount,
@@ -97,6 +103,7 @@ impl ActionKind {
     pub fn name(self) -> &'static str {
         match self {
             ActionKind::CreateAccount => "create_account",
+            ActionKind::AdoptAccount => "adopt_account",
             ActionKind::ReactivateAccount => "reactivate_account",
             ActionKind::ReinstateAccount => "reinstate_account",
             ActionKind::UpdateAccount => "update_account",
@@ -109,6 +116,7 @@ impl ActionKind {
     pub fn title(self) -> &'static str {
         match self {
             ActionKind::CreateAccount => "Create account",
+            ActionKind::AdoptAccount => "Adopt existing account",
             ActionKind::ReactivateAccount => "Reactivate account",
             ActionKind::ReinstateAccount => "Reinstate account (undo suspend/lock)",
             ActionKind::UpdateAccount => "Update account",
@@ -130,7 +138,8 @@ impl ActionKind {
 impl Action {
     pub fn kind(&self) -> ActionKind {
         match self {
-            Action::CreateAccount { .. } => ActionKind::CreateAccount,
+            Action::CreateAccount { adopt: None, .. } => ActionKind::CreateAccount,
+            Action::CreateAccount { adopt: Some(_), .. } => ActionKind::AdoptAccount,
             Action::ReactivateAccount { .. } => ActionKind::ReactivateAccount,
             Action::ReinstateAccount { .. } => ActionKind::ReinstateAccount,
             Action::UpdateAccount { .. } => ActionKind::UpdateAccount,

@@ -2,11 +2,13 @@
 //! each with a reason an admin can read. Nothing here talks to the network.
 
 mod actions;
+mod existing;
 mod lifecycle;
 mod localparts;
 pub mod memberships;
 
 pub use actions::{Action, ActionKind, Change};
+pub use existing::{Conflict, ExistingAccount, HomeserverAccounts, Lookup};
 
 use std::collections::BTreeMap;
 
@@ -14,8 +16,8 @@ use serde::Serialize;
 
 use crate::config::ReversibleStep;
 use crate::directory::StableId;
-use crate::ledger::{AccountRecord, AccountStatus, LedgerView};
-use crate::mapping::{AgentState, Desired, DesiredAccount, SkippedAgent};
+use crate::ledger::{AccountRecord, AccountStatus, Held, LedgerView};
+use crate::mapping::{Adopt, AgentState, Desired, DesiredAccount, OnConflict, SkippedAgent};
 
 use lifecycle::Lifecycle;
 use localparts::LocalpartAllocator;
@@ -31,6 +33,27 @@ pub struct Policy {
     pub step: ReversibleStep,
     /// mxid patterns (`*` wildcards) never suspended, locked or deactivated.
     pub protected: Vec<String>,
+    /// Which existing, unmanaged accounts may become an agent's.
+    pub adopt: Adopt,
+    pub on_conflict: OnConflict,
+    /// Seconds after which an action the homeserver refused is tried again although the
+    /// agent did not change.
+    pub retry_refused_after: i64,
+}
+
+/// An action the homeserver refused for good, not planned again yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    pub id: StableId,
+    pub mxid: String,
+    pub dn: String,
+    /// The action kind, e.g. `create_account`.
+    pub action: String,
+    pub error: String,
+    /// First refused (Unix seconds).
+    pub since: i64,
+    /// Tried again from then on, unless the agent changes before.
+    pub retry_at: i64,
 }
 
 /// A managed agent whose DN changed (renamed or moved) while its id stayed: the ledger notes
@@ -75,6 +98,12 @@ pub struct Plan {
     /// Agents that already left and never had an account: none is created.
     pub not_created: Vec<SkippedAgent>,
     pub skipped: Vec<SkippedAgent>,
+    /// Agents whose mxid is held by an account the daemon may not take over: nothing is done
+    /// for them.
+    pub conflicts: Vec<Conflict>,
+    /// Actions the homeserver refused before, left out until the agent changes or the retry
+    /// delay passes.
+    pub refused: Vec<Refused>,
     pub warnings: Vec<String>,
     /// Room and space memberships; they run after the account actions.
     pub rooms: memberships::RoomPlan,
@@ -104,19 +133,29 @@ impl Plan {
 /// Diffs what the directory wants against what the ledger says was applied. Rooms are planned
 /// from the ledger alone: see [`plan_with_rooms`].
 pub fn plan(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Plan {
-    plan_with_rooms(desired, ledger, policy, &memberships::Observed::new(), None)
+    let homeserver = Homeserver::default();
+    plan_with_rooms(desired, ledger, policy, &homeserver)
 }
 
-/// [`plan`], with the rooms as the homeserver has them (`observed`) and the daemon's own
-/// user (never removed from a room).
+/// What the plan knows of the homeserver's own state.
+#[derive(Debug, Clone, Default)]
+pub struct Homeserver<'a> {
+    /// The rooms as the homeserver has them.
+    pub rooms: memberships::Observed,
+    /// The daemon's own user (never removed from a room).
+    pub daemon: Option<&'a str>,
+    /// The unmanaged accounts new agents' mxids may collide with.
+    pub accounts: HomeserverAccounts,
+}
+
+/// [`plan`], with what the homeserver has.
 pub fn plan_with_rooms(
     desired: &Desired,
     ledger: &LedgerView,
     policy: &Policy,
-    observed: &memberships::Observed,
-    daemon: Option<&str>,
+    homeserver: &Homeserver,
 ) -> Plan {
-    let mut result = plan_accounts(desired, ledger, policy);
+    let mut result = plan_accounts(desired, ledger, policy, &homeserver.accounts);
     if desired.rooms.is_empty() {
         // Nothing to diff (a room the ledger knows is only emptied through its rule).
         return result;
@@ -154,14 +193,19 @@ pub fn plan_with_rooms(
         present: &present,
         departed: &departed,
         skipped: &skipped,
-        observed,
-        daemon,
+        observed: &homeserver.rooms,
+        daemon: homeserver.daemon,
     };
     result.rooms = memberships::plan_rooms(&desired.rooms, &ledger.rooms, ctx);
     result
 }
 
-fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Plan {
+fn plan_accounts(
+    desired: &Desired,
+    ledger: &LedgerView,
+    policy: &Policy,
+    existing: &HomeserverAccounts,
+) -> Plan {
     let mut plan = Plan {
         skipped: desired.skipped.clone(),
         warnings: desired.warnings.clone(),
@@ -174,7 +218,7 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
         match known {
             Known::Record(record) => plan_managed(&mut plan, &lifecycle, want, record),
             Known::InStep => {}
-            Known::New => plan_new(&mut plan, &mut allocator, policy, want),
+            Known::New => plan_new(&mut plan, &mut allocator, policy, existing, want),
         }
     }
     plan.unchanged += ledger.in_step.len();
@@ -190,7 +234,61 @@ fn plan_accounts(desired: &Desired, ledger: &LedgerView, policy: &Policy) -> Pla
     plan.moves.sort_by(|a, b| a.mxid.cmp(&b.mxid));
     plan.pending
         .sort_by(|a, b| (a.at, &a.mxid).cmp(&(b.at, &b.mxid)));
+    leave_out_refused(&mut plan, ledger, policy);
     plan
+}
+
+/// Takes out of `plan` the actions the homeserver refused before, asking the same, whose
+/// retry delay has not passed: they are listed in `plan.refused` instead.
+fn leave_out_refused(plan: &mut Plan, ledger: &LedgerView, policy: &Policy) {
+    if ledger.held.is_empty() {
+        return;
+    }
+    let mut refused = Vec::new();
+    plan.actions.retain(|action| {
+        let Some(held) = ledger.held.get(action.id()) else {
+            return true;
+        };
+        let Held::Refused {
+            action: kind,
+            wanted,
+            error,
+        } = &held.why
+        else {
+            return true;
+        };
+        let retry_at = held.at.saturating_add(policy.retry_refused_after);
+        let same = kind == action.kind().name() && *wanted == wanted_digest(action);
+        if !same || policy.now >= retry_at {
+            return true;
+        }
+        refused.push(Refused {
+            id: held.id.clone(),
+            mxid: held.mxid.clone(),
+            dn: held.dn.clone(),
+            action: kind.clone(),
+            error: error.clone(),
+            since: held.since,
+            retry_at,
+        });
+        false
+    });
+    plan.refused = refused;
+}
+
+/// A digest of what `action` asks of the homeserver (its reason left out), to tell whether a
+/// refused action would now ask the same again.
+pub fn wanted_digest(action: &Action) -> String {
+    use sha2::{Digest, Sha256};
+    let mut value = serde_json::to_value(action).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("reason");
+    }
+    Sha256::digest(value.to_string().as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The desired accounts with their ledger records, and the records nobody in the directory
@@ -316,10 +414,15 @@ fn plan_managed(
     }
 }
 
+/// How many localparts an agent is offered past accounts that are not theirs
+/// (`on_conflict = "next_free"`).
+const MAX_NEXT_FREE: usize = 20;
+
 fn plan_new(
     plan: &mut Plan,
     allocator: &mut LocalpartAllocator,
     policy: &Policy,
+    existing: &HomeserverAccounts,
     want: &DesiredAccount,
 ) {
     if let AgentState::Departed { reason, .. } = &want.state {
@@ -330,7 +433,38 @@ fn plan_new(
         });
         return;
     }
-    let (localpart, note) = allocator.allocate(want);
+    let mut held_by_others: Vec<String> = Vec::new();
+    let (localpart, mut note, adopt) = loop {
+        let (localpart, note) = allocator.allocate(want);
+        let mxid = format!("@{localpart}:{}", policy.server_name);
+        let Lookup::Present(account) = existing.get(&mxid) else {
+            break (localpart, note, None);
+        };
+        match existing::adoption(policy.adopt, account, want) {
+            Ok(evidence) => break (localpart, note, Some(evidence)),
+            Err(why) => {
+                let next_free = policy.on_conflict == OnConflict::NextFree
+                    && held_by_others.len() < MAX_NEXT_FREE;
+                if !next_free {
+                    tracing::warn!(dn = %want.dn, %mxid, reason = %why, "conflict: an existing account the daemon may not take over");
+                    plan.conflicts.push(Conflict {
+                        id: want.id.clone(),
+                        dn: want.dn.clone(),
+                        mxid,
+                        reason: why,
+                    });
+                    return;
+                }
+                held_by_others.push(localpart);
+            }
+        }
+    };
+    if !held_by_others.is_empty() {
+        note = Some(format!(
+            "`{}` held on the homeserver by accounts that are not the agent's (on_conflict = \"next_free\"), so `{localpart}`",
+            held_by_others.join("`, `")
+        ));
+    }
     let mxid = format!("@{localpart}:{}", policy.server_name);
     if let AgentState::Scheduled { at, reason } = &want.state {
         plan.pending.push(Pending {
@@ -344,6 +478,11 @@ fn plan_new(
         reason.push_str("; ");
         reason.push_str(&note);
     }
+    if let Some(evidence) = &adopt {
+        reason.push_str(&format!(
+            "; {mxid} exists on the homeserver and is taken over: {evidence}"
+        ));
+    }
     plan.actions.push(Action::CreateAccount {
         id: want.id.clone(),
         mxid,
@@ -351,6 +490,7 @@ fn plan_new(
         dn: want.dn.clone(),
         display_name: want.display_name.clone(),
         emails: want.emails.clone(),
+        adopt,
         reason,
     });
 }

@@ -14,6 +14,9 @@ fn policy() -> Policy {
         grace: 7 * DAY,
         step: ReversibleStep::Suspend,
         protected: vec!["@boss:example.org".into(), "@*-bot:example.org".into()],
+        adopt: Adopt::Matching,
+        on_conflict: OnConflict::Skip,
+        retry_refused_after: DAY,
     }
 }
 
@@ -89,6 +92,7 @@ fn new_agents_are_created_with_their_profile_and_a_reason() {
             dn: "uid=u1,ou=people,dc=example,dc=org".into(),
             display_name: "Élodie Dupré [DSI]".into(),
             emails: vec!["u1@example.org".into()],
+            adopt: None,
             reason: "new agent uid=u1,ou=people,dc=example,dc=org".into(),
         }]
     );
