@@ -131,6 +131,7 @@ mod tests {
                 display_name: String::new(),
                 emails: vec![],
                 adopt: None,
+                resumed: false,
                 reason: "new".into(),
             });
         }

@@ -83,6 +83,8 @@ impl<H: Homeserver> Runner<'_, H> {
             &format!("refused: {error}"),
         );
         self.ledger.record_audit(&entry)?;
+        // Refused: nothing was made (an intent kept could later vouch for someone else's).
+        self.ledger.forget_intent(action.mxid())?;
         Ok(Outcome::Refused(error.to_string()))
     }
 
@@ -101,6 +103,7 @@ impl<H: Homeserver> Runner<'_, H> {
                 reason: reason.clone(),
             },
         })?;
+        self.ledger.forget_intent(action.mxid())?;
         Ok(Outcome::Conflict(reason))
     }
 
@@ -154,13 +157,14 @@ impl<H: Homeserver> Runner<'_, H> {
             display_name,
             emails,
             adopt,
+            resumed,
             reason,
             ..
         } = action
         else {
             return Ok(Outcome::NotTried);
         };
-        if adopt.is_none() {
+        if adopt.is_none() && !resumed {
             // The plan saw no account there; one made since (by hand, by a login) is not the
             // daemon's to take.
             if let Some(deactivated) = self.existing.of(self.homeserver, action).await? {
@@ -179,7 +183,7 @@ impl<H: Homeserver> Runner<'_, H> {
             // Made in the moment between the check and the write: too late not to set it.
             tracing::warn!(%mxid, "the account was made on the homeserver while the daemon created it; recorded as adopted");
         }
-        let adopted = adopt.is_some() || upserted == Upserted::Updated;
+        let adopted = adopt.is_some() || (upserted == Upserted::Updated && !resumed);
         let (origin, outcome, kind) = if adopted {
             (
                 Origin::Adopted,
@@ -197,6 +201,7 @@ impl<H: Homeserver> Runner<'_, H> {
             return Ok(Outcome::NotTried);
         };
         self.record(&mut record, kind, reason)?;
+        self.ledger.forget_intent(mxid)?;
         Ok(outcome)
     }
 

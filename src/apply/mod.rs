@@ -108,6 +108,14 @@ pub async fn apply<H: Homeserver + Rooms>(
 
     let stop = AtomicBool::new(false);
     let existing = existing::Existing::read(plan, homeserver).await;
+    // Before any creation goes out: an account this run makes and does not live to record is
+    // then known as the daemon's own by the next plan.
+    ledger.intend_creations(
+        plan.actions
+            .iter()
+            .filter(|a| a.kind() == ActionKind::CreateAccount)
+            .map(|a| (a.mxid(), a.id())),
+    )?;
     let runner = &accounts::Runner {
         homeserver,
         ledger,

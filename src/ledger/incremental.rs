@@ -98,6 +98,7 @@ impl Ledger {
     ) -> Result<LedgerView, LedgerError> {
         let mut view = LedgerView {
             held: self.held_agents()?,
+            intents: self.creation_intents()?,
             ..LedgerView::default()
         };
         for id in ids {

@@ -71,6 +71,10 @@ pub struct Ledger {
     profiles: sled::Tree,
     /// Stable id → [`HeldAgent`]: agents held back by a conflict or a refusal.
     held: sled::Tree,
+    /// mxid → stable id: accounts about to be created, written (and flushed) before the
+    /// requests go out, so that an account made by a run that died before recording it is
+    /// known as the daemon's own, not someone else's.
+    intents: sled::Tree,
 }
 
 /// The last run that was not held back by the brake.
@@ -94,6 +98,8 @@ pub struct LedgerView {
     pub rooms: RoomsView,
     /// Agents held back by a conflict or a refusal (few: read whole).
     pub held: BTreeMap<StableId, HeldAgent>,
+    /// Creations begun and not recorded (a run died between the two): mxid → agent.
+    pub intents: BTreeMap<String, StableId>,
 }
 
 impl Ledger {
@@ -163,6 +169,7 @@ impl Ledger {
             scheduled: db.open_tree("scheduled")?,
             profiles: db.open_tree("profiles")?,
             held: db.open_tree("held")?,
+            intents: db.open_tree("intents")?,
             path,
             db,
         };
@@ -213,7 +220,54 @@ impl Ledger {
             in_step: Vec::new(),
             rooms: self.rooms_view()?,
             held: self.held_agents()?,
+            intents: self.creation_intents()?,
         })
+    }
+
+    /// Notes, durably, that the accounts `creations` (mxid, agent) are about to be created.
+    pub fn intend_creations<'a>(
+        &self,
+        creations: impl IntoIterator<Item = (&'a str, &'a StableId)>,
+    ) -> Result<(), LedgerError> {
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for (mxid, id) in creations {
+            batch.insert(mxid.as_bytes(), id.0.as_bytes());
+            any = true;
+        }
+        if any {
+            self.intents.apply_batch(batch)?;
+            self.intents.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Creations begun and never recorded: mxid → agent.
+    pub fn creation_intents(&self) -> Result<BTreeMap<String, StableId>, LedgerError> {
+        self.intents
+            .iter()
+            .map(|item| {
+                let (mxid, id) = item?;
+                Ok((
+                    String::from_utf8_lossy(&mxid).into_owned(),
+                    StableId(String::from_utf8_lossy(&id).into_owned()),
+                ))
+            })
+            .collect()
+    }
+
+    /// True when this ledger began creating `mxid` for `id` and did not record it.
+    pub fn intended(&self, mxid: &str, id: &StableId) -> Result<bool, LedgerError> {
+        Ok(self
+            .intents
+            .get(mxid.as_bytes())?
+            .is_some_and(|v| v.as_ref() == id.0.as_bytes()))
+    }
+
+    /// Forgets the creation intent of `mxid` (recorded, or not to be made after all).
+    pub fn forget_intent(&self, mxid: &str) -> Result<(), LedgerError> {
+        self.intents.remove(mxid.as_bytes())?;
+        Ok(())
     }
 
     /// Every agent held back by a conflict or a refusal.

@@ -24,6 +24,7 @@ pub(super) fn complete_view(
         in_step,
         rooms: ledger.rooms_view()?,
         held: ledger.held_agents()?,
+        intents: ledger.creation_intents()?,
         ..LedgerView::default()
     };
     for id in to_read {

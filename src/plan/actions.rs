@@ -28,6 +28,10 @@ pub enum Action {
         /// Why the existing account is the agent's; `None`: the account is to be made.
         #[serde(skip_serializing_if = "Option::is_none")]
         adopt: Option<String>,
+        /// The account exists because the daemon began creating it in a run that died
+        /// before recording it (its creation intent is in the ledger): finish the creation.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
         reason: String,
     },
     /// Deactivated, and back in the directory: reactivate the same account and restore its

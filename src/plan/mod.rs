@@ -218,7 +218,14 @@ fn plan_accounts(
         match known {
             Known::Record(record) => plan_managed(&mut plan, &lifecycle, want, record),
             Known::InStep => {}
-            Known::New => plan_new(&mut plan, &mut allocator, policy, existing, want),
+            Known::New => {
+                let new = New {
+                    policy,
+                    existing,
+                    intents: &ledger.intents,
+                };
+                plan_new(&mut plan, &mut allocator, &new, want)
+            }
         }
     }
     plan.unchanged += ledger.in_step.len();
@@ -418,13 +425,25 @@ fn plan_managed(
 /// (`on_conflict = "next_free"`).
 const MAX_NEXT_FREE: usize = 20;
 
+/// What deciding a new agent's account needs besides the agent.
+struct New<'a> {
+    policy: &'a Policy,
+    existing: &'a HomeserverAccounts,
+    /// Creations begun by a run that died before recording them: mxid → agent.
+    intents: &'a BTreeMap<String, StableId>,
+}
+
 fn plan_new(
     plan: &mut Plan,
     allocator: &mut LocalpartAllocator,
-    policy: &Policy,
-    existing: &HomeserverAccounts,
+    new: &New,
     want: &DesiredAccount,
 ) {
+    let New {
+        policy,
+        existing,
+        intents,
+    } = *new;
     if let AgentState::Departed { reason, .. } = &want.state {
         plan.not_created.push(SkippedAgent {
             id: Some(want.id.clone()),
@@ -434,14 +453,17 @@ fn plan_new(
         return;
     }
     let mut held_by_others: Vec<String> = Vec::new();
-    let (localpart, mut note, adopt) = loop {
+    let (localpart, mut note, adopt, resumed) = loop {
         let (localpart, note) = allocator.allocate(want);
         let mxid = format!("@{localpart}:{}", policy.server_name);
         let Lookup::Present(account) = existing.get(&mxid) else {
-            break (localpart, note, None);
+            break (localpart, note, None, false);
         };
+        if intents.get(&mxid) == Some(&want.id) && !account.deactivated {
+            break (localpart, note, None, true);
+        }
         match existing::adoption(policy.adopt, account, want) {
-            Ok(evidence) => break (localpart, note, Some(evidence)),
+            Ok(evidence) => break (localpart, note, Some(evidence), false),
             Err(why) => {
                 let next_free = policy.on_conflict == OnConflict::NextFree
                     && held_by_others.len() < MAX_NEXT_FREE;
@@ -478,6 +500,11 @@ fn plan_new(
         reason.push_str("; ");
         reason.push_str(&note);
     }
+    if resumed {
+        reason.push_str(&format!(
+            "; {mxid} was made by a run of the daemon that stopped before recording it"
+        ));
+    }
     if let Some(evidence) = &adopt {
         reason.push_str(&format!(
             "; {mxid} exists on the homeserver and is taken over: {evidence}"
@@ -491,6 +518,7 @@ fn plan_new(
         display_name: want.display_name.clone(),
         emails: want.emails.clone(),
         adopt,
+        resumed,
         reason,
     });
 }

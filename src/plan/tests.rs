@@ -93,6 +93,7 @@ fn new_agents_are_created_with_their_profile_and_a_reason() {
             display_name: "Élodie Dupré [DSI]".into(),
             emails: vec!["u1@example.org".into()],
             adopt: None,
+                resumed: false,
             reason: "new agent uid=u1,ou=people,dc=example,dc=org".into(),
         }]
     );
