@@ -477,10 +477,8 @@ impl Validator<'_> {
             concurrency: raw.concurrency,
             timeout: self.duration("homeserver.timeout_secs", raw.timeout_secs)?,
             max_retries: raw.max_retries,
-            retry_refused_after: self.human_duration(
-                "homeserver.retry_refused_after",
-                &raw.retry_refused_after,
-            )?,
+            retry_refused_after: self
+                .human_duration("homeserver.retry_refused_after", &raw.retry_refused_after)?,
         })
     }
 

@@ -221,8 +221,7 @@ async fn plan_mapped<H: Homeserver + Rooms>(
             if unasked.is_empty() {
                 break;
             }
-            let found =
-                observe_accounts(hs, unasked, config.homeserver.concurrency).await?;
+            let found = observe_accounts(hs, unasked, config.homeserver.concurrency).await?;
             let taken = found.iter().any(|(_, account)| account.is_some());
             for (mxid, account) in found {
                 known.accounts.insert(mxid, account);

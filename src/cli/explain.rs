@@ -7,9 +7,9 @@ use super::{open_existing, read_state};
 use crate::clock::format_time;
 use crate::config::Config;
 use crate::directory::StableId;
+use crate::homeserver::SynapseClient;
 use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Held};
 use crate::mapping::{AgentState, DesiredAccount, Rules};
-use crate::homeserver::SynapseClient;
 use crate::pipeline::{self, Preview, RunError, State};
 
 /// Audit entries shown per person.

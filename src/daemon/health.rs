@@ -63,7 +63,9 @@ impl Health {
             self.warnings.push(format!("{conflicts} agent(s) left alone: their mxid is held by an account the daemon may not take over (see `status`, `plan`)"));
         }
         if refused > 0 {
-            self.warnings.push(format!("{refused} agent(s) refused by the homeserver (see `status`, `explain`)"));
+            self.warnings.push(format!(
+                "{refused} agent(s) refused by the homeserver (see `status`, `explain`)"
+            ));
         }
     }
 

@@ -239,7 +239,11 @@ pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64,
         health: if health.is_ok() { "ok" } else { "degraded" }.into(),
         reasons: health.reasons(),
         warnings: health.warnings.clone(),
-        held: ledger.held_agents().unwrap_or_default().into_values().collect(),
+        held: ledger
+            .held_agents()
+            .unwrap_or_default()
+            .into_values()
+            .collect(),
         last_run: ledger.last_run().ok().flatten(),
     };
     if let Err(e) = status_file::write(state_dir, &status) {

@@ -433,12 +433,7 @@ struct New<'a> {
     intents: &'a BTreeMap<String, StableId>,
 }
 
-fn plan_new(
-    plan: &mut Plan,
-    allocator: &mut LocalpartAllocator,
-    new: &New,
-    want: &DesiredAccount,
-) {
+fn plan_new(plan: &mut Plan, allocator: &mut LocalpartAllocator, new: &New, want: &DesiredAccount) {
     let New {
         policy,
         existing,

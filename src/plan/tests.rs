@@ -93,7 +93,7 @@ fn new_agents_are_created_with_their_profile_and_a_reason() {
             display_name: "Élodie Dupré [DSI]".into(),
             emails: vec!["u1@example.org".into()],
             adopt: None,
-                resumed: false,
+            resumed: false,
             reason: "new agent uid=u1,ou=people,dc=example,dc=org".into(),
         }]
     );
@@ -589,4 +589,202 @@ fn a_plan_of_changes_only_departs_whom_the_directory_says_left() {
     let p = plan(&complete, &view, &policy());
     assert_eq!(p.count(ActionKind::SuspendAccount), 1);
     assert_eq!(p.count(ActionKind::DeactivateAccount), 1);
+}
+
+/// A plan of `agents` against an empty ledger, with the homeserver holding `existing`.
+fn plan_against(
+    agents: Vec<DesiredAccount>,
+    existing: &[(&str, ExistingAccount)],
+    policy: &Policy,
+    view: &LedgerView,
+) -> Plan {
+    let mut accounts = HomeserverAccounts::default();
+    for (mxid, account) in existing {
+        accounts.insert(mxid.to_string(), Some(account.clone()));
+    }
+    let homeserver = Homeserver {
+        accounts,
+        ..Homeserver::default()
+    };
+    plan_with_rooms(&desired(agents), view, policy, &homeserver)
+}
+
+fn account(emails: &[&str]) -> ExistingAccount {
+    ExistingAccount {
+        emails: emails.iter().map(|e| e.to_string()).collect(),
+        ..ExistingAccount::default()
+    }
+}
+
+#[test]
+fn an_existing_account_is_adopted_only_when_it_provably_is_the_agents() {
+    let elodie = || want("u1", "elodie.dupre", "Élodie Dupré");
+    let mxid = "@elodie.dupre:example.org";
+    // (adopt, the account's e-mails, deactivated, admin, adopted?, conflict?)
+    let cases = [
+        (
+            Adopt::Matching,
+            vec!["U1@example.org"],
+            false,
+            false,
+            true,
+            false,
+        ),
+        (
+            Adopt::Matching,
+            vec!["perso@gmail.com"],
+            false,
+            false,
+            false,
+            true,
+        ),
+        (Adopt::Matching, vec![], false, false, false, true),
+        (Adopt::All, vec![], false, false, true, false),
+        (
+            Adopt::Never,
+            vec!["u1@example.org"],
+            false,
+            false,
+            false,
+            true,
+        ),
+        (Adopt::All, vec!["u1@example.org"], true, false, false, true),
+        (Adopt::All, vec![], false, true, false, true),
+    ];
+    for (i, (adopt, emails, deactivated, admin, adopted, conflict)) in cases.into_iter().enumerate()
+    {
+        let mut existing = account(&emails);
+        existing.deactivated = deactivated;
+        existing.admin = admin;
+        let policy = Policy { adopt, ..policy() };
+        let p = plan_against(
+            vec![elodie()],
+            &[(mxid, existing)],
+            &policy,
+            &ledger(vec![]),
+        );
+        assert_eq!(
+            p.count(ActionKind::AdoptAccount) == 1,
+            adopted,
+            "case {i}: {p:#?}"
+        );
+        assert_eq!(p.conflicts.len() == 1, conflict, "case {i}: {p:#?}");
+        assert_eq!(
+            p.count(ActionKind::CreateAccount),
+            0,
+            "case {i}: never a plain create"
+        );
+        if conflict {
+            assert_eq!(p.conflicts[0].mxid, mxid);
+            assert!(p.conflicts[0].dn.starts_with("uid=u1,"), "case {i}");
+        }
+    }
+}
+
+#[test]
+fn next_free_gives_the_agent_the_first_localpart_nobody_holds() {
+    let policy = Policy {
+        on_conflict: OnConflict::NextFree,
+        ..policy()
+    };
+    let existing = [
+        ("@elodie.dupre:example.org", account(&["someone@else.org"])),
+        ("@elodie.dupre2:example.org", account(&[])),
+    ];
+    let p = plan_against(
+        vec![want("u1", "elodie.dupre", "Élodie Dupré")],
+        &existing,
+        &policy,
+        &ledger(vec![]),
+    );
+    assert_eq!(created(&p), vec![("u1", "@elodie.dupre3:example.org")]);
+    assert!(p.conflicts.is_empty());
+    assert!(
+        p.actions[0]
+            .reason()
+            .contains("`elodie.dupre`, `elodie.dupre2` held"),
+        "{}",
+        p.actions[0].reason()
+    );
+}
+
+#[test]
+fn an_account_an_interrupted_run_made_for_the_agent_is_finished_not_adopted() {
+    let mut view = ledger(vec![]);
+    view.intents
+        .insert("@elodie.dupre:example.org".into(), StableId("u1".into()));
+    let existing = [("@elodie.dupre:example.org", account(&[]))];
+    let policy = Policy {
+        adopt: Adopt::Never,
+        ..policy()
+    };
+    let p = plan_against(
+        vec![want("u1", "elodie.dupre", "Élodie Dupré")],
+        &existing,
+        &policy,
+        &view,
+    );
+    assert_eq!(p.count(ActionKind::CreateAccount), 1, "{p:#?}");
+    assert!(matches!(
+        p.actions[0],
+        Action::CreateAccount { resumed: true, .. }
+    ));
+    // Another agent's intent vouches for nothing.
+    view.intents
+        .insert("@elodie.dupre:example.org".into(), StableId("u9".into()));
+    let p = plan_against(
+        vec![want("u1", "elodie.dupre", "Élodie Dupré")],
+        &existing,
+        &policy,
+        &view,
+    );
+    assert_eq!(p.conflicts.len(), 1, "{p:#?}");
+}
+
+#[test]
+fn a_refused_action_is_left_out_until_the_agent_changes_or_the_delay_passes() {
+    let agent = want("u1", "elodie.dupre", "Élodie Dupré");
+    let first = plan(&desired(vec![agent.clone()]), &ledger(vec![]), &policy());
+    let refused_at = NOW - 3600;
+    let mut view = ledger(vec![]);
+    view.held.insert(
+        agent.id.clone(),
+        crate::ledger::HeldAgent {
+            id: agent.id.clone(),
+            mxid: first.actions[0].mxid().into(),
+            dn: agent.dn.clone(),
+            since: refused_at,
+            at: refused_at,
+            why: Held::Refused {
+                action: "create_account".into(),
+                wanted: wanted_digest(&first.actions[0]),
+                error: "HTTP 400 M_INVALID_USERNAME".into(),
+            },
+        },
+    );
+    let held = plan(&desired(vec![agent.clone()]), &view, &policy());
+    assert!(held.actions.is_empty(), "{held:#?}");
+    assert_eq!(held.refused.len(), 1);
+    assert_eq!(held.refused[0].retry_at, refused_at + DAY);
+
+    let mut changed = agent.clone();
+    changed.display_name = "Élodie Dupré-Martin".into();
+    let replanned = plan(&desired(vec![changed]), &view, &policy());
+    assert_eq!(
+        replanned.count(ActionKind::CreateAccount),
+        1,
+        "a changed agent is tried again"
+    );
+
+    let later = Policy {
+        now: refused_at + DAY,
+        ..policy()
+    };
+    let retried = plan(&desired(vec![agent]), &view, &later);
+    assert_eq!(
+        retried.count(ActionKind::CreateAccount),
+        1,
+        "tried again after the delay"
+    );
+    assert!(retried.refused.is_empty());
 }
