@@ -108,6 +108,7 @@ pub struct HeldAgent {
     pub since: i64,
     /// When it was last seen held.
     pub at: i64,
+    #[serde(flatten)]
     pub why: Held,
 }
 

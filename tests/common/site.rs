@@ -44,6 +44,10 @@ pub struct Settings {
     pub mapping_extra: String,
     /// Replaces the preset's agent filter.
     pub filter: Option<String>,
+    /// Replaces the preset's `[account] localpart` template.
+    pub localpart: Option<String>,
+    /// Lines added to the preset's `[account]` section (e.g. `adopt = "all"`).
+    pub account_extra: String,
     /// Replaces the directory URLs.
     pub urls: Option<Vec<String>>,
     /// `directory.starttls`.
@@ -168,6 +172,21 @@ impl Daemon {
                 defaults.preset
             );
             mapping = mapping.replace(&line, &format!("filter = \"{filter}\""));
+        }
+        if let Some(localpart) = &settings.localpart {
+            let start = mapping
+                .find("\nlocalpart = ")
+                .expect("the preset has a localpart")
+                + 1;
+            let end = start + mapping[start..].find('\n').unwrap();
+            mapping.replace_range(start..end, &format!("localpart = \"{localpart}\""));
+        }
+        if !settings.account_extra.is_empty() {
+            mapping = mapping.replacen(
+                "\n[account]\n",
+                &format!("\n[account]\n{}\n", settings.account_extra),
+                1,
+            );
         }
         // A `[departure]` section of the test's replaces the preset's.
         if settings.mapping_extra.contains("[departure]") {
