@@ -106,10 +106,6 @@ file = "mapping.toml"
 
 [departures]
 grace = "30d"
-
-[brake]
-# A small directory: one person leaving is already 3% of it, and a move out of a room counts.
-max_departures_percent = 20.0
 "#,
         ldap = slapd.url,
         bind_dn = slapd.sync_dn,

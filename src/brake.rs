@@ -25,49 +25,188 @@ pub struct Context {
     pub last_good: Option<LastGood>,
 }
 
-/// Why the brake holds a plan's departures back, or `None` to let them through.
-pub fn check(plan: &Plan, context: &Context, limits: &BrakeConfig) -> Option<String> {
-    let departures = plan.departures();
-    if departures == 0 {
+/// Why the brake holds a plan's departures back: at least one [`Reason`]. Shown (and kept in
+/// the run journal) as its reasons' texts joined by `; `.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub reasons: Vec<Reason>,
+}
+
+/// One reason to hold a plan's departures back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// More of `what` than its absolute limit.
+    OverMax {
+        what: Counted,
+        count: usize,
+        max: usize,
+    },
+    /// More of `what` than its share of the managed accounts (only from
+    /// `brake.percent_from` of them on).
+    OverPercent {
+        what: Counted,
+        count: usize,
+        percent: f64,
+        managed: usize,
+        max: f64,
+    },
+    /// A complete read found no agents at all.
+    NoAgents,
+    /// A complete read found far fewer agents than the last good run.
+    Shrunk {
+        agents: usize,
+        percent: f64,
+        last: usize,
+        max: f64,
+    },
+    /// The agent filter, base DNs or id attribute changed since the last good run.
+    ScopeChanged,
+}
+
+/// What the brake counts, each against limits of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Accounts suspended, locked or deactivated.
+    Departures,
+    /// Room and space removals, and power levels lowered.
+    RoomRemovals,
+}
+
+impl Counted {
+    fn name(self) -> &'static str {
+        match self {
+            Counted::Departures => "departures",
+            Counted::RoomRemovals => "room removals",
+        }
+    }
+
+    /// The config keys of its limits: (absolute, percent).
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Counted::Departures => ("brake.max_departures", "brake.max_departures_percent"),
+            Counted::RoomRemovals => ("brake.max_room_removals", "brake.max_room_removals_percent"),
+        }
+    }
+
+    fn limits(self, limits: &BrakeConfig) -> (usize, f64) {
+        match self {
+            Counted::Departures => (limits.max_departures, limits.max_departures_percent),
+            Counted::RoomRemovals => (limits.max_room_removals, limits.max_room_removals_percent),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::OverMax { what, count, max } => {
+                write!(f, "{count} {} exceed {} = {max}", what.name(), what.keys().0)
+            }
+            Reason::OverPercent {
+                what,
+                count,
+                percent,
+                managed,
+                max,
+            } => write!(
+                f,
+                "{count} {} are {percent:.1}% of {managed} managed accounts, over {} = {max}",
+                what.name(),
+                what.keys().1
+            ),
+            Reason::NoAgents => f.write_str("the directory returned no agents at all"),
+            Reason::Shrunk {
+                agents,
+                percent,
+                last,
+                max,
+            } => write!(
+                f,
+                "the directory returned {agents} agents, {percent:.1}% fewer than the {last} of the last good run (brake.max_shrink_percent = {max})"
+            ),
+            Reason::ScopeChanged => f.write_str(
+                "the agent filter, base DNs or id attribute changed since the last good run",
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, reason) in self.reasons.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The brake's verdict on `plan`: `None` lets its departures through.
+pub fn check(plan: &Plan, context: &Context, limits: &BrakeConfig) -> Option<Verdict> {
+    let departures = plan.account_departures();
+    let removals = plan.rooms.removals();
+    if departures + removals == 0 {
         return None;
     }
     let mut reasons = Vec::new();
-    if departures > limits.max_departures {
-        reasons.push(format!(
-            "{departures} departures exceed brake.max_departures = {}",
-            limits.max_departures
-        ));
+    for (what, count) in [
+        (Counted::Departures, departures),
+        (Counted::RoomRemovals, removals),
+    ] {
+        reasons.extend(over_limits(what, count, context.managed, limits));
     }
-    let percent = 100.0 * departures as f64 / context.managed.max(1) as f64;
-    if percent > limits.max_departures_percent {
-        reasons.push(format!(
-            "{departures} departures are {percent:.1}% of {} managed accounts, over brake.max_departures_percent = {}",
-            context.managed, limits.max_departures_percent
-        ));
+    if context.complete {
+        reasons.extend(directory_reasons(context, limits));
     }
-    if !context.complete {
-        return (!reasons.is_empty()).then(|| reasons.join("; "));
+    (!reasons.is_empty()).then_some(Verdict { reasons })
+}
+
+/// `count` of `what` against its limits. The percentage applies only from
+/// `limits.percent_from` on: in a directory of 36, one person's move out of a department is
+/// already 11%.
+fn over_limits(what: Counted, count: usize, managed: usize, limits: &BrakeConfig) -> Vec<Reason> {
+    let (max, max_percent) = what.limits(limits);
+    let mut reasons = Vec::new();
+    if count > max {
+        reasons.push(Reason::OverMax { what, count, max });
     }
+    let percent = 100.0 * count as f64 / managed.max(1) as f64;
+    if count >= limits.percent_from && percent > max_percent {
+        reasons.push(Reason::OverPercent {
+            what,
+            count,
+            percent,
+            managed,
+            max: max_percent,
+        });
+    }
+    reasons
+}
+
+/// What a complete read says about the directory itself: empty, shrunk, or another scope.
+fn directory_reasons(context: &Context, limits: &BrakeConfig) -> Vec<Reason> {
+    let mut reasons = Vec::new();
     if context.agents == 0 {
-        reasons.push("the directory returned no agents at all".to_string());
+        reasons.push(Reason::NoAgents);
     }
     if let Some(last) = &context.last_good {
         let shrink =
             100.0 * (last.agents as f64 - context.agents as f64) / last.agents.max(1) as f64;
         if context.agents > 0 && shrink > limits.max_shrink_percent {
-            reasons.push(format!(
-                "the directory returned {} agents, {shrink:.1}% fewer than the {} of the last good run (brake.max_shrink_percent = {})",
-                context.agents, last.agents, limits.max_shrink_percent
-            ));
+            reasons.push(Reason::Shrunk {
+                agents: context.agents,
+                percent: shrink,
+                last: last.agents,
+                max: limits.max_shrink_percent,
+            });
         }
         if last.scope != context.scope {
-            reasons.push(
-                "the agent filter, base DNs or id attribute changed since the last good run"
-                    .to_string(),
-            );
+            reasons.push(Reason::ScopeChanged);
         }
     }
-    (!reasons.is_empty()).then(|| reasons.join("; "))
+    reasons
 }
 
 /// Takes the departures (and room removals) out of `plan`; returns how many.
@@ -110,9 +249,12 @@ mod tests {
     use super::*;
     use crate::config::ReversibleStep;
     use crate::directory::StableId;
+    use crate::plan::memberships::RoomAction;
     use crate::plan::Action;
 
-    fn plan_with(departures: usize, others: usize) -> Plan {
+    /// A plan with this many account departures, room removals (half of them power levels
+    /// lowered) and creations.
+    fn plan_of(departures: usize, removals: usize, others: usize) -> Plan {
         let mut plan = Plan::default();
         for i in 0..departures {
             plan.actions.push(Action::DepartAccount {
@@ -135,7 +277,34 @@ mod tests {
                 reason: "new".into(),
             });
         }
+        for i in 0..removals {
+            let (room, id, mxid) = (
+                "#dept-a:x".to_string(),
+                StableId(format!("r{i}")),
+                format!("@r{i}:x"),
+            );
+            plan.rooms.actions.push(match i % 2 {
+                0 => RoomAction::Kick {
+                    room,
+                    id: Some(id),
+                    mxid,
+                    reason: "moved".into(),
+                },
+                _ => RoomAction::SetPower {
+                    room,
+                    id,
+                    mxid,
+                    from: Some(50),
+                    to: None,
+                    reason: "moved".into(),
+                },
+            });
+        }
         plan
+    }
+
+    fn plan_with(departures: usize, others: usize) -> Plan {
+        plan_of(departures, 0, others)
     }
 
     fn context(managed: usize, agents: usize, last: Option<usize>) -> Context {
@@ -152,49 +321,126 @@ mod tests {
         }
     }
 
+    fn text(verdict: &Option<Verdict>) -> String {
+        verdict.as_ref().map(Verdict::to_string).unwrap_or_default()
+    }
+
     #[test]
     fn limits_table() {
         let limits = BrakeConfig {
             max_departures: 50,
             max_departures_percent: 5.0,
+            max_room_removals: 100,
+            max_room_removals_percent: 10.0,
+            percent_from: 10,
             max_shrink_percent: 10.0,
             protected: vec![],
         };
-        // (departures, managed, agents now, agents last time, engaged?, reason contains)
+        // (departures, room removals, managed, agents now, agents last time, engaged?,
+        // reason contains)
         let cases = [
-            (0, 1000, 0, Some(1000), false, ""),
-            (1, 1000, 999, Some(1000), false, ""),
-            (50, 1000, 950, Some(1000), false, ""),
-            (
-                51,
-                2000,
-                1949,
-                Some(2000),
-                true,
-                "exceed brake.max_departures = 50",
-            ),
-            (
-                30,
-                500,
-                470,
-                Some(500),
-                true,
-                "6.0% of 500 managed accounts",
-            ),
-            (3, 100, 0, Some(100), true, "no agents at all"),
-            (3, 100, 85, Some(100), true, "15.0% fewer than the 100"),
-            (3, 100, 97, None, false, ""),
+            (0, 0, 1000, 0, Some(1000), false, ""),
+            (1, 0, 1000, 999, Some(1000), false, ""),
+            (50, 0, 1000, 950, Some(1000), false, ""),
+            (51, 0, 2000, 1949, Some(2000), true, "51 departures exceed brake.max_departures = 50"),
+            (30, 0, 500, 470, Some(500), true, "30 departures are 6.0% of 500 managed accounts, over brake.max_departures_percent = 5"),
+            (3, 0, 100, 0, Some(100), true, "no agents at all"),
+            (3, 0, 100, 85, Some(100), true, "15.0% fewer than the 100"),
+            (3, 0, 100, 97, None, false, ""),
+            // A department move in a directory of 36: 4 of 36 is 11%, but below percent_from.
+            (0, 4, 36, 36, Some(36), false, ""),
+            // One person leaves a directory of 36 (2.8%) and their rooms with them.
+            (1, 3, 36, 35, Some(36), false, ""),
+            // Percentages below percent_from are ignored: 9 of 36 departing is 25%.
+            (9, 0, 36, 36, Some(36), false, ""),
+            // 30% of the accounts depart (11 of 36: HR marked them), at or past percent_from.
+            (11, 0, 36, 36, Some(36), true, "11 departures are 30.6% of 36 managed accounts"),
+            // 30% of the entries deleted: the read shrank, whatever the count.
+            (3, 0, 10, 7, Some(10), true, "30.0% fewer than the 10"),
+            // Room removals alone: over their own absolute limit…
+            (0, 101, 5000, 5000, Some(5000), true, "101 room removals exceed brake.max_room_removals = 100"),
+            // …or their own percentage.
+            (0, 40, 300, 300, Some(300), true, "40 room removals are 13.3% of 300 managed accounts, over brake.max_room_removals_percent = 10"),
+            // Counted apart: 45 departures and 60 removals are each within their limits.
+            (45, 60, 1000, 1000, Some(1000), false, ""),
         ];
-        for (i, (departures, managed, agents, last, engaged, text)) in cases.into_iter().enumerate()
+        for (i, (departures, removals, managed, agents, last, engaged, contains)) in
+            cases.into_iter().enumerate()
         {
             let verdict = check(
-                &plan_with(departures, 2),
+                &plan_of(departures, removals, 2),
                 &context(managed, agents, last),
                 &limits,
             );
             assert_eq!(verdict.is_some(), engaged, "case {i}: {verdict:?}");
-            assert!(verdict.unwrap_or_default().contains(text), "case {i}");
+            assert!(
+                text(&verdict).contains(contains),
+                "case {i}: {}",
+                text(&verdict)
+            );
         }
+    }
+
+    #[test]
+    fn the_verdict_lists_typed_reasons_shown_as_one_line() {
+        let limits = BrakeConfig::default();
+        let mut ctx = context(20, 0, Some(20));
+        ctx.scope = "s2".into();
+        let verdict = check(&plan_of(20, 30, 0), &ctx, &limits).unwrap();
+        assert_eq!(
+            verdict.reasons,
+            vec![
+                Reason::OverPercent {
+                    what: Counted::Departures,
+                    count: 20,
+                    percent: 100.0,
+                    managed: 20,
+                    max: 5.0
+                },
+                Reason::OverPercent {
+                    what: Counted::RoomRemovals,
+                    count: 30,
+                    percent: 150.0,
+                    managed: 20,
+                    max: 10.0
+                },
+                Reason::NoAgents,
+                Reason::ScopeChanged,
+            ]
+        );
+        assert_eq!(
+            verdict.to_string(),
+            "20 departures are 100.0% of 20 managed accounts, over brake.max_departures_percent = 5; \
+             30 room removals are 150.0% of 20 managed accounts, over brake.max_room_removals_percent = 10; \
+             the directory returned no agents at all; \
+             the agent filter, base DNs or id attribute changed since the last good run"
+        );
+    }
+
+    #[test]
+    fn percent_from_zero_applies_the_percentages_to_any_count() {
+        let limits = BrakeConfig {
+            percent_from: 0,
+            ..BrakeConfig::default()
+        };
+        let verdict = check(&plan_of(0, 4, 0), &context(36, 36, Some(36)), &limits);
+        assert!(
+            text(&verdict).contains("4 room removals are 11.1%"),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn a_filter_that_matches_nothing_engages_the_brake_whatever_the_size() {
+        let limits = BrakeConfig::default();
+        let mut ctx = context(4, 0, Some(4));
+        ctx.scope = "s2".into();
+        let verdict = text(&check(&plan_with(4, 0), &ctx, &limits));
+        assert!(verdict.contains("no agents at all"), "{verdict}");
+        assert!(
+            verdict.contains("changed since the last good run"),
+            "{verdict}"
+        );
     }
 
     #[test]
@@ -202,8 +448,9 @@ mod tests {
         let limits = BrakeConfig::default();
         let mut ctx = context(100, 100, Some(100));
         ctx.scope = "s2".into();
-        assert!(check(&plan_with(1, 0), &ctx, &limits)
-            .unwrap()
+        assert!(text(&check(&plan_with(1, 0), &ctx, &limits))
+            .contains("changed since the last good run"));
+        assert!(text(&check(&plan_of(0, 1, 0), &ctx, &limits))
             .contains("changed since the last good run"));
         assert_eq!(check(&plan_with(0, 5), &ctx, &limits), None);
     }
@@ -216,16 +463,17 @@ mod tests {
         ctx.complete = false;
         assert_eq!(check(&plan_with(3, 0), &ctx, &limits), None);
         // A deleted OU seen through an incremental read still engages it.
-        let many = check(&plan_with(120, 0), &ctx, &limits).unwrap();
+        let many = text(&check(&plan_with(120, 0), &ctx, &limits));
         assert!(many.contains("exceed brake.max_departures"), "{many}");
         assert!(!many.contains("fewer than"), "{many}");
     }
 
     #[test]
-    fn hold_back_keeps_everything_but_departures() {
-        let mut plan = plan_with(3, 2);
+    fn hold_back_keeps_everything_but_departures_and_removals() {
+        let mut plan = plan_of(3, 4, 2);
         let held = hold_back(&mut plan);
-        assert_eq!((held, plan.actions.len()), (3, 2));
+        assert_eq!((held, plan.actions.len()), (7, 2));
         assert_eq!(plan.departures(), 0);
+        assert!(plan.rooms.actions.is_empty());
     }
 }

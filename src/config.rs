@@ -82,10 +82,18 @@ impl ReversibleStep {
 /// Limits that stop a plan which looks like an accident.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrakeConfig {
-    /// Most departure actions (suspend, lock, deactivate) one run may apply.
+    /// Most account departures (suspend, lock, deactivate) one run may apply.
     pub max_departures: usize,
-    /// Most departure actions one run may apply, in percent of the managed accounts.
+    /// Most account departures one run may apply, in percent of the managed accounts.
     pub max_departures_percent: f64,
+    /// Most room removals (and power levels lowered) one run may apply: counted apart from
+    /// the departures, as one person's routine move takes several.
+    pub max_room_removals: usize,
+    /// Most room removals one run may apply, in percent of the managed accounts.
+    pub max_room_removals_percent: f64,
+    /// The percentages apply from this many departures (or room removals) on: below it, a
+    /// percentage of a small directory measures its size more than an accident.
+    pub percent_from: usize,
     /// The brake engages when the directory returns this many percent fewer agents than the
     /// last good run saw.
     pub max_shrink_percent: f64,
@@ -109,6 +117,9 @@ impl Default for BrakeConfig {
         BrakeConfig {
             max_departures: 50,
             max_departures_percent: 5.0,
+            max_room_removals: 100,
+            max_room_removals_percent: 10.0,
+            percent_from: 10,
             max_shrink_percent: 10.0,
             protected: Vec::new(),
         }
@@ -234,6 +245,9 @@ struct RawDepartures {
 struct RawBrake {
     max_departures: Option<usize>,
     max_departures_percent: Option<f64>,
+    max_room_removals: Option<usize>,
+    max_room_removals_percent: Option<f64>,
+    percent_from: Option<usize>,
     max_shrink_percent: Option<f64>,
     protected: Option<Vec<String>>,
 }
@@ -529,6 +543,13 @@ impl Validator<'_> {
                 raw.max_departures_percent,
                 default.max_departures_percent,
             )?,
+            max_room_removals: raw.max_room_removals.unwrap_or(default.max_room_removals),
+            max_room_removals_percent: percent(
+                "brake.max_room_removals_percent",
+                raw.max_room_removals_percent,
+                default.max_room_removals_percent,
+            )?,
+            percent_from: raw.percent_from.unwrap_or(default.percent_from),
             max_shrink_percent: percent(
                 "brake.max_shrink_percent",
                 raw.max_shrink_percent,
@@ -777,6 +798,14 @@ file = "mappings/openldap.toml"
         let c = f.parse(GOOD).unwrap();
         assert_eq!(c.departures.grace, Duration::from_secs(30 * 86400));
         assert_eq!(c.brake.max_departures, 50);
+        assert_eq!(
+            (
+                c.brake.max_room_removals,
+                c.brake.max_room_removals_percent,
+                c.brake.percent_from
+            ),
+            (100, 10.0, 10)
+        );
         let text = format!("{GOOD}\n[departures]\ngrace = \"7d\"\nreversible_step = \"lock\"\n[brake]\nprotected = [\"@admin:example.org\"]\n");
         let c = f.parse(&text).unwrap();
         assert_eq!(c.departures.grace, Duration::from_secs(7 * 86400));
@@ -787,6 +816,10 @@ file = "mappings/openldap.toml"
             (
                 "[brake]\nmax_departures_percent = 120.0",
                 "brake.max_departures_percent",
+            ),
+            (
+                "[brake]\nmax_room_removals_percent = -1.0",
+                "brake.max_room_removals_percent",
             ),
             ("[brake]\nprotected = [\"admin\"]", "brake.protected"),
         ];

@@ -66,7 +66,7 @@ pub struct Preview {
     /// What the directory asked for (for `explain`).
     pub desired: Desired,
     /// Why the brake would hold the plan's departures back, if it would.
-    pub brake: Option<String>,
+    pub brake: Option<brake::Verdict>,
     /// Everything, or only the changes since the last read.
     pub read: Read,
     scope: String,
@@ -339,7 +339,11 @@ pub async fn sync<H: Homeserver + Rooms>(
         refused: report.refused.len(),
         conflicts: preview.plan.conflicts.len() + report.conflicts.len(),
         outcome,
-        brake: preview.brake.clone().filter(|_| held_back > 0),
+        brake: preview
+            .brake
+            .as_ref()
+            .filter(|_| held_back > 0)
+            .map(ToString::to_string),
         held_back,
         incremental: !preview.read.is_complete(),
     };

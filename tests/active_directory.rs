@@ -1,6 +1,6 @@
 //! Active Directory end to end: a real Samba AD DC (provisioned once, LDAPS with a test CA) and
 //! a real Synapse, through the real binary with the `mappings/active-directory.toml` preset.
-//! Time moves with `--now`, never with sleeps.
+//! Time moves with the test clock (`site.sync_ok_at(t)`) and `plan --now`, never with sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -86,7 +86,7 @@ fn departures_site(name: &str) -> AdSite {
     });
     site.add_agent(ANNE);
     site.add_agent(PAUL);
-    let run = site.sync_ok_with(&["--now", &at(T0)]);
+    let run = site.sync_ok_at(T0);
     assert!(run.stdout.contains("2 applied"), "{}", all_output(&run));
     site
 }
@@ -297,12 +297,12 @@ fn a_stopped_dc_stops_the_run_without_departures_and_its_return_resumes() {
         ..Settings::default()
     });
     site.add_agent(ANNE);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let anne = site.mxid("anne");
 
     let stopped = site.stop_dc();
     let mark = site.synapse.log_mark();
-    let run = site.run(&["sync", "--now", &at(T0 + DAY)]);
+    let run = site.run_at(T0 + DAY, &["sync"]);
     let out = all_output(&run);
     assert_ne!(run.code, 0, "{out}");
     assert!(
@@ -314,7 +314,7 @@ fn a_stopped_dc_stops_the_run_without_departures_and_its_return_resumes() {
     assert_eq!(site.writes_since(mark), vec![]);
     drop(stopped);
 
-    let run = site.sync_ok_with(&["--now", &at(T0 + 2 * DAY)]);
+    let run = site.sync_ok_at(T0 + 2 * DAY);
     assert!(
         run.stdout.contains("Sync from ldaps://localhost: 1 agents"),
         "{}",
@@ -401,12 +401,12 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
     assert_eq!(plan["counts"]["suspend_account"], 1, "{plan}");
     let reason = plan["actions"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("userAccountControl"), "{plan}");
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_at(T0 + DAY);
     let u = user(&site, &anne);
     assert!(flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
     assert!(!has(&site, &paul, "suspended"));
 
-    site.sync_ok_with(&["--now", &at(T0 + 9 * DAY)]);
+    site.sync_ok_at(T0 + 9 * DAY);
     assert!(has(&site, &anne, "deactivated"));
     assert!(!has(&site, &paul, "deactivated"));
 }
@@ -429,7 +429,7 @@ fn a_move_into_the_departed_ou_is_a_departure_and_a_move_back_a_return() {
         ..Settings::default()
     });
     site.add_agent(ANNE);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let anne = site.mxid("anne");
     let move_to = |parent: &str| {
         site.dc.modify_ldif(&format!(
@@ -442,11 +442,11 @@ fn a_move_into_the_departed_ou_is_a_departure_and_a_move_back_a_return() {
     let (_, plan) = site.plan_json_with(&["--now", &at(T0 + DAY)]);
     let reason = plan["actions"][0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("moved into"), "{plan}");
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_at(T0 + DAY);
     assert!(has(&site, &anne, "suspended"));
 
     move_to(&site.ou);
-    site.sync_ok_with(&["--now", &at(T0 + 2 * DAY)]);
+    site.sync_ok_at(T0 + 2 * DAY);
     let u = user(&site, &anne);
     assert!(!flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
 }
@@ -465,7 +465,7 @@ fn a_locked_out_agent_is_not_a_departure() {
         "the DC must show the lockout: {out}"
     );
     let mark = site.synapse.log_mark();
-    let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    let run = site.sync_ok_at(T0 + DAY);
     assert!(run.stdout.contains("0 planned"), "{}", all_output(&run));
     assert_eq!(site.writes_since(mark), vec![]);
     assert!(!has(&site, &site.mxid("anne"), "suspended"));
@@ -480,7 +480,7 @@ fn account_expiry_in_the_past_departs_in_the_future_is_scheduled_and_zero_is_nev
         sn: "Marchand",
         ..Agent::default()
     });
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     site.set_attr("anne", "accountExpires", &[&filetime(T0 - DAY)]);
     site.set_attr("paul", "accountExpires", &[&filetime(T0 + 10 * DAY)]);
     site.set_attr("rose", "accountExpires", &["0"]);
@@ -491,11 +491,11 @@ fn account_expiry_in_the_past_departs_in_the_future_is_scheduled_and_zero_is_nev
     assert_eq!(plan["counts"]["suspend_account"], 1, "{plan}");
     assert_eq!(plan["actions"][0]["mxid"], anne.as_str(), "{plan}");
     assert_eq!(plan["pending"][0]["mxid"], paul.as_str(), "{plan}");
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_at(T0 + DAY);
     assert!(has(&site, &anne, "suspended"));
     assert!(!has(&site, &paul, "suspended"));
 
-    site.sync_ok_with(&["--now", &at(T0 + 11 * DAY)]);
+    site.sync_ok_at(T0 + 11 * DAY);
     assert!(has(&site, &paul, "suspended"));
     assert!(!has(&site, &rose, "suspended"));
 }
@@ -506,7 +506,7 @@ fn a_deleted_agent_is_suspended_and_a_restored_one_gets_its_account_back() {
     let anne = site.mxid("anne");
     let (guid, dn) = (site.guid("anne"), site.dn("anne"));
     site.dc.delete(&dn);
-    let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    let run = site.sync_ok_at(T0 + DAY);
     assert!(run.stdout.contains("1 applied"), "{}", all_output(&run));
     assert!(has(&site, &anne, "suspended"));
     assert!(!has(&site, &site.mxid("paul"), "suspended"));
@@ -529,7 +529,7 @@ fn a_deleted_agent_is_suspended_and_a_restored_one_gets_its_account_back() {
     site.set_attr("anne", "displayName", &["Anne Leroy"]);
     site.set_attr("anne", "mail", &[&site.mail("anne.leroy@example.org")]);
     let mark = site.synapse.log_mark();
-    let run = site.sync_ok_with(&["--now", &at(T0 + 2 * DAY)]);
+    let run = site.sync_ok_at(T0 + 2 * DAY);
     assert!(run.stdout.contains("0 failed"), "{}", all_output(&run));
     assert!(
         !site

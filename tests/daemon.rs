@@ -742,21 +742,22 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
         .unwrap()
         .parse()
         .unwrap();
-    let mxids: Vec<String> = add_agents(&site, 10).into_iter().collect();
+    let mxids: Vec<String> = add_agents(&site, 30).into_iter().collect();
     let mut daemon = Daemon::start(&site);
     daemon.wait_runs(1, Duration::from_secs(60));
 
-    // 3 of 10 leave at once: over the default 5%.
-    for i in 0..3 {
+    // 10 of 30 leave at once (an incremental read: no shrink to see): 33%, over the default
+    // 5% from brake.percent_from = 10 departures on.
+    for i in 0..10 {
         site.slapd.delete(&format!("uid=a{i},{}", site.ou));
     }
     daemon.signal("USR1");
     let second = daemon.wait_runs(2, Duration::from_secs(60));
-    assert_eq!(second["last_run"]["held_back"], 3, "{second}");
+    assert_eq!(second["last_run"]["held_back"], 10, "{second}");
     let (code, body) = get(port, "/health");
     assert_eq!(code, 503, "{body}");
     assert!(
-        body.contains("brake engaged, 3 departure(s) held back"),
+        body.contains("brake engaged, 10 departure(s) held back: 10 departures are 33.3% of 30 managed accounts"),
         "{body}"
     );
     assert_eq!(metrics(port)["matrix_ldap_sync_brake_engaged"], 1.0);
@@ -765,7 +766,7 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
     let approve = site.run(&["sync", "--allow-mass-changes"]);
     assert_eq!(approve.code, 0, "{}\n{}", approve.stdout, approve.stderr);
     assert!(
-        approve.stdout.contains("may apply up to 3 departure(s)"),
+        approve.stdout.contains("may apply up to 10 departure(s)"),
         "{}",
         approve.stdout
     );
@@ -780,7 +781,7 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
                 .unwrap_or(false)
         })
         .collect();
-    assert_eq!(suspended.len(), 3, "{suspended:?}");
+    assert_eq!(suspended.len(), 10, "{suspended:?}");
     assert_eq!(get(port, "/health").0, 200);
     assert_eq!(metrics(port)["matrix_ldap_sync_brake_engaged"], 0.0);
 }

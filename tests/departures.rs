@@ -1,6 +1,7 @@
 //! Departures end to end: HR marks an agent in the directory, the real binary suspends then
 //! deactivates the account on a real Synapse, and brings it back on return. Time moves with
-//! `--now`, never with sleeps.
+//! the test clock of the debug build (`site.sync_ok_at(t)`), never with sleeps; `--now` is for
+//! previews (`plan`, `explain`, `status`) and refused by `sync`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -57,7 +58,7 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
         Some("anne.leroy@example.org"),
     );
     site.add_agent("paul", "Paul", "Girard", "DSI", None);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let anne = site.mxid("anne.leroy");
 
     site.set_attr("anne", "employeeType", &["departed"]);
@@ -71,7 +72,7 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
         plan["actions"][0]["reason"],
         "departed: disabled: employeeType=departed"
     );
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_at(T0 + DAY);
     let u = user(&site, &anne);
     assert!(flag(&u, "suspended") && !flag(&u, "deactivated"), "{u}");
     assert!(!flag(&user(&site, &site.mxid("paul.girard")), "suspended"));
@@ -87,11 +88,11 @@ fn a_disabled_agent_is_suspended_then_deactivated_after_the_grace_period() {
 
     // Six days into the grace period: nothing to do, nothing written.
     let mark = site.synapse.log_mark();
-    let run = site.sync_ok_with(&["--now", &at(T0 + 7 * DAY)]);
+    let run = site.sync_ok_at(T0 + 7 * DAY);
     assert!(run.stdout.contains("0 planned"), "{}", run.stdout);
     assert_eq!(site.writes_since(mark), vec![]);
 
-    site.sync_ok_with(&["--now", &at(T0 + 8 * DAY)]);
+    site.sync_ok_at(T0 + 8 * DAY);
     assert!(flag(&user(&site, &anne), "deactivated"));
 
     let history = site.run(&["history", "--user", &anne]);
@@ -120,14 +121,14 @@ fn a_deleted_entry_and_a_move_into_the_departed_ou_are_departures() {
     site.add_agent("gone", "Gaston", "Perrin", "RH", None);
     site.add_agent("moved", "Maud", "Fabre", "RH", None);
     site.add_agent("stays", "Sacha", "Roy", "RH", None);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
 
     site.slapd.delete(&format!("uid=gone,{}", site.ou));
     site.slapd.modify_ldif(&format!(
         "dn: uid=moved,{ou}\nchangetype: modrdn\nnewrdn: uid=moved\ndeleteoldrdn: 1\nnewsuperior: ou=departed,{ou}\n",
         ou = site.ou
     ));
-    let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    let run = site.sync_ok_at(T0 + DAY);
     assert!(run.stdout.contains("2 applied"), "{}", run.stdout);
     assert!(flag(&user(&site, &site.mxid("gaston.perrin")), "suspended"));
     assert!(flag(&user(&site, &site.mxid("maud.fabre")), "suspended"));
@@ -164,13 +165,13 @@ fn a_returning_agent_gets_the_same_account_back_with_its_profile() {
         "Cabinet",
         Some("remi.blanc@example.org"),
     );
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let (rose, remi) = (site.mxid("rose.marchand"), site.mxid("remi.blanc"));
 
     site.set_attr("rose", "employeeType", &["departed"]);
     site.set_attr("remi", "employeeType", &["departed"]);
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
-    site.sync_ok_with(&["--now", &at(T0 + 9 * DAY)]); // both deactivated
+    site.sync_ok_at(T0 + DAY);
+    site.sync_ok_at(T0 + 9 * DAY); // both deactivated
     assert!(flag(&user(&site, &remi), "deactivated"));
     assert!(
         emails(&user(&site, &remi)).is_empty(),
@@ -179,7 +180,7 @@ fn a_returning_agent_gets_the_same_account_back_with_its_profile() {
 
     // Rémi is rehired after deactivation, Rose before her grace period ended… in a new run.
     site.set_attr("remi", "employeeType", &[]);
-    let run = site.sync_ok_with(&["--now", &at(T0 + 10 * DAY)]);
+    let run = site.sync_ok_at(T0 + 10 * DAY);
     assert!(run.stdout.contains("1 applied"), "{}", run.stdout);
     let u = user(&site, &remi);
     assert!(
@@ -194,12 +195,12 @@ fn a_returning_agent_gets_the_same_account_back_with_its_profile() {
 
     // A second agent, suspended only: unsuspended, same mxid, no new account.
     site.add_agent("sam", "Sam", "Noel", "Cabinet", None);
-    site.sync_ok_with(&["--now", &at(T0 + 10 * DAY)]);
+    site.sync_ok_at(T0 + 10 * DAY);
     site.set_attr("sam", "employeeType", &["departed"]);
-    site.sync_ok_with(&["--now", &at(T0 + 11 * DAY)]);
+    site.sync_ok_at(T0 + 11 * DAY);
     assert!(flag(&user(&site, &site.mxid("sam.noel")), "suspended"));
     site.set_attr("sam", "employeeType", &["rehired"]);
-    site.sync_ok_with(&["--now", &at(T0 + 12 * DAY)]);
+    site.sync_ok_at(T0 + 12 * DAY);
     assert!(!flag(&user(&site, &site.mxid("sam.noel")), "suspended"));
     assert!(site
         .synapse
@@ -227,7 +228,7 @@ fn a_departure_date_in_the_future_does_nothing_until_it_passes() {
         None,
         &format!("objectClass: shadowAccount\nshadowExpire: {leaves}\n"),
     );
-    let run = site.sync_ok_with(&["--now", &at(T0)]);
+    let run = site.sync_ok_at(T0);
     assert!(run.stdout.contains("1 applied"), "{}", run.stdout);
     let eve = site.mxid("eve.caron");
 
@@ -236,7 +237,7 @@ fn a_departure_date_in_the_future_does_nothing_until_it_passes() {
     assert_eq!(plan["pending"][0]["mxid"], eve.as_str());
     assert!(!flag(&user(&site, &eve), "suspended"));
 
-    site.sync_ok_with(&["--now", &at(T0 + 11 * DAY)]);
+    site.sync_ok_at(T0 + 11 * DAY);
     assert!(flag(&user(&site, &eve), "suspended"));
 }
 
@@ -260,7 +261,7 @@ fn the_lock_step_locks_and_protected_or_unmanaged_accounts_are_untouched() {
         &format!("outsider-{}", site.tag),
         Some("Not from the directory"),
     );
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
 
     site.slapd.delete(&format!("uid=lucie,{}", site.ou));
     site.slapd.delete(&format!("uid=boss,{}", site.ou));
@@ -270,8 +271,8 @@ fn the_lock_step_locks_and_protected_or_unmanaged_accounts_are_untouched() {
         site.mxid("vip.boss"),
         "{plan}"
     );
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
-    site.sync_ok_with(&["--now", &at(T0 + 30 * DAY)]);
+    site.sync_ok_at(T0 + DAY);
+    site.sync_ok_at(T0 + 30 * DAY);
 
     let lucie = user(&site, &site.mxid("lucie.vidal"));
     assert!(
@@ -295,12 +296,12 @@ fn the_lock_step_locks_and_protected_or_unmanaged_accounts_are_untouched() {
 fn mass_removal_engages_the_brake_until_an_operator_allows_it() {
     let site = hr_site(
         "brake",
-        "max_departures = 50\nmax_departures_percent = 20.0\nmax_shrink_percent = 20.0",
+        "max_departures = 50\nmax_departures_percent = 20.0\npercent_from = 3\nmax_shrink_percent = 20.0",
     );
     for i in 0..10 {
         site.add_agent(&format!("a{i}"), "Agent", &format!("Num{i}"), "DSI", None);
     }
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     for i in 0..3 {
         site.slapd.delete(&format!("uid=a{i},{}", site.ou));
     }
@@ -314,7 +315,7 @@ fn mass_removal_engages_the_brake_until_an_operator_allows_it() {
         plan.stdout
     );
     let mark = site.synapse.log_mark();
-    let run = site.run(&["sync", "--now", &at(T0 + DAY)]);
+    let run = site.run_at(T0 + DAY, &["sync"]);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("3 departure(s) held back"),
@@ -341,7 +342,7 @@ fn mass_removal_engages_the_brake_until_an_operator_allows_it() {
         status.stdout
     );
 
-    site.sync_ok_with(&["--now", &at(T0 + DAY), "--allow-mass-changes"]);
+    site.sync_ok_at_with(T0 + DAY, &["--allow-mass-changes"]);
     for i in 0..3 {
         assert!(flag(
             &user(&site, &site.mxid(&format!("agent.num{i}"))),
@@ -357,12 +358,12 @@ fn a_filter_that_matches_nobody_never_suspends_anyone() {
     for i in 0..4 {
         site.add_agent(&format!("f{i}"), "Fabien", &format!("Num{i}"), "RH", None);
     }
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let mut broken = hr_settings(&site, "");
     broken.filter = Some("(&(objectClass=inetOrgPerson)(employeeType=nobody-has-this))".into());
     site.configure(&broken);
     let mark = site.synapse.log_mark();
-    let run = site.run(&["sync", "--now", &at(T0 + DAY)]);
+    let run = site.run_at(T0 + DAY, &["sync"]);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout
@@ -389,7 +390,7 @@ fn logout_devices_at_the_reversible_step_when_configured() {
     site.configure(&settings);
     site.add_agent("dev", "Denis", "Appareil", "DSI", None);
     site.add_agent("other", "Odile", "Reste", "DSI", None);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let mxid = site.mxid("denis.appareil");
 
     // Give the agent a device: a password (test only) and a real login.
@@ -420,11 +421,165 @@ fn logout_devices_at_the_reversible_step_when_configured() {
     assert_eq!(devices(&site), 1);
 
     site.set_attr("dev", "employeeType", &["departed"]);
-    site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    site.sync_ok_at(T0 + DAY);
     assert!(flag(&user(&site, &mxid), "suspended"));
     assert_eq!(
         devices(&site),
         0,
         "the departing agent's devices were logged out"
     );
+}
+
+#[test]
+fn commands_that_write_refuse_now_and_write_nothing() {
+    let site = hr_site("now", NO_BRAKE);
+    site.add_agent("nina", "Nina", "Avance", "DSI", None);
+    let mark = site.synapse.log_mark();
+    for command in ["sync", "run", "check", "history"] {
+        let run = site.run(&[command, "--now", &at(T0 + 30 * DAY)]);
+        assert_eq!(run.code, 2, "{command}: {}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr
+                .contains("--now is for previews only (plan, explain, status)"),
+            "{command}: {}",
+            run.stderr
+        );
+    }
+    // Before the subcommand too (a global option).
+    let run = site.run(&["--now", &at(T0), "sync"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("`sync` writes"), "{}", run.stderr);
+    assert!(
+        !site.dir.path().join("state").exists(),
+        "no state directory, no ledger"
+    );
+    assert_eq!(site.writes_since(mark), vec![]);
+    assert!(site.synapse.get_user(&site.mxid("nina.avance")).is_none());
+
+    // Previews still take it, and write nothing either.
+    let (code, plan) = site.plan_json_with(&["--now", &at(T0 + 30 * DAY)]);
+    assert_eq!(
+        (code, plan["counts"]["create_account"].as_u64()),
+        (2, Some(1)),
+        "{plan}"
+    );
+    assert!(!site.dir.path().join("state").exists());
+    site.sync_ok_at(T0);
+    let status = site.run(&["status", "--now", &at(T0 + DAY)]);
+    assert_eq!(status.code, 0, "{}\n{}", status.stdout, status.stderr);
+}
+
+/// 36 agents in six departments (as in `scripts/sample-directory.ldif`), one room per
+/// department and the heads as its moderators.
+fn department_site(name: &str) -> (Site, Settings, Vec<String>) {
+    let site = Site::new(name);
+    let short = ["dsi", "fin", "rh", "com", "jur", "cab"];
+    let departments: Vec<String> = short.iter().map(|d| format!("{d}-{}", site.tag)).collect();
+    let sizes = [10, 7, 6, 5, 5, 3];
+    let mut ldif = String::new();
+    let mut heads = Vec::new();
+    for ((d, dept), size) in short.iter().zip(&departments).zip(sizes) {
+        // uid `dsi0`, mxid `site.mxid("agent.dsi0")`.
+        for i in 0..size {
+            let uid = format!("{d}{i}");
+            ldif.push_str(&format!(
+                "dn: uid={uid},{ou}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: Agent {uid}\ngivenName: Agent\nsn: {uid} {tag}\nou: {dept}\n\n",
+                ou = site.ou,
+                tag = site.tag
+            ));
+            if i == 0 {
+                heads.push(format!("member: uid={uid},{}\n", site.ou));
+            }
+        }
+    }
+    ldif.push_str(&format!(
+        "dn: cn=heads,{ou}\nobjectClass: groupOfNames\ncn: heads\n{}",
+        heads.concat(),
+        ou = site.ou
+    ));
+    site.slapd.add_ldif(&ldif);
+    let settings = Settings {
+        mapping_extra: format!(
+            r##"
+[[rooms]]
+room = "#dept-{{ou|localpart}}:{server}"
+everyone = true
+power = [{{ groups = ["cn=heads,{ou}"], level = 50 }}]
+create = {{ name = "Department {{ou}}" }}
+"##,
+            server = site.synapse.server_name,
+            ou = site.ou
+        ),
+        page_size: Some(50),
+        ..Settings::default()
+    };
+    site.configure(&settings);
+    (site, settings, departments)
+}
+
+#[test]
+fn a_department_move_in_a_small_directory_passes_the_default_brake_a_filter_matching_nobody_does_not(
+) {
+    let (site, settings, departments) = department_site("dept36");
+    let room = |dept: &str| format!("#dept-{dept}:{}", site.synapse.server_name);
+    site.sync_ok();
+    let (dsi, rh) = (&departments[0], &departments[2]);
+    let head = site.mxid("agent.dsi0");
+    assert_eq!(site.synapse.room_members(&room(dsi)).len(), 10);
+    assert!(site.synapse.room_members(&room(dsi)).contains(&head));
+
+    // The head of DSI moves to RH: out of the DSI room and its moderators. 2 of 36 managed
+    // accounts is 5.6%, over the default 5% that once counted every removal together.
+    site.set_attr("dsi0", "ou", &[rh]);
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    assert_eq!(plan["removals"], 2, "{plan}");
+    assert_eq!(plan["brake"], Value::Null, "{plan}");
+    let run = site.sync_ok();
+    assert!(!run.stdout.contains("BRAKE"), "{}", run.stdout);
+    assert!(!site.synapse.room_members(&room(dsi)).contains(&head));
+    assert!(site.synapse.room_members(&room(rh)).contains(&head));
+
+    // A filter that matches nobody: every account and membership would go. Nothing does.
+    let members: Vec<usize> = departments
+        .iter()
+        .map(|d| site.synapse.room_members(&room(d)).len())
+        .collect();
+    let mut broken = settings.clone();
+    broken.filter = Some("(&(objectClass=inetOrgPerson)(employeeType=nobody-has-this))".into());
+    site.configure(&broken);
+    let (_, plan) = site.plan_json();
+    assert_eq!(plan["counts"]["suspend_account"], 36, "{plan}");
+    let mark = site.synapse.log_mark();
+    let run = site.run(&["sync"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("the directory returned no agents at all"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("36 departures are 100.0% of 36 managed accounts"),
+        "{}",
+        run.stdout
+    );
+    let rooms: Vec<String> = departments
+        .iter()
+        .filter_map(|d| site.synapse.room_id(&room(d)))
+        .collect();
+    let writes: Vec<_> = site
+        .synapse
+        .writes_since(mark)
+        .into_iter()
+        .filter(|(_, p)| p.contains(&site.tag) || rooms.iter().any(|r| p.contains(r.as_str())))
+        .collect();
+    assert_eq!(writes, vec![], "nothing departed, nobody left a room");
+    let after: Vec<usize> = departments
+        .iter()
+        .map(|d| site.synapse.room_members(&room(d)).len())
+        .collect();
+    assert_eq!(after, members);
+    assert!(!flag(&user(&site, &head), "suspended"));
 }

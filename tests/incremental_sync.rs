@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::accounts::{at, flag, DAY, T0};
+use common::accounts::{flag, DAY, T0};
 use common::site::{Run, Settings, Site};
 use serde_json::Value;
 
@@ -39,7 +39,7 @@ fn user(site: &Site, mxid: &str) -> Value {
 }
 
 fn sync_incremental(site: &Site, now: i64) -> Run {
-    site.sync_ok_with(&["--incremental", "--now", &at(now)])
+    site.sync_ok_at_with(now, &["--incremental"])
 }
 
 /// The summary line says whether the run read everything or only the changes.
@@ -58,7 +58,7 @@ fn changes_since_the_last_complete_read_are_read_and_applied_alone() {
     ] {
         site.add_agent(uid, given, "Martin", "DSI", None);
     }
-    let first = site.sync_ok_with(&["--incremental", "--now", &at(T0)]);
+    let first = site.sync_ok_at_with(T0, &["--incremental"]);
     assert!(!read_only_changes(&first), "{}", first.stdout);
 
     site.add_agent("eve", "Eve", "Martin", "DRH", None);
@@ -105,14 +105,14 @@ fn changes_since_the_last_complete_read_are_read_and_applied_alone() {
 fn a_failed_run_leaves_the_watermark_so_its_changes_are_read_again() {
     let site = site("incr-fail", &settings("1h", NO_BRAKE));
     site.add_agent("anne", "Anne", "Petit", "DSI", None);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     site.add_agent("paul", "Paul", "Petit", "DSI", None);
 
     // The homeserver is unreachable for one run.
     let config = std::fs::read_to_string(site.config()).unwrap();
     let broken = config.replace(&site.synapse.url, "http://127.0.0.1:9");
     std::fs::write(site.config(), broken).unwrap();
-    let failed = site.run(&["sync", "--incremental", "--now", &at(T0 + 60)]);
+    let failed = site.run_at(T0 + 60, &["sync", "--incremental"]);
     assert_ne!(failed.code, 0, "{}\n{}", failed.stdout, failed.stderr);
     std::fs::write(site.config(), config).unwrap();
 
@@ -127,7 +127,7 @@ fn changed_rules_or_a_due_complete_read_make_the_run_read_everything() {
     let settings = settings("1h", NO_BRAKE);
     let site = site("incr-full", &settings);
     site.add_agent("anne", "Anne", "Roux", "DSI", None);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     assert!(read_only_changes(&sync_incremental(&site, T0 + 60)));
 
     // A complete read is due an hour after the last one.
@@ -163,12 +163,12 @@ fn a_mass_deletion_read_incrementally_engages_the_brake_until_approved() {
     for uid in &uids {
         site.add_agent(uid, uid, "Blanc", "DSI", None);
     }
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     for uid in &uids[..5] {
         site.slapd.delete(&format!("uid={uid},{}", site.ou));
     }
     for attempt in 1..=2 {
-        let run = site.run(&["sync", "--incremental", "--now", &at(T0 + 60 * attempt)]);
+        let run = site.run_at(T0 + 60 * attempt, &["sync", "--incremental"]);
         assert_eq!(
             run.code, 3,
             "attempt {attempt}: {}\n{}",
@@ -181,12 +181,7 @@ fn a_mass_deletion_read_incrementally_engages_the_brake_until_approved() {
             run.stdout
         );
     }
-    let approved = site.sync_ok_with(&[
-        "--incremental",
-        "--allow-mass-changes",
-        "--now",
-        &at(T0 + 300),
-    ]);
+    let approved = site.sync_ok_at_with(T0 + 300, &["--incremental", "--allow-mass-changes"]);
     assert!(read_only_changes(&approved), "{}", approved.stdout);
     let suspended: Vec<bool> = uids
         .iter()
@@ -212,7 +207,7 @@ fn a_departure_date_comes_due_without_any_change_in_the_directory() {
         None,
         &format!("objectClass: shadowAccount\nshadowExpire: {expires_in_two_days}\n"),
     );
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
     let anne = site.mxid("anne.noel");
     assert!(!flag(&user(&site, &anne), "suspended"));
 

@@ -2,6 +2,7 @@
 
 mod check;
 mod explain;
+mod now;
 mod progress;
 mod render;
 mod render_rooms;
@@ -10,14 +11,16 @@ mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::clock::{Clock, FixedClock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::homeserver::SynapseClient;
 use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::Rules;
 use crate::pipeline::{self, LedgerCell, RunError, State};
+
+pub use now::TEST_NOW_VAR;
 
 /// Exit code of `plan` when changes are pending.
 pub const EXIT_CHANGES_PENDING: u8 = 2;
@@ -62,8 +65,10 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
 
-    /// Act as if it were this time (RFC 3339, e.g. 2026-12-31T09:00:00Z): `plan --now …`
-    /// previews when departures and expiry dates fall due. Meant for previews and tests.
+    /// Preview as if it were this time (RFC 3339, e.g. 2026-12-31T09:00:00Z): `plan --now …`
+    /// shows when departures and expiry dates fall due. Previews only (`plan`, `explain`,
+    /// `status`): commands that write refuse it (exit 2), as they record what they do at the
+    /// real time.
     #[arg(long, global = true, value_parser = parse_time)]
     now: Option<i64>,
 
@@ -146,6 +151,12 @@ fn parse_time(text: &str) -> Result<i64, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(why) = cli.now.and(now::refusal(&cli.command)) {
+        // A usage error, reported as clap reports any other (exit 2), before anything runs.
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, why)
+            .exit();
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -171,10 +182,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let load = || Config::load(&cli.config).map_err(|e| e.to_string());
-    let clock: Box<dyn Clock> = match cli.now {
-        Some(t) => Box::new(FixedClock(t)),
-        None => Box::new(SystemClock),
-    };
+    let clock = now::clock(cli.now)?;
     match cli.command {
         Command::Check => Ok(check::run(&cli.config).await),
         Command::Plan { json } => plan(&load()?, clock.as_ref(), json).await,

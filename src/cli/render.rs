@@ -162,7 +162,7 @@ pub fn plan_json(preview: &Preview) -> String {
         "server": preview.server,
         "agents": preview.agents,
         "changes_pending": plan.has_changes(),
-        "brake": preview.brake,
+        "brake": preview.brake.as_ref().map(ToString::to_string),
         "counts": counts,
         "unchanged": plan.unchanged,
         "actions": plan.actions,
@@ -234,7 +234,11 @@ pub fn sync_text(result: &SyncResult) -> String {
             out,
             "BRAKE: {} departure(s) held back: {}.\nReview them with `plan`, then run `sync --allow-mass-changes` to apply them once.",
             result.held_back,
-            result.preview.brake.as_deref().unwrap_or("limits exceeded")
+            result
+                .preview
+                .brake
+                .as_ref()
+                .map_or("limits exceeded".to_string(), ToString::to_string)
         );
     }
     out
@@ -281,7 +285,7 @@ pub fn sync_json(result: &SyncResult) -> String {
         "conflicts": conflicts,
         "not_tried": r.not_tried,
         "aborted": r.aborted,
-        "brake": result.preview.brake,
+        "brake": result.preview.brake.as_ref().map(ToString::to_string),
         "held_back": result.held_back,
         "rooms": super::render_rooms::sync_json(&r.rooms),
     })

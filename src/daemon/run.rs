@@ -128,7 +128,10 @@ pub fn classify(result: &Result<SyncResult, RunError>) -> (RunOutcome, Option<St
                 Some(format!(
                     "brake engaged, {} departure(s) held back: {}",
                     r.held_back,
-                    r.preview.brake.as_deref().unwrap_or("limits exceeded")
+                    r.preview
+                        .brake
+                        .as_ref()
+                        .map_or("limits exceeded".to_string(), ToString::to_string)
                 )),
             ),
             (None, 0) => (RunOutcome::Ok, None),

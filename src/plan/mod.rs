@@ -120,13 +120,18 @@ impl Plan {
     }
 
     /// Actions that take something away (suspend, lock, deactivate; room removals and power
-    /// levels lowered): what the brake counts.
+    /// levels lowered): what the brake holds back.
     pub fn departures(&self) -> usize {
+        self.account_departures() + self.rooms.removals()
+    }
+
+    /// Accounts suspended, locked or deactivated: the brake counts them apart from the room
+    /// removals.
+    pub fn account_departures(&self) -> usize {
         self.actions
             .iter()
             .filter(|a| a.kind().is_departure())
             .count()
-            + self.rooms.removals()
     }
 }
 

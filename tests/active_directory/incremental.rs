@@ -345,7 +345,7 @@ fn an_incremental_sync_applies_a_change_and_a_deletion_read_by_usn() {
     site.dc.grant_deleted_objects_read(&site.dc.sync_dn);
     site.set_attr("paul", "displayName", &["Paul Girard-Roux"]);
     site.dc.delete(&site.dn("anne"));
-    let run = site.sync_ok_with(&["--incremental", "--now", &super::at(super::T0 + 60)]);
+    let run = site.sync_ok_at_with(super::T0 + 60, &["--incremental"]);
     assert!(
         run.stdout
             .contains("changes only: 1 changed agents, 1 gone"),
@@ -357,7 +357,7 @@ fn an_incremental_sync_applies_a_change_and_a_deletion_read_by_usn() {
     assert_eq!(paul["displayname"], "Paul Girard-Roux", "{paul}");
     assert!(!super::flag(&paul, "suspended"));
 
-    let again = site.sync_ok_with(&["--incremental", "--now", &super::at(super::T0 + 120)]);
+    let again = site.sync_ok_at_with(super::T0 + 120, &["--incremental"]);
     assert!(
         again.stdout.contains("0 changed agents, 0 gone") && again.stdout.contains("0 planned"),
         "{}",

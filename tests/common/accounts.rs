@@ -1,4 +1,5 @@
-//! Reading accounts as Synapse's admin API returns them, and the tests' clock for `--now`.
+//! Reading accounts as Synapse's admin API returns them, and the tests' clock (`--now` for
+//! previews, `Daemon::run_at` for the commands that write).
 
 use serde_json::Value;
 
@@ -6,7 +7,7 @@ pub const DAY: i64 = 86_400;
 /// 2026-12-01T00:00:00Z: the tests' "today".
 pub const T0: i64 = 1_796_083_200;
 
-/// A Unix time as the RFC 3339 text `--now` takes.
+/// A Unix time as the RFC 3339 text `--now` (and the test clock) takes.
 pub fn at(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .unwrap()

@@ -7,6 +7,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use matrix_ldap_sync::cli::TEST_NOW_VAR;
+
+use super::accounts::at;
 use super::{binary, repo_root, unique, write_secret, Slapd, Synapse};
 
 /// What every test site shares, whatever the directory: its own name tag (so its localparts
@@ -254,13 +257,31 @@ file = "mapping.toml"
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(binary())
+        self.run_when(None, args)
+    }
+
+    /// [`Daemon::run`] with the binary's clock at `now` (Unix seconds), through the test clock
+    /// its debug build honours: `sync` moves in time without sleeping (`--now` is for previews
+    /// only).
+    pub fn run_at(&self, now: i64, args: &[&str]) -> Run {
+        self.run_when(Some(now), args)
+    }
+
+    fn run_when(&self, now: Option<i64>, args: &[&str]) -> Run {
+        let mut command = Command::new(binary());
+        command
             .arg("--config")
             .arg(self.config())
             .args(args)
             .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
+            .env_remove(TEST_NOW_VAR);
+        if let Some(now) = now {
+            if !cfg!(debug_assertions) {
+                panic!("only a debug build of the binary honours {TEST_NOW_VAR}: run the tests without --release");
+            }
+            command.env(TEST_NOW_VAR, at(now));
+        }
+        let out = command.output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -270,19 +291,33 @@ file = "mapping.toml"
 
     /// `sync` (with more arguments), asserting it exits 0.
     pub fn sync_ok_with(&self, args: &[&str]) -> Run {
-        let mut all = vec!["sync"];
-        all.extend_from_slice(args);
-        let run = self.run(&all);
-        assert_eq!(
-            run.code, 0,
-            "{all:?} failed:\n{}\n{}",
-            run.stdout, run.stderr
-        );
-        run
+        self.sync_ok_when(None, args)
     }
 
     pub fn sync_ok(&self) -> Run {
         self.sync_ok_with(&[])
+    }
+
+    /// `sync` at `now` (see [`Daemon::run_at`]), asserting it exits 0.
+    pub fn sync_ok_at(&self, now: i64) -> Run {
+        self.sync_ok_when(Some(now), &[])
+    }
+
+    /// [`Daemon::sync_ok_at`] with more arguments.
+    pub fn sync_ok_at_with(&self, now: i64, args: &[&str]) -> Run {
+        self.sync_ok_when(Some(now), args)
+    }
+
+    fn sync_ok_when(&self, now: Option<i64>, args: &[&str]) -> Run {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        let run = self.run_when(now, &all);
+        assert_eq!(
+            run.code, 0,
+            "{all:?} at {now:?} failed:\n{}\n{}",
+            run.stdout, run.stderr
+        );
+        run
     }
 
     /// Homeserver writes since `mark` that concern this test's accounts.

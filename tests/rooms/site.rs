@@ -17,7 +17,7 @@ impl std::ops::Deref for Site {
 
 /// Small test sites: one room removal is a large share of them, so the brake's percentages
 /// are opened up (the brake has tests of its own).
-const OPEN_BRAKE: &str = "\n[brake]\nmax_departures_percent = 100.0\nmax_shrink_percent = 100.0\n";
+const OPEN_BRAKE: &str = "\n[brake]\nmax_departures_percent = 100.0\nmax_room_removals_percent = 100.0\nmax_shrink_percent = 100.0\n";
 
 impl Site {
     /// A site whose mapping is the OpenLDAP preset followed by `extra_rules`, where `{tag}`
