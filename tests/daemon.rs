@@ -785,3 +785,54 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
     assert_eq!(get(port, "/health").0, 200);
     assert_eq!(metrics(port)["matrix_ldap_sync_brake_engaged"], 0.0);
 }
+
+#[test]
+fn an_agent_the_homeserver_refuses_leaves_health_ok_with_a_warning() {
+    let site = Site::new("refusedhealth");
+    site.configure(&common::site::Settings {
+        localpart: Some("{employeeNumber|localpart}".into()),
+        ..Default::default()
+    });
+    let port = free_port();
+    configure(&site, &format!("{FAST}\nlisten = \"127.0.0.1:{port}\""), 4);
+    site.add_agent_with(
+        "fine",
+        "Anne",
+        "Bon",
+        "DSI",
+        None,
+        &format!("employeeNumber: ok-{}\n", site.tag),
+    );
+    // Synapse keeps all-digit localparts for guests: refused on creation, every time.
+    let numeric = format!("{}", 800_000_000 + std::process::id());
+    site.add_agent_with(
+        "digits",
+        "Bruno",
+        "Chiffre",
+        "DSI",
+        None,
+        &format!("employeeNumber: {numeric}\n"),
+    );
+    let mut daemon = Daemon::start(&site);
+    daemon.wait_runs(1, Duration::from_secs(60));
+    daemon.signal("USR1");
+    let status = daemon.wait_runs(2, Duration::from_secs(60));
+    assert_eq!(status["health"], "ok", "{status}");
+    assert_eq!(status["last_run"]["outcome"], "ok", "{status}");
+    let (code, body) = get(port, "/health");
+    assert_eq!(code, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let warning = health["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("refused by the homeserver"), "{health}");
+    let m = metrics(port);
+    assert_eq!(m["matrix_ldap_sync_held_agents{reason=\"refused\"}"], 1.0);
+    assert_eq!(m["matrix_ldap_sync_held_agents{reason=\"conflict\"}"], 0.0);
+    // The second run did not ask again.
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("refused by the homeserver; not tried again")
+            .count(),
+        1,
+        "{log}"
+    );
+}
