@@ -221,6 +221,10 @@ async fn plan_mapped<H: Homeserver + Rooms>(
             if unasked.is_empty() {
                 break;
             }
+            tracing::info!(
+                mxids = unasked.len(),
+                "asking the homeserver whether new agents' mxids are taken"
+            );
             let found = observe_accounts(hs, unasked, config.homeserver.concurrency).await?;
             let taken = found.iter().any(|(_, account)| account.is_some());
             for (mxid, account) in found {

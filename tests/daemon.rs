@@ -515,12 +515,27 @@ fn health_turns_degraded_when_the_directory_stops_and_ok_when_it_returns() {
 
 #[test]
 fn sigterm_with_a_hung_homeserver_exits_after_the_shutdown_timeout() {
-    // A homeserver that accepts connections and never answers.
+    // A homeserver that answers reads ("no such user") and never answers a write.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hung_url = format!("http://{}", hung.local_addr().unwrap());
     std::thread::spawn(move || {
-        let held: Vec<_> = hung.incoming().collect();
-        drop(held);
+        use std::io::{BufRead, BufReader, Write};
+        let mut held = Vec::new();
+        for stream in hung.incoming() {
+            let mut stream = stream.unwrap();
+            let mut first = String::new();
+            BufReader::new(&stream).read_line(&mut first).unwrap();
+            if first.starts_with("GET ") {
+                let body = r#"{"errcode":"M_NOT_FOUND","error":"User not found"}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            } else {
+                held.push(stream);
+            }
+        }
     });
     let site = Site::new("hunghs");
     configure(&site, &format!("{FAST}\nshutdown_timeout_secs = 2"), 1);

@@ -184,12 +184,20 @@ impl Daemon {
             let end = start + mapping[start..].find('\n').unwrap();
             mapping.replace_range(start..end, &format!("localpart = \"{localpart}\""));
         }
-        if !settings.account_extra.is_empty() {
-            mapping = mapping.replacen(
-                "\n[account]\n",
-                &format!("\n[account]\n{}\n", settings.account_extra),
-                1,
-            );
+        // Each `key = value` line replaces the preset's line of that key, or is added to
+        // its `[account]` section.
+        for line in settings.account_extra.lines().filter(|l| l.contains('=')) {
+            let key = format!("\n{} = ", line.split('=').next().unwrap().trim());
+            match mapping.find(&key) {
+                Some(at) => {
+                    let end = at + 1 + mapping[at + 1..].find('\n').unwrap();
+                    mapping.replace_range(at + 1..end, line);
+                }
+                None => {
+                    mapping =
+                        mapping.replacen("\n[account]\n", &format!("\n[account]\n{line}\n"), 1)
+                }
+            }
         }
         // A `[departure]` section of the test's replaces the preset's.
         if settings.mapping_extra.contains("[departure]") {
