@@ -2,9 +2,10 @@
 //!
 //! One entry's DN can be written many ways: `CN=Martin\, Jean, OU=People,DC=example,DC=org`
 //! and `cn=Martin\2C Jean,ou=people,dc=example,dc=org` name the same entry, and slapd answers
-//! with the second even when a group's `member` value says the first. Every DN the daemon
-//! compares (group members against entries, rule groups against the groups read, entries under
-//! a departed OU or a base) is compared through a [`DnKey`], the normalised form:
+//! with the second even when a group's `member` value says the first (as a group loaded with
+//! slapadd, or written by another tool, may). Every DN the daemon compares (group members
+//! against entries, rule groups against the groups read, entries under a departed OU or a
+//! base) is compared through a [`DnKey`], the normalised form:
 //! - attribute types without case (`CN` = `cn`); numeric OIDs are kept as written, so
 //!   `2.5.4.3=x` and `cn=x` differ;
 //! - values unescaped (`\,` = `\2C` = `\2c`, `\C3\A9` = `é`), with leading, trailing and
@@ -275,23 +276,29 @@ impl Parser<'_> {
         if self.peek() == Some(b'#') {
             return self.hex_value(out);
         }
-        self.value.clear();
+        // Most values have no escape: they are read in place, with no copy.
+        let start = self.at;
+        let mut plain = true;
         while let Some(c) = self.peek() {
             match c {
                 b',' | b'+' => break,
                 b'\\' => {
-                    self.at += 1;
-                    let byte = self.escaped()?;
-                    self.value.push(byte);
+                    plain = false;
+                    self.at += 2;
                 }
-                c => {
-                    self.at += 1;
-                    self.value.push(c);
-                }
+                _ => self.at += 1,
             }
         }
-        let value = std::str::from_utf8(&self.value)
-            .map_err(|_| "an escaped value is not UTF-8".to_string())?;
+        let value = if plain {
+            // Ends before a `,`, a `+` or the end of the text: a whole `str`.
+            std::str::from_utf8(&self.bytes[start..self.at])
+                .map_err(|_| "a value is not UTF-8".to_string())?
+        } else {
+            self.at = start;
+            self.unescape()?;
+            std::str::from_utf8(&self.value)
+                .map_err(|_| "an escaped value is not UTF-8".to_string())?
+        };
         let start = out.len();
         let mut space = false;
         for c in value.chars() {
@@ -316,6 +323,26 @@ impl Parser<'_> {
         }
         if out.len() == start {
             return Err("a value is empty".into());
+        }
+        Ok(())
+    }
+
+    /// Reads a value with escapes into `self.value`, unescaped.
+    fn unescape(&mut self) -> Result<(), String> {
+        self.value.clear();
+        while let Some(c) = self.peek() {
+            match c {
+                b',' | b'+' => break,
+                b'\\' => {
+                    self.at += 1;
+                    let byte = self.escaped()?;
+                    self.value.push(byte);
+                }
+                c => {
+                    self.at += 1;
+                    self.value.push(c);
+                }
+            }
         }
         Ok(())
     }
@@ -355,7 +382,9 @@ impl Parser<'_> {
         }
         let hex = &self.bytes[start..self.at];
         self.skip_spaces();
-        if hex.is_empty() || hex.len() % 2 != 0 || !matches!(self.peek(), None | Some(b',' | b'+'))
+        if hex.is_empty()
+            || !hex.len().is_multiple_of(2)
+            || !matches!(self.peek(), None | Some(b',' | b'+'))
         {
             return Err("a `#` value is not an even number of hex digits".into());
         }
