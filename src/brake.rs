@@ -6,6 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::{BrakeConfig, Config};
+use crate::directory::DnKey;
 use crate::ledger::LastGood;
 use crate::mapping::Rules;
 use crate::plan::Plan;
@@ -217,13 +218,14 @@ pub fn hold_back(plan: &mut Plan) -> usize {
     before
 }
 
-/// A fingerprint of what defines who the agents are.
+/// A fingerprint of what defines who the agents are. Bases count by DN, not by spelling
+/// (`OU=People, DC=x` is `ou=people,dc=x`).
 pub fn scope(config: &Config, rules: &Rules) -> String {
     let mut bases: Vec<String> = config
         .directory
         .base_dns
         .iter()
-        .map(|b| b.to_lowercase())
+        .map(|b| DnKey::lenient(b).as_str().to_string())
         .collect();
     bases.sort();
     let text = format!(

@@ -418,6 +418,10 @@ impl Validator<'_> {
         if raw.base_dns.is_empty() || raw.base_dns.iter().any(|b| b.trim().is_empty()) {
             return Err(self.err("directory.base_dns", "give at least one non-empty base DN"));
         }
+        for (i, base) in raw.base_dns.iter().enumerate() {
+            crate::directory::Dn::parse(base)
+                .map_err(|e| self.err(&format!("directory.base_dns[{i}]"), e.to_string()))?;
+        }
         if !(1..=100_000).contains(&raw.page_size) {
             return Err(self.err(
                 "directory.page_size",
@@ -740,6 +744,11 @@ file = "mappings/openldap.toml"
                 "server_name = \"example.org\"",
                 "server_name = \"@bad\"",
                 "homeserver.server_name",
+            ),
+            (
+                "base_dns = [\"ou=people,dc=example,dc=org\"]",
+                "base_dns = [\"dc=org\", \"ou=people,,dc=org\"]",
+                "directory.base_dns[1]",
             ),
             (
                 "access_token_file = \"token\"",

@@ -148,6 +148,48 @@ fn a_deleted_entry_and_a_move_into_the_departed_ou_are_departures() {
     );
 }
 
+/// The departed OU as the rules write it (other case, spacing, `\,` for a comma) and as slapd
+/// names it (`ou=Departed\2C 2026,…`) are one DN.
+#[test]
+fn a_departed_ou_written_another_way_still_matches() {
+    let site = Site::new("gone-dn");
+    let ou = &site.ou;
+    site.slapd.add_ldif(&format!(
+        "dn: ou=Departed\\, 2026,{ou}\nobjectClass: organizationalUnit\nou: Departed, 2026\n"
+    ));
+    let written = format!(
+        "OU=departed\\, 2026 , {}",
+        ou.to_uppercase().replace(',', ", ")
+    );
+    site.configure(&Settings {
+        mapping_extra: format!("\n[departure]\ndeparted_ous = ['{written}']\n"),
+        config_extra: format!("\n[departures]\ngrace = \"7d\"\n\n[brake]\n{NO_BRAKE}\n"),
+        ..Settings::default()
+    });
+    site.add_agent("moved", "Maud", "Fabre", "RH", None);
+    site.add_agent("stays", "Sacha", "Roy", "RH", None);
+    site.sync_ok_with(&["--now", &at(T0)]);
+
+    site.slapd.modify_ldif(&format!(
+        "dn: uid=moved,{ou}\nchangetype: modrdn\nnewrdn: uid=moved\ndeleteoldrdn: 1\nnewsuperior: ou=Departed\\, 2026,{ou}\n"
+    ));
+    let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    assert!(run.stdout.contains("1 applied"), "{}", run.stdout);
+    assert!(flag(&user(&site, &site.mxid("maud.fabre")), "suspended"));
+    assert!(!flag(&user(&site, &site.mxid("sacha.roy")), "suspended"));
+    // `explain` finds the agent by its DN spelled yet another way.
+    let dn = format!("UID=Moved, ou=departed\\2c 2026,{ou}");
+    let explain = site.run(&["explain", &dn, "--now", &at(T0 + DAY)]);
+    assert!(
+        explain
+            .stdout
+            .contains(&format!("departed: moved into {written}")),
+        "{}\n{}",
+        explain.stdout,
+        explain.stderr
+    );
+}
+
 #[test]
 fn a_returning_agent_gets_the_same_account_back_with_its_profile() {
     let site = hr_site("return", NO_BRAKE);

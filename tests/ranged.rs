@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ldap3::asn1::{parse_tag, write, ASNTag, Enumerated, Integer, StructureTag, TagClass, PL};
 use matrix_ldap_sync::config::DirectoryConfig;
-use matrix_ldap_sync::directory::{Directory, DirectoryError, GroupQuery};
+use matrix_ldap_sync::directory::{Directory, DirectoryError, DnKey, GroupQuery};
 use matrix_ldap_sync::secret::Secret;
 
 const MAX_VALUES: usize = 1000;
@@ -226,7 +226,9 @@ async fn read(
 async fn a_large_ad_group_is_read_slice_by_slice_to_the_end() {
     let (url, log) = stub();
     let groups = read(&url, "ou=ok,dc=ad").await.unwrap();
-    let big = groups.get("CN=big,OU=ok,DC=ad").unwrap();
+    let big = groups
+        .get(&DnKey::parse("CN=big,OU=ok,DC=ad").unwrap())
+        .unwrap();
     assert_eq!(big.members.len(), MEMBERS);
     assert_eq!(big.members[0], "CN=user0,OU=people,DC=ad");
     assert_eq!(

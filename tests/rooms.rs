@@ -8,7 +8,7 @@ mod site;
 use std::collections::BTreeSet;
 
 use common::site::plan_joins;
-use common::Synapse;
+use common::{Slapd, Synapse};
 use serde_json::{json, Value};
 use site::Site;
 
@@ -553,4 +553,89 @@ create = { name = "Team" }
     let (code, plan) = site.plan_json();
     assert_eq!(code, 2, "{plan}");
     assert_eq!(plan_joins(&plan), set(&site, &["ann", "ben", "cat"]));
+}
+
+/// slapd names an entry whose cn holds a comma `cn=Martin\2C Jean,…`, while a group loaded with
+/// slapadd keeps its values as written: `cn=Martin\, Jean,…`, in another case or spacing.
+/// DNs are compared per RFC 4514, so every spelling, in `member` and `uniqueMember` and in the
+/// rules, joins the room.
+#[test]
+fn members_named_with_escaped_commas_either_way_join() {
+    // Its own slapd: a bulk load stops and restarts it.
+    let slapd: &'static Slapd = Box::leak(Box::new(Slapd::start()));
+    let site = Site::with_rules_on(
+        slapd,
+        "rooms-dn",
+        r##"
+[[rooms]]
+room = "#names-{tag}:example.org"
+groups = ["CN=Names, {ou}"]
+create = { name = "Names" }
+
+[[rooms]]
+room = "#unique-{tag}:example.org"
+groups = ["cn=unique,{ou}"]
+create = { name = "Unique" }
+
+[[rooms]]
+room = "#paris-{tag}:example.org"
+groups = ['CN=team\, paris , {ou}']
+create = { name = "Paris" }
+"##,
+    );
+    let (ou, tag) = (&site.ou, &site.tag);
+    let upper = ou.to_uppercase().replace(',', " , ");
+    // Two agents named by a cn holding a comma; their mxids are `<givenName>.<tag>`.
+    let mut ldif = String::new();
+    for (uid, cn) in [("martin", "Martin\\, Jean"), ("durand", "Durand\\, Paul")] {
+        ldif += &format!(
+            "dn: cn={cn},{ou}\nobjectClass: inetOrgPerson\nuid: {uid}\ngivenName: {uid}\nsn: {tag}\n\n"
+        );
+    }
+    ldif += &format!(
+        "dn: cn=names,{ou}\nobjectClass: groupOfNames\ncn: names\n\
+         member: cn=Martin\\, Jean,{ou}\nmember: CN=durand\\2c paul , {upper}\n\n\
+         dn: cn=unique,{ou}\nobjectClass: groupOfUniqueNames\ncn: unique\n\
+         uniqueMember: cn=Martin\\2C Jean,{ou}\nuniqueMember: cn=Durand\\, Paul,{ou}\n\n\
+         dn: cn=Team\\, Paris,{ou}\nobjectClass: groupOfNames\ncn: Team, Paris\n\
+         member: cn=Martin\\, Jean,{ou}\nmember: cn=Durand\\2C Paul,{ou}\n\n"
+    );
+    let path = slapd.log_path().with_file_name("rooms-dn.ldif");
+    std::fs::write(&path, ldif).unwrap();
+    slapd.bulk_load(&path);
+
+    // What slapd sends: the entries' DNs with `\2C`, the groups' values as loaded.
+    let (code, out) = slapd.search_as(
+        &slapd.sync_dn,
+        &slapd.sync_password,
+        &[
+            "-b",
+            ou,
+            "(|(uid=martin)(cn=names)(cn=unique))",
+            "member",
+            "uniqueMember",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    for seen in [
+        "dn: cn=Martin\\2C Jean,",
+        "member: cn=Martin\\, Jean,",
+        "member: CN=durand\\2c paul , ",
+        "uniqueMember: cn=Durand\\, Paul,",
+    ] {
+        assert!(out.contains(seen), "`{seen}` in\n{out}");
+    }
+
+    // Every rule group found, every member matched: no warning.
+    let (code, plan) = site.plan_json();
+    assert_eq!(code, 2, "{plan}");
+    assert_eq!(plan["warnings"], json!([]), "{plan}");
+    site.sync_ok();
+    for room in ["names", "unique", "paris"] {
+        assert_eq!(
+            members(&site, &site.alias(room)),
+            set(&site, &["martin", "durand"]),
+            "{room}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::{open_existing, read_state};
 use crate::clock::format_time;
 use crate::config::Config;
-use crate::directory::StableId;
+use crate::directory::{DnKey, StableId};
 use crate::homeserver::SynapseClient;
 use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Held};
 use crate::mapping::{AgentState, DesiredAccount, Rules};
@@ -32,11 +32,12 @@ pub async fn run(config: &Config, who: &str, now: i64) -> Result<ExitCode, Strin
         Err(e) => return Err(e.to_string()),
     };
     let ids = matching_ids(who, &preview, &state);
+    let is_dn = dn_matcher(who);
     let skipped: Vec<_> = preview
         .desired
         .skipped
         .iter()
-        .filter(|s| s.dn.eq_ignore_ascii_case(who))
+        .filter(|s| is_dn(&s.dn))
         .collect();
     if ids.is_empty() && skipped.is_empty() {
         println!(
@@ -67,14 +68,24 @@ pub async fn run(config: &Config, who: &str, now: i64) -> Result<ExitCode, Strin
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether a DN is the one `who` names, compared as RFC 4514 says (`who` may be written
+/// with other case, spacing or escapes than the directory's).
+fn dn_matcher(who: &str) -> impl Fn(&str) -> bool + '_ {
+    let key = who.contains('=').then(|| DnKey::parse(who).ok()).flatten();
+    move |dn: &str| {
+        dn.eq_ignore_ascii_case(who) || key.as_ref().is_some_and(|k| *k == DnKey::lenient(dn))
+    }
+}
+
 /// Agents (in the directory or the ledger) that `who` names: mxid, localpart, DN, login or
 /// e-mail, any case.
 fn matching_ids<'a>(who: &str, preview: &'a Preview, state: &'a State) -> Vec<&'a StableId> {
     let is = |text: &str| text.eq_ignore_ascii_case(who);
-    let record_matches = |r: &AccountRecord| is(&r.mxid) || is(&r.localpart) || is(&r.dn);
+    let is_dn = dn_matcher(who);
+    let record_matches = |r: &AccountRecord| is(&r.mxid) || is(&r.localpart) || is_dn(&r.dn);
     let wanted_matches = |w: &DesiredAccount| {
         is(&w.localpart)
-            || is(&w.dn)
+            || is_dn(&w.dn)
             || w.login.as_deref().is_some_and(is)
             || w.emails.iter().any(|e| is(e))
     };

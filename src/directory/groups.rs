@@ -28,6 +28,7 @@ use std::time::Duration;
 use ldap3::SearchEntry;
 use tracing::{debug, info};
 
+use super::dn::{Dn, DnKey};
 use super::error::DirectoryError;
 use super::reader::Directory;
 
@@ -42,7 +43,7 @@ pub struct GroupQuery {
     pub member_attributes: Vec<String>,
     /// AD: the rule groups whose transitive members the DC is asked for with the in-chain
     /// matching rule. Empty: groups are read and resolved here.
-    pub in_chain: Vec<String>,
+    pub in_chain: Vec<Dn>,
     /// Ask for member attributes in slices of this many values (`member;range=0-N`).
     /// `None`: the server decides (AD slices at `MaxValRange`, others send everything).
     pub range_size: Option<u32>,
@@ -72,10 +73,10 @@ pub struct Group {
     pub rid: Option<u32>,
 }
 
-/// A resolved member: an entry DN (normalized, see [`normalize_dn`]) or a login.
+/// A resolved member: an entry DN (its key, see [`DnKey`]) or a login.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Member {
-    Dn(String),
+    Dn(DnKey),
     Uid(String),
     /// Every agent whose `primaryGroupID` is this RID.
     PrimaryGroup(u32),
@@ -89,12 +90,22 @@ pub struct Resolved {
     pub members: BTreeMap<Member, Vec<String>>,
     /// Cycles met and cut, e.g. "cn=a → cn=b → cn=a".
     pub cycles: Vec<String>,
+    /// Member values that are not DNs (no server should send one), each with its group.
+    pub malformed: Vec<String>,
 }
 
-/// Every group read, by normalized DN.
+/// Every group read, by DN.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Groups {
-    by_dn: BTreeMap<String, Group>,
+    by_dn: BTreeMap<DnKey, Indexed>,
+}
+
+/// A group with the keys of its member DNs, made once when the groups are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Indexed {
+    group: Group,
+    /// The key of each of `group.members`, in order.
+    members: Vec<DnKey>,
 }
 
 impl Groups {
@@ -102,7 +113,10 @@ impl Groups {
         Groups {
             by_dn: groups
                 .into_iter()
-                .map(|g| (normalize_dn(&g.dn), g))
+                .map(|group| {
+                    let members = group.members.iter().map(|m| DnKey::lenient(m)).collect();
+                    (DnKey::lenient(&group.dn), Indexed { group, members })
+                })
                 .collect(),
         }
     }
@@ -115,14 +129,14 @@ impl Groups {
         self.by_dn.is_empty()
     }
 
-    /// The group at `dn` (any case and spacing).
-    pub fn get(&self, dn: &str) -> Option<&Group> {
-        self.by_dn.get(&normalize_dn(dn))
+    /// The group at `dn`.
+    pub fn get(&self, dn: &DnKey) -> Option<&Group> {
+        self.by_dn.get(dn).map(|g| &g.group)
     }
 
     /// The group at `dn` with only its own primary members as members (for groups whose
     /// nested members the DC resolved, see [`GroupQuery::in_chain`]).
-    pub fn primary_only(&self, dn: &str) -> Option<Resolved> {
+    pub fn primary_only(&self, dn: &DnKey) -> Option<Resolved> {
         let group = self.get(dn)?;
         Some(Resolved {
             members: group
@@ -130,38 +144,51 @@ impl Groups {
                 .map(|rid| (Member::PrimaryGroup(rid), vec![group.dn.clone()]))
                 .into_iter()
                 .collect(),
-            cycles: Vec::new(),
+            ..Resolved::default()
         })
     }
 
     /// Every member of `dn`, nested groups followed (breadth first, so each member comes with
     /// its shortest chain of groups). `None` if no such group was read.
-    pub fn resolve(&self, dn: &str) -> Option<Resolved> {
-        let root = normalize_dn(dn);
-        self.by_dn.get(&root)?;
+    pub fn resolve(&self, dn: &DnKey) -> Option<Resolved> {
+        let (root, _) = self.by_dn.get_key_value(dn)?;
         let mut out = Resolved::default();
-        let mut seen: BTreeSet<String> = BTreeSet::from([root.clone()]);
-        let mut queue: VecDeque<(String, Vec<String>)> = VecDeque::from([(root, Vec::new())]);
-        while let Some((key, path)) = queue.pop_front() {
-            let Some(group) = self.by_dn.get(&key) else {
+        let mut seen: BTreeSet<&DnKey> = BTreeSet::from([root]);
+        // Each group to read, with the keys of the groups it was reached through.
+        let mut queue: VecDeque<(&DnKey, Vec<&DnKey>)> = VecDeque::from([(root, Vec::new())]);
+        while let Some((key, mut path)) = queue.pop_front() {
+            let Some(indexed) = self.by_dn.get(key) else {
                 continue;
             };
-            let mut path = path;
-            path.push(group.dn.clone());
-            for dn in &group.members {
-                let member = normalize_dn(dn);
-                if self.by_dn.contains_key(&member) {
-                    if seen.insert(member.clone()) {
+            path.push(key);
+            let texts: Vec<String> = path
+                .iter()
+                .filter_map(|k| self.get(k))
+                .map(|g| g.dn.clone())
+                .collect();
+            let group = &indexed.group;
+            for (text, member) in group.members.iter().zip(&indexed.members) {
+                if let Some((member, _)) = self.by_dn.get_key_value(member) {
+                    if seen.insert(member) {
                         queue.push_back((member, path.clone()));
-                    } else if path.iter().any(|p| normalize_dn(p) == member) {
-                        let mut chain = path.clone();
-                        chain.push(dn.clone());
+                    } else if path.contains(&member) {
+                        let mut chain = texts.clone();
+                        chain.push(text.clone());
                         out.cycles.push(chain.join(" → "));
                     }
+                } else if member.is_malformed() {
+                    out.malformed.push(format!(
+                        "group `{}`: member `{text}` is not a DN ({}), ignored",
+                        group.dn,
+                        DnKey::parse(text)
+                            .err()
+                            .map(|e| e.reason)
+                            .unwrap_or_default()
+                    ));
                 } else {
                     out.members
-                        .entry(Member::Dn(member))
-                        .or_insert_with(|| path.clone());
+                        .entry(Member::Dn(member.clone()))
+                        .or_insert_with(|| texts.clone());
                 }
             }
             let primary = group.rid.map(Member::PrimaryGroup);
@@ -172,46 +199,11 @@ impl Groups {
                 .map(Member::Uid)
                 .chain(primary)
             {
-                out.members.entry(member).or_insert_with(|| path.clone());
+                out.members.entry(member).or_insert_with(|| texts.clone());
             }
         }
         Some(out)
     }
-}
-
-/// A DN in one comparable form: lowercase, no spaces around `,` and `=` (escaped ones kept).
-pub fn normalize_dn(dn: &str) -> String {
-    let mut out = String::with_capacity(dn.len());
-    let mut escaped = false;
-    let mut skip_spaces = true;
-    for c in dn.chars() {
-        if escaped {
-            out.extend(c.to_lowercase());
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' => {
-                out.push(c);
-                escaped = true;
-                skip_spaces = false;
-            }
-            ',' | '=' | '+' => {
-                let trimmed = out.trim_end_matches(' ').len();
-                out.truncate(trimmed);
-                out.push(c);
-                skip_spaces = true;
-            }
-            ' ' if skip_spaces => {}
-            c => {
-                out.extend(c.to_lowercase());
-                skip_spaces = false;
-            }
-        }
-    }
-    let trimmed = out.trim_end_matches(' ').len();
-    out.truncate(trimmed);
-    out
 }
 
 /// `member;range=0-1499` → the attribute `member`, values 0 to 1499 (`end: None` for `*`).
@@ -544,10 +536,10 @@ fn in_chain_filter(dn: &str) -> String {
 }
 
 /// `(|(distinguishedName=<dn>)…)`: the entries at these DNs (AD).
-fn dn_filter(dns: &[String]) -> String {
+fn dn_filter(dns: &[Dn]) -> String {
     let parts: String = dns
         .iter()
-        .map(|dn| format!("(distinguishedName={})", ldap3::ldap_escape(dn)))
+        .map(|dn| format!("(distinguishedName={})", ldap3::ldap_escape(dn.as_str())))
         .collect();
     format!("(|{parts})")
 }
@@ -595,7 +587,7 @@ pub async fn read_snapshot_with(
                 let filters: Vec<String> = query
                     .in_chain
                     .iter()
-                    .map(|dn| in_chain_filter(dn))
+                    .map(|dn| in_chain_filter(dn.as_str()))
                     .collect();
                 let mut matches = dir
                     .read_filter_matches(
@@ -610,7 +602,7 @@ pub async fn read_snapshot_with(
                     .in_chain
                     .iter()
                     .zip(filters)
-                    .map(|(dn, f)| (normalize_dn(dn), matches.remove(&f).unwrap_or_default()))
+                    .map(|(dn, f)| (dn.key().clone(), matches.remove(&f).unwrap_or_default()))
                     .collect();
             }
         }

@@ -10,6 +10,7 @@
 
 mod changes;
 mod decode;
+mod dn;
 mod entry;
 mod error;
 mod filters;
@@ -22,10 +23,9 @@ mod tls;
 mod usn;
 
 pub use changes::{read_changes_with, Changes, Incremental, Watermark};
+pub use dn::{same_dn, Dn, DnError, DnKey};
 pub use error::{result_code_name, DirectoryError};
-pub use groups::{
-    normalize_dn, read_snapshot_with, Group, GroupQuery, Groups, Member, Resolved, RoomSources,
-};
+pub use groups::{read_snapshot_with, Group, GroupQuery, Groups, Member, Resolved, RoomSources};
 pub use guid::{guid_to_bytes, guid_to_string};
 pub use reader::{read_snapshot, Directory};
 pub use snapshot::{Entry, SkippedEntry, Snapshot, StableId};

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use url::Url;
 
+use super::dn::{same_dn, DnKey};
 use super::entry::convert;
 use super::error::DirectoryError;
 use super::snapshot::{Entry, SkippedEntry, Snapshot};
@@ -516,7 +517,7 @@ pub(super) struct Collector<'q, 'p> {
     skipped: Vec<SkippedEntry>,
     /// Stable id → the DN it was first read at.
     by_id: HashMap<String, String>,
-    skipped_dns: HashSet<String>,
+    skipped_dns: HashSet<DnKey>,
 }
 
 impl<'q, 'p> Collector<'q, 'p> {
@@ -548,7 +549,7 @@ impl<'q, 'p> Collector<'q, 'p> {
         match convert(se, self.query) {
             Ok(entry) => match self.by_id.get(&entry.id.0) {
                 // The same entry seen again through an overlapping base.
-                Some(first) if first.eq_ignore_ascii_case(&entry.dn) => {}
+                Some(first) if same_dn(first, &entry.dn) => {}
                 Some(first) => self.skipped.push(SkippedEntry {
                     reason: format!(
                         "same stable id {} as `{first}` (read first, kept)",
@@ -559,7 +560,7 @@ impl<'q, 'p> Collector<'q, 'p> {
                 None => self.keep_or_pass_on(entry),
             },
             Err(skipped) => {
-                if self.skipped_dns.insert(skipped.dn.to_ascii_lowercase()) {
+                if self.skipped_dns.insert(DnKey::lenient(&skipped.dn)) {
                     debug!(dn = %skipped.dn, reason = %skipped.reason, "entry skipped");
                     self.skipped.push(skipped);
                 }

@@ -97,9 +97,9 @@ pub struct Snapshot {
     pub groups: super::Groups,
     /// For each extra filter of the room rules, the agents matching it.
     pub filter_matches: BTreeMap<String, std::collections::BTreeSet<StableId>>,
-    /// AD in-chain mode: for each rule group (normalized DN), the agents the DC says are in it
+    /// AD in-chain mode: for each rule group (by DN), the agents the DC says are in it
     /// or in a group nested in it.
-    pub in_chain: BTreeMap<String, std::collections::BTreeSet<StableId>>,
+    pub in_chain: BTreeMap<super::DnKey, std::collections::BTreeSet<StableId>>,
     /// Where this read leaves off for the next incremental read, taken before it began (`None`:
     /// incremental reads are off, or the server offers none).
     pub watermark: Option<super::Watermark>,

@@ -39,8 +39,8 @@ use ldap3::SearchEntry;
 use tracing::{debug, info};
 
 use super::changes::{Changes, Incremental, Watermark};
+use super::dn::DnKey;
 use super::error::DirectoryError;
-use super::groups::normalize_dn;
 use super::guid::guid_to_string;
 use super::reader::Directory;
 use super::snapshot::{Entry, SkippedEntry, Snapshot, StableId};
@@ -285,7 +285,7 @@ impl Directory {
         }
     }
 
-    /// (objectGUID, normalized DN) of every user object changed at or above `since` under
+    /// (objectGUID, DN) of every user object changed at or above `since` under
     /// `scopes`, deleted ones included.
     async fn changed_user_ids(
         &mut self,
@@ -293,7 +293,7 @@ impl Directory {
         since: u64,
         page_size: i32,
         timeout: Duration,
-    ) -> Result<BTreeMap<StableId, String>, DirectoryError> {
+    ) -> Result<BTreeMap<StableId, DnKey>, DirectoryError> {
         let filter = format!("(&(objectClass=user)(uSNChanged>={since}))");
         let attrs = ["objectGUID".to_string()];
         let mut ids = BTreeMap::new();
@@ -301,7 +301,7 @@ impl Directory {
             .and_then(|bytes| guid_to_string(&bytes))
         {
             Some(id) => {
-                ids.insert(StableId(id), normalize_dn(&se.dn));
+                ids.insert(StableId(id), DnKey::lenient(&se.dn));
             }
             None => debug!(dn = %se.dn, "changed object without a readable objectGUID"),
         };
@@ -329,14 +329,14 @@ impl Directory {
     }
 }
 
-/// The changed ids (id → normalized DN) not read as agents: gone, or never agents. An agent
+/// The changed ids (id → DN) not read as agents: gone, or never agents. An agent
 /// read but skipped (e.g. no usable id) is still there: not a departure.
 fn left_agents(
-    changed: BTreeMap<StableId, String>,
+    changed: BTreeMap<StableId, DnKey>,
     read: &HashSet<StableId>,
     skipped: &[SkippedEntry],
 ) -> BTreeSet<StableId> {
-    let skipped: HashSet<String> = skipped.iter().map(|s| normalize_dn(&s.dn)).collect();
+    let skipped: HashSet<DnKey> = skipped.iter().map(|s| DnKey::lenient(&s.dn)).collect();
     changed
         .into_iter()
         .filter(|(id, dn)| !read.contains(id) && !skipped.contains(dn))
@@ -375,12 +375,10 @@ fn unsuited_query(query: &AgentQuery) -> Option<String> {
 /// Where to look for changed ids: the whole domain (so that agents moved out of the bases are
 /// seen leaving), and any base outside it.
 fn id_scopes(bases: &[String], naming_context: &str) -> Vec<String> {
-    let nc = normalize_dn(naming_context);
-    let suffix = format!(",{nc}");
+    let nc = DnKey::lenient(naming_context);
     let mut scopes = vec![naming_context.to_string()];
     for base in bases {
-        let b = normalize_dn(base);
-        if b != nc && !b.ends_with(&suffix) {
+        if !DnKey::lenient(base).is_under(&nc) {
             scopes.push(base.clone());
         }
     }
@@ -456,15 +454,15 @@ mod tests {
     #[test]
     fn changed_ids_not_read_as_agents_left_unless_skipped() {
         let id = |s: &str| StableId(s.into());
-        let changed: BTreeMap<StableId, String> = [
-            (id("read"), "cn=a,ou=p,dc=x".to_string()),
-            (id("gone"), "cn=b,cn=deleted objects,dc=x".to_string()),
-            (id("skipped"), "cn=c,ou=p,dc=x".to_string()),
+        let changed: BTreeMap<StableId, DnKey> = [
+            (id("read"), DnKey::lenient("cn=a,ou=p,dc=x")),
+            (id("gone"), DnKey::lenient("cn=b,cn=deleted objects,dc=x")),
+            (id("skipped"), DnKey::lenient("cn=c\\2C d,ou=p,dc=x")),
         ]
         .into();
         let read = HashSet::from([id("read"), id("new")]);
         let skipped = [SkippedEntry {
-            dn: "CN=c, OU=p,DC=x".into(),
+            dn: "CN=c\\, d, OU=p,DC=x".into(),
             reason: "no id".into(),
         }];
         assert_eq!(

@@ -7,15 +7,16 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, PrimitiveDateTime};
 
-use crate::directory::Entry;
+use crate::directory::{Dn, DnKey, Entry};
 
 /// The `[departure]` section of the mapping rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DepartureRules {
-    /// Entries at or under these DNs have left (e.g. `ou=departed,ou=people,dc=example,dc=org`).
-    #[serde(default)]
-    pub departed_ous: Vec<String>,
+    /// Entries at or under these DNs have left (e.g. `ou=departed,ou=people,dc=example,dc=org`),
+    /// compared as RFC 4514 says (see [`Dn`]).
+    #[serde(default, deserialize_with = "departed_ous")]
+    pub departed_ous: Vec<Dn>,
     /// Attributes that mark an account disabled.
     #[serde(default)]
     pub disabled: Vec<DisabledSignal>,
@@ -110,14 +111,6 @@ impl DepartureRules {
                 _ => return Err((key, "give exactly one of `bits` or `values`".into())),
             }
         }
-        for (i, ou) in self.departed_ous.iter().enumerate() {
-            if !ou.contains('=') {
-                return Err((
-                    format!("departure.departed_ous[{i}]"),
-                    format!("`{ou}` is not a DN"),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -132,10 +125,10 @@ impl DepartureRules {
     /// The agent's state at `now` (Unix seconds). Err: a signal attribute holds a value that
     /// cannot be read (the agent must then be left alone).
     pub fn evaluate(&self, entry: &Entry, now: i64) -> Result<AgentState, String> {
-        if let Some(ou) = self
-            .departed_ous
-            .iter()
-            .find(|ou| dn_is_under(&entry.dn, ou))
+        // The entry's DN is parsed only when there are OUs to compare it with.
+        let dn = (!self.departed_ous.is_empty()).then(|| DnKey::lenient(&entry.dn));
+        if let Some(ou) =
+            dn.and_then(|dn| self.departed_ous.iter().find(|ou| dn.is_under(ou.key())))
         {
             return Ok(AgentState::Departed {
                 reason: format!("moved into {ou}"),
@@ -246,15 +239,18 @@ fn parse_date(value: &str) -> Option<i64> {
         .map(|d| d.midnight().assume_utc().unix_timestamp())
 }
 
-/// True when `dn` is `base` or below it (case- and space-insensitive).
-fn dn_is_under(dn: &str, base: &str) -> bool {
-    let norm = |s: &str| {
-        s.split(',')
-            .map(|rdn| rdn.trim().to_lowercase())
-            .collect::<Vec<_>>()
-    };
-    let (dn, base) = (norm(dn), norm(base));
-    dn.len() >= base.len() && dn[dn.len() - base.len()..] == base[..]
+/// `departed_ous`, each a DN: a bad one is an error naming its key and the text.
+fn departed_ous<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Dn>, D::Error> {
+    let texts: Vec<String> = Deserialize::deserialize(d)?;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Dn::parse(text).map_err(|e| {
+                serde::de::Error::custom(format!("key `departure.departed_ous[{i}]`: {e}"))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -361,6 +357,18 @@ expires = [
         );
         let s = rules.evaluate(&entry("cn=A,ou=notdeparted,dc=example,dc=org", &[]), NOW);
         assert_eq!(s, Ok(AgentState::Active));
+        // (entry DN, departed): the OU as RFC 4514 compares it (case, spaces, escapes).
+        let cases = [
+            ("CN=A, OU=DEPARTED , DC=Example,DC=org", true),
+            ("cn=A\\2C B,ou=dep\\61rted,dc=example,dc=org", true),
+            ("ou=departed,dc=example,dc=org", true),
+            ("cn=A\\,ou=departed,dc=example,dc=org", false),
+            ("cn=A,ou=departed,dc=example,dc=org,dc=fr", false),
+        ];
+        for (dn, want) in cases {
+            let s = rules.evaluate(&entry(dn, &[]), NOW);
+            assert_eq!(departed("moved into")(&s), want, "{dn}: {s:?}");
+        }
     }
 
     #[test]
@@ -379,7 +387,12 @@ expires = [
     fn rules_are_validated() {
         let bad: DepartureRules = toml::from_str("disabled = [{ attribute = \"x\" }]").unwrap();
         assert_eq!(bad.validate().unwrap_err().0, "departure.disabled[0]");
-        let bad: DepartureRules = toml::from_str("departed_ous = [\"departed\"]").unwrap();
-        assert_eq!(bad.validate().unwrap_err().0, "departure.departed_ous[0]");
+        let bad = toml::from_str::<DepartureRules>("departed_ous = [\"ou=a,dc=x\", \"departed\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("key `departure.departed_ous[1]`: `departed` is not a valid DN"),
+            "{bad}"
+        );
     }
 }

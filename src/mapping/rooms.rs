@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::directory::{normalize_dn, Entry, Groups, Member, Snapshot, StableId};
+use crate::directory::{Dn, DnKey, Entry, Groups, Member, Snapshot, StableId};
 
 /// How to create a room, rendered for one room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,20 +197,22 @@ fn why_member(
 /// Resolves groups to agents once per run.
 struct GroupIndex<'a> {
     groups: &'a Groups,
-    /// AD in-chain mode: the DC's transitive members of each rule group (normalized DN).
-    in_chain: Option<&'a BTreeMap<String, BTreeSet<StableId>>>,
-    by_dn: HashMap<String, StableId>,
+    /// AD in-chain mode: the DC's transitive members of each rule group.
+    in_chain: Option<&'a BTreeMap<DnKey, BTreeSet<StableId>>>,
+    agents: &'a [&'a Entry],
+    /// Agents by DN, made when a group first lists a member by DN.
+    by_dn: Option<HashMap<DnKey, StableId>>,
     by_uid: HashMap<String, StableId>,
     /// Agents by `primaryGroupID` (AD).
     by_primary: HashMap<u32, Vec<StableId>>,
-    cache: HashMap<String, HashMap<StableId, String>>,
+    cache: HashMap<DnKey, HashMap<StableId, String>>,
 }
 
 impl<'a> GroupIndex<'a> {
     fn new(
         groups: &'a Groups,
-        in_chain: Option<&'a BTreeMap<String, BTreeSet<StableId>>>,
-        agents: &[&Entry],
+        in_chain: Option<&'a BTreeMap<DnKey, BTreeSet<StableId>>>,
+        agents: &'a [&'a Entry],
         uid_attribute: &str,
     ) -> GroupIndex<'a> {
         let mut by_primary: HashMap<u32, Vec<StableId>> = HashMap::new();
@@ -224,11 +226,9 @@ impl<'a> GroupIndex<'a> {
         GroupIndex {
             groups,
             in_chain,
+            agents,
             by_primary,
-            by_dn: agents
-                .iter()
-                .map(|e| (normalize_dn(&e.dn), e.id.clone()))
-                .collect(),
+            by_dn: None,
             by_uid: agents
                 .iter()
                 .flat_map(|e| {
@@ -242,11 +242,7 @@ impl<'a> GroupIndex<'a> {
     }
 
     /// Agents in any of `dns` (nested groups followed), each with a reason.
-    fn members_of(
-        &mut self,
-        dns: &[String],
-        warnings: &mut Vec<String>,
-    ) -> HashMap<StableId, String> {
+    fn members_of(&mut self, dns: &[Dn], warnings: &mut Vec<String>) -> HashMap<StableId, String> {
         let mut out = HashMap::new();
         for dn in dns {
             for (id, why) in self.one(dn, warnings) {
@@ -256,16 +252,16 @@ impl<'a> GroupIndex<'a> {
         out
     }
 
-    fn one(&mut self, dn: &str, warnings: &mut Vec<String>) -> &HashMap<StableId, String> {
-        let key = normalize_dn(dn);
-        if !self.cache.contains_key(&key) {
+    fn one(&mut self, dn: &Dn, warnings: &mut Vec<String>) -> &HashMap<StableId, String> {
+        let key = dn.key();
+        if !self.cache.contains_key(key) {
             let mut members = HashMap::new();
             let resolved = match self.in_chain {
-                Some(_) => self.groups.primary_only(dn),
-                None => self.groups.resolve(dn),
+                Some(_) => self.groups.primary_only(key),
+                None => self.groups.resolve(key),
             };
             if let (Some(found), Some(_)) = (self.in_chain, &resolved) {
-                for id in found.get(&key).into_iter().flatten() {
+                for id in found.get(key).into_iter().flatten() {
                     members.insert(id.clone(), format!("member of {dn} (in chain)"));
                 }
             }
@@ -277,9 +273,21 @@ impl<'a> GroupIndex<'a> {
                     for cycle in &resolved.cycles {
                         warnings.push(format!("nested groups form a cycle, cut: {cycle}"));
                     }
+                    warnings.extend(resolved.malformed.iter().cloned());
+                    let agents = self.agents;
                     for (member, path) in resolved.members {
                         let ids: Vec<&StableId> = match &member {
-                            Member::Dn(d) => self.by_dn.get(d).into_iter().collect(),
+                            Member::Dn(d) => {
+                                // Each agent's DN is parsed once, and only if a group lists
+                                // members by DN.
+                                let by_dn = self.by_dn.get_or_insert_with(|| {
+                                    agents
+                                        .iter()
+                                        .map(|e| (DnKey::lenient(&e.dn), e.id.clone()))
+                                        .collect()
+                                });
+                                by_dn.get(d).into_iter().collect()
+                            }
                             Member::Uid(u) => self.by_uid.get(u).into_iter().collect(),
                             Member::PrimaryGroup(rid) => {
                                 self.by_primary.get(rid).into_iter().flatten().collect()
@@ -305,7 +313,7 @@ impl<'a> GroupIndex<'a> {
         }
         static EMPTY: std::sync::OnceLock<HashMap<StableId, String>> = std::sync::OnceLock::new();
         self.cache
-            .get(&key)
+            .get(key)
             .unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
     }
 }

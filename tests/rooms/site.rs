@@ -3,6 +3,7 @@
 //! room aliases.
 
 use crate::common::site::{self, Settings};
+use crate::common::Slapd;
 
 pub struct Site {
     inner: site::Site,
@@ -23,8 +24,13 @@ impl Site {
     /// A site whose mapping is the OpenLDAP preset followed by `extra_rules`, where `{tag}`
     /// and `{ou}` stand for the site's tag and OU DN.
     pub fn with_rules(name: &str, extra_rules: &str) -> Site {
+        Site::with_rules_on(Slapd::shared(), name, extra_rules)
+    }
+
+    /// [`Site::with_rules`] on a slapd of the test's own.
+    pub fn with_rules_on(slapd: &'static Slapd, name: &str, extra_rules: &str) -> Site {
         let site = Site {
-            inner: site::Site::new(name),
+            inner: site::Site::on(slapd, name),
         };
         site.set_rules(extra_rules);
         site

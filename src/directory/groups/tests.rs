@@ -11,18 +11,34 @@ fn group(dn: &str, members: &[&str]) -> Group {
     }
 }
 
+fn key(s: &str) -> DnKey {
+    DnKey::parse(s).unwrap()
+}
+
 fn dn(s: &str) -> Member {
-    Member::Dn(normalize_dn(s))
+    Member::Dn(key(s))
 }
 
 #[test]
-fn dns_compare_in_one_form() {
+fn members_written_with_escapes_resolve_to_the_entry_dn() {
+    // slapd sends the entry as `cn=Martin\2C Jean,…`; groups may say `cn=Martin\, Jean,…`.
+    let groups = Groups::new([group(
+        "cn=team,ou=g",
+        &[
+            "cn=Martin\\, Jean,OU=P",
+            "cn=Durand\\2c Paul, ou=p",
+            "not a dn",
+        ],
+    )]);
+    let r = groups.resolve(&key("CN=Team, OU=G")).unwrap();
     assert_eq!(
-        normalize_dn("CN=Jean Martin , OU=People,DC=Example, DC=org"),
-        "cn=jean martin,ou=people,dc=example,dc=org"
+        r.members.keys().cloned().collect::<Vec<_>>(),
+        vec![dn("cn=Durand\\, Paul,ou=p"), dn("cn=Martin\\2C Jean,ou=p")]
     );
-    assert_eq!(normalize_dn("cn=a\\, b,dc=x"), "cn=a\\, b,dc=x");
-    assert_eq!(normalize_dn(" uid = É ,dc=x "), "uid=é,dc=x");
+    assert_eq!(
+        r.malformed,
+        vec!["group `cn=team,ou=g`: member `not a dn` is not a DN (no `=` after `not`), ignored"]
+    );
 }
 
 #[test]
@@ -36,7 +52,7 @@ fn nested_groups_two_levels_with_a_cycle() {
             &["uid=bob,ou=p", "uid=alice,ou=p", "cn=all,ou=g"],
         ),
     ]);
-    let r = groups.resolve("CN=All, OU=g").unwrap();
+    let r = groups.resolve(&key("CN=All, OU=g")).unwrap();
     assert_eq!(
         r.members.keys().cloned().collect::<Vec<_>>(),
         vec![dn("uid=alice,ou=p"), dn("uid=bob,ou=p"), dn("uid=zoe,ou=p")]
@@ -57,10 +73,10 @@ fn nested_groups_two_levels_with_a_cycle() {
     );
 
     // From the middle of the cycle: everyone, no endless loop.
-    let r = groups.resolve("cn=dev,ou=g").unwrap();
+    let r = groups.resolve(&key("cn=dev,ou=g")).unwrap();
     assert_eq!(r.members.len(), 3);
     assert_eq!(r.cycles.len(), 1);
-    assert!(groups.resolve("cn=nope,ou=g").is_none());
+    assert!(groups.resolve(&key("cn=nope,ou=g")).is_none());
 }
 
 #[test]
@@ -71,7 +87,7 @@ fn a_group_that_lists_itself_and_diamonds_are_fine() {
         group("cn=c", &["cn=d"]),
         group("cn=d", &["uid=x"]),
     ]);
-    let r = groups.resolve("cn=a").unwrap();
+    let r = groups.resolve(&key("cn=a")).unwrap();
     assert_eq!(r.members.len(), 1);
     assert_eq!(r.cycles, vec!["cn=a → cn=a"], "a diamond is not a cycle");
 }
@@ -98,7 +114,7 @@ fn posix_groups_give_logins_and_unique_members_lose_their_uid() {
     assert_eq!(p.group.members, vec!["uid=bob,ou=p", "uid=c#d,ou=p"]);
     assert!(p.pending.is_empty());
     let groups = Groups::new([p.group]);
-    let r = groups.resolve("cn=ops,ou=g").unwrap();
+    let r = groups.resolve(&key("cn=ops,ou=g")).unwrap();
     assert!(r.members.contains_key(&Member::Uid("alice".into())));
 }
 
@@ -290,7 +306,7 @@ fn the_rid_is_the_last_part_of_a_sid_and_primary_members_resolve_through_nesting
     let mut top = group("cn=top,ou=g", &["cn=users,ou=g"]);
     top.rid = Some(1200);
     let groups = Groups::new([top, p.group]);
-    let r = groups.resolve("cn=top,ou=g").unwrap();
+    let r = groups.resolve(&key("cn=top,ou=g")).unwrap();
     assert_eq!(
         r.members.keys().cloned().collect::<Vec<_>>(),
         vec![Member::PrimaryGroup(513), Member::PrimaryGroup(1200)]
@@ -299,7 +315,7 @@ fn the_rid_is_the_last_part_of_a_sid_and_primary_members_resolve_through_nesting
         r.members[&Member::PrimaryGroup(513)],
         vec!["cn=top,ou=g", "cn=users,ou=g"]
     );
-    let only = groups.primary_only("CN=Top,OU=g").unwrap();
+    let only = groups.primary_only(&key("CN=Top,OU=g")).unwrap();
     assert_eq!(
         only.members.keys().cloned().collect::<Vec<_>>(),
         vec![Member::PrimaryGroup(1200)]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::template::Template;
-use crate::directory::{normalize_dn, Entry, GroupQuery, RoomSources};
+use crate::directory::{Dn, Entry, GroupQuery, RoomSources};
 
 /// What the daemon may remove in a room.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +90,7 @@ pub struct CreateRule {
 /// A group granting a power level to the room's members who are in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PowerRule {
-    pub groups: Vec<String>,
+    pub groups: Vec<Dn>,
     pub level: i64,
 }
 
@@ -101,7 +101,7 @@ pub struct RoomRule {
     pub mode: Mode,
     pub space: bool,
     pub everyone: bool,
-    pub groups: Vec<String>,
+    pub groups: Vec<Dn>,
     /// (attribute, values): agents whose attribute has one of these values (any case).
     pub attribute: Option<(String, Vec<String>)>,
     /// Agents matching this LDAP filter (searched together with the agent filter).
@@ -216,6 +216,9 @@ impl RoomRules {
                 "0 values per slice reads nothing: give at least 1".into(),
             ));
         }
+        for (i, base) in raw_groups.bases.iter().enumerate() {
+            Dn::parse(base).map_err(|e| (format!("groups.bases[{i}]"), e.to_string()))?;
+        }
         if uses_groups {
             let mut in_chain = Vec::new();
             if raw_groups.in_chain {
@@ -226,8 +229,8 @@ impl RoomRules {
                             .chain(r.power.iter().flat_map(|p| &p.groups)),
                     );
                 }
-                in_chain.sort_by_key(|dn| normalize_dn(dn));
-                in_chain.dedup_by_key(|dn| normalize_dn(dn));
+                in_chain.sort();
+                in_chain.dedup();
             }
             out.groups = Some(GroupQuery {
                 filter,
@@ -344,22 +347,33 @@ fn parse_room(i: usize, raw: RawRoom) -> Result<RoomRule, RuleError> {
             encrypted: c.encrypted,
         }),
     };
+    let dns = |k: &str, texts: &[String]| -> Result<Vec<Dn>, RuleError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(j, t)| Dn::parse(t).map_err(|e| (key(&format!("{k}[{j}]")), e.to_string())))
+            .collect()
+    };
+    let power = raw
+        .power
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            Ok(PowerRule {
+                groups: dns(&format!("power[{j}].groups"), &p.groups)?,
+                level: p.level,
+            })
+        })
+        .collect::<Result<Vec<_>, RuleError>>()?;
     Ok(RoomRule {
         room,
         mode: raw.mode,
         space: raw.space,
         everyone: raw.everyone,
-        groups: raw.groups,
+        groups: dns("groups", &raw.groups)?,
         attribute,
         filter: raw.filter,
-        power: raw
-            .power
-            .into_iter()
-            .map(|p| PowerRule {
-                groups: p.groups,
-                level: p.level,
-            })
-            .collect(),
+        power,
         create,
         parent: raw.parent.map(|s| pattern("parent", &s)).transpose()?,
         keep: raw.keep,

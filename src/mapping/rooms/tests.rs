@@ -198,6 +198,34 @@ groups = ["cn=nope,dc=x"]
     assert!(r.rooms.groups.is_some());
 }
 
+/// slapd names an entry `cn=Martin\2C Jean,…` whatever the group's `member` says.
+#[test]
+fn group_members_match_entries_whatever_the_dn_spelling() {
+    let r = rules(
+        r##"
+[[rooms]]
+room = "#team:x"
+groups = ["CN=Team, OU=G,DC=x"]
+"##,
+    )
+    .unwrap();
+    let mut martin = agent("martin", &[]);
+    martin.dn = "cn=Martin\\2C Jean,ou=People,dc=x".into();
+    let mut durand = agent("durand", &[]);
+    durand.dn = "cn=Durand\\, Paul+uid=durand,ou=People,dc=x".into();
+    let groups = vec![Group {
+        dn: "cn=team,ou=g,dc=x".into(),
+        members: vec![
+            "CN=Martin\\, Jean, OU=people,DC=x".into(),
+            "uid=durand+cn=durand\\2c paul,ou=people,dc=x".into(),
+        ],
+        ..Group::default()
+    }];
+    let (d, warnings) = map(&r, vec![martin, durand], groups);
+    assert_eq!(members(&d, "#team:x"), vec!["id-durand", "id-martin"]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
 #[test]
 fn rule_errors_name_the_key() {
     let cases = [
@@ -214,6 +242,12 @@ fn rule_errors_name_the_key() {
         ("[[rooms]]\nroom = \"#a:x\"\nfilter = \"(l=Paris\"", "rooms[0].filter"),
         ("[[rooms]]\nroom = \"!a:x\"\neveryone = true\ncreate = {}", "rooms[0].create"),
         ("[groups]\nrange_size = 0\n[[rooms]]\nroom = \"#a:x\"\ngroups = [\"cn=g\"]", "groups.range_size"),
+        ("[[rooms]]\nroom = \"#a:x\"\ngroups = [\"cn=g\", \"dsi\"]", "rooms[0].groups[1]"),
+        (
+            "[[rooms]]\nroom = \"#a:x\"\neveryone = true\npower = [{ groups = [\"cn=h,,dc=x\"], level = 50 }]",
+            "rooms[0].power[0].groups[0]",
+        ),
+        ("[groups]\nbases = [\"ou=groups,\"]\n[[rooms]]\nroom = \"#a:x\"\neveryone = true", "groups.bases[0]"),
     ];
     for (text, key) in cases {
         let err = rules(text).unwrap_err();
@@ -332,13 +366,13 @@ power = [{ groups = ["cn=heads,ou=g,dc=x"], level = 50 }]
     let chained = rules(&format!("[groups]\nin_chain = true\n{text}")).unwrap();
     let query = chained.rooms.sources().groups.unwrap();
     assert_eq!(
-        query.in_chain,
+        query.in_chain.iter().map(Dn::as_str).collect::<Vec<_>>(),
         vec!["CN=All,OU=g,DC=x", "cn=heads,ou=g,dc=x"]
     );
     let mut snapshot = Snapshot::complete(agents, vec![], "ldap://t");
     snapshot.groups = Groups::new(groups);
     snapshot.in_chain.insert(
-        "cn=all,ou=g,dc=x".into(),
+        DnKey::parse("cn=all, ou=g,dc=x").unwrap(),
         BTreeSet::from([StableId("id-alice".into()), StableId("id-dan".into())]),
     );
     let ids: BTreeSet<StableId> = snapshot.entries.iter().map(|e| e.id.clone()).collect();
