@@ -12,6 +12,7 @@ pub use incremental::{fingerprint, usable_point, Read};
 pub use ledger_cell::LedgerCell;
 pub use observe::{observe_accounts, observe_rooms};
 
+use crate::apply::journal::{Resolution, ResolveError};
 use crate::apply::{self, ApplyReport, Observer};
 use crate::brake;
 use crate::clock::Clock;
@@ -32,6 +33,15 @@ pub enum RunError {
     Ledger(#[from] LedgerError),
     #[error("homeserver: {0}")]
     Homeserver(#[from] HomeserverError),
+}
+
+impl From<ResolveError> for RunError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Ledger(e) => RunError::Ledger(e),
+            ResolveError::Homeserver(e) => RunError::Homeserver(e),
+        }
+    }
 }
 
 /// What the ledger holds that a preview needs.
@@ -69,6 +79,8 @@ pub struct Preview {
     pub brake: Option<brake::Verdict>,
     /// Everything, or only the changes since the last read.
     pub read: Read,
+    /// The unfinished writes of an interrupted run, resolved before planning (`sync` only).
+    pub journal: Resolution,
     scope: String,
 }
 
@@ -131,23 +143,30 @@ pub async fn preview_with<H: Homeserver + Rooms>(
 
 /// [`preview_with`], with the ledger's state from `ledger`: every account's profile, read
 /// while the directory is read (once the ledger is open, if it is still opening), and the
-/// records the plan needs.
+/// records the plan needs. With `resolve` (a `sync`), the unfinished writes of an interrupted
+/// run are resolved against `homeserver` first.
 pub async fn preview_reading<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
     ledger: &LedgerCell,
     now: i64,
     homeserver: Option<&H>,
+    resolve: bool,
 ) -> Result<Preview, RunError> {
     let reading = async {
         let ledger = ledger.get().await?.clone();
-        tokio::task::spawn_blocking(move || ledger.profiles())
+        let journal = match (resolve, homeserver) {
+            (true, Some(hs)) => apply::journal::resolve(&ledger, hs, now).await?,
+            _ => Resolution::default(),
+        };
+        let profiles = tokio::task::spawn_blocking(move || ledger.profiles())
             .await
             .map_err(|e| LedgerError::Unfinished(e.to_string()))?
-            .map_err(RunError::from)
+            .map_err(RunError::from)?;
+        Ok::<_, RunError>((profiles, journal))
     };
     // Either failing stops the other: a ledger that cannot be opened ends the read.
-    let (mapped, profiles) =
+    let (mapped, (profiles, journal)) =
         tokio::try_join!(complete_read::read_and_map(config, rules, now), reading)?;
     let ledger = ledger.get().await?;
     let state = State {
@@ -155,7 +174,9 @@ pub async fn preview_reading<H: Homeserver + Rooms>(
         managed: ledger.account_count()?,
         last_good: ledger.last_good()?,
     };
-    let preview = plan_mapped(config, rules, &state, mapped, now, homeserver).await;
+    let preview = plan_mapped(config, rules, &state, mapped, now, homeserver)
+        .await
+        .map(|preview| Preview { journal, ..preview });
     // An entry per account in step: the run need not wait for them to be freed.
     tokio::task::spawn_blocking(move || drop(state));
     preview
@@ -252,6 +273,7 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         desired,
         brake,
         read,
+        journal: Resolution::default(),
         scope,
     })
 }
@@ -342,6 +364,8 @@ pub async fn sync<H: Homeserver + Rooms>(
         failed,
         refused: report.refused.len(),
         conflicts: preview.plan.conflicts.len() + report.conflicts.len(),
+        resolved_applied: preview.journal.applied,
+        resolved_not_applied: preview.journal.not_applied,
         outcome,
         brake: preview
             .brake
@@ -421,16 +445,25 @@ async fn preview_for_sync<H: Homeserver + Rooms>(
     now: i64,
     options: SyncOptions,
 ) -> Result<Preview, RunError> {
-    let why_complete = match options.incremental {
-        true => match incremental_preview(config, rules, cell, homeserver, now).await? {
-            Ok(preview) => return Ok(preview),
-            Err(why) => why,
-        },
-        // Without waiting for the ledger: it opens while the directory is read.
-        false => "a complete read was asked for".to_string(),
+    if !options.incremental {
+        // Without waiting for the ledger: it opens while the directory is read (and the
+        // journal is resolved then).
+        tracing::info!(
+            reason = "a complete read was asked for",
+            "reading the whole directory"
+        );
+        return preview_reading(config, rules, cell, now, Some(homeserver), true).await;
+    }
+    // The watermark and the records an incremental plan reads must be the truth first.
+    let journal = apply::journal::resolve(cell.get().await?, homeserver, now).await?;
+    let preview = match incremental_preview(config, rules, cell, homeserver, now).await? {
+        Ok(preview) => preview,
+        Err(why_complete) => {
+            tracing::info!(reason = %why_complete, "reading the whole directory");
+            preview_reading(config, rules, cell, now, Some(homeserver), false).await?
+        }
     };
-    tracing::info!(reason = %why_complete, "reading the whole directory");
-    preview_reading(config, rules, cell, now, Some(homeserver)).await
+    Ok(Preview { journal, ..preview })
 }
 
 /// The preview of the changes since the last read, or why the whole directory must be read.

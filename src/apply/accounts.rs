@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::existing::Existing;
+use super::journal;
 use super::{audit, Options, Outcome, StepError};
 use crate::clock::Clock;
 use crate::config::ReversibleStep;
@@ -83,8 +84,6 @@ impl<H: Homeserver> Runner<'_, H> {
             &format!("refused: {error}"),
         );
         self.ledger.record_audit(&entry)?;
-        // Refused: nothing was made (an intent kept could later vouch for someone else's).
-        self.ledger.forget_intent(action.mxid())?;
         Ok(Outcome::Refused(error.to_string()))
     }
 
@@ -103,7 +102,6 @@ impl<H: Homeserver> Runner<'_, H> {
                 reason: reason.clone(),
             },
         })?;
-        self.ledger.forget_intent(action.mxid())?;
         Ok(Outcome::Conflict(reason))
     }
 
@@ -120,12 +118,15 @@ impl<H: Homeserver> Runner<'_, H> {
     }
 
     /// Records the account as it now is, with the action's audit entry.
+    /// Its journal entry is cleared in the same write.
     fn record(
         &self,
         record: &mut AccountRecord,
+        action: &Action,
         kind: &str,
         reason: &str,
     ) -> Result<(), StepError> {
+        super::crash::after_homeserver_write();
         record.updated_at = self.clock.now();
         let entry = audit(
             self.clock,
@@ -135,7 +136,9 @@ impl<H: Homeserver> Runner<'_, H> {
             reason.to_string(),
             "ok",
         );
-        self.ledger.record_account(record, &entry)?;
+        let intent = journal::account_intent(action, 0).key();
+        self.ledger
+            .record_account_clearing(record, &entry, Some(&intent))?;
         self.ledger.release(&record.id)?;
         tracing::info!(mxid = %record.mxid, action = kind, %reason, "applied");
         Ok(())
@@ -200,8 +203,7 @@ impl<H: Homeserver> Runner<'_, H> {
         let Some(mut record) = new_account_record(action, origin, self.clock.now()) else {
             return Ok(Outcome::NotTried);
         };
-        self.record(&mut record, kind, reason)?;
-        self.ledger.forget_intent(mxid)?;
+        self.record(&mut record, action, kind, reason)?;
         Ok(outcome)
     }
 
@@ -228,7 +230,12 @@ impl<H: Homeserver> Runner<'_, H> {
         if let Some(c) = emails {
             record.emails = c.to.clone();
         }
-        self.record(&mut record, ActionKind::UpdateAccount.name(), reason)?;
+        self.record(
+            &mut record,
+            action,
+            ActionKind::UpdateAccount.name(),
+            reason,
+        )?;
         Ok(Outcome::Done)
     }
 
@@ -257,7 +264,12 @@ impl<H: Homeserver> Runner<'_, H> {
         record.display_name = display_name.clone();
         record.emails = emails.clone();
         record.status = AccountStatus::Active;
-        self.record(&mut record, ActionKind::ReactivateAccount.name(), reason)?;
+        self.record(
+            &mut record,
+            action,
+            ActionKind::ReactivateAccount.name(),
+            reason,
+        )?;
         Ok(Outcome::Done)
     }
 
@@ -270,6 +282,7 @@ impl<H: Homeserver> Runner<'_, H> {
         record.status = AccountStatus::Active;
         self.record(
             &mut record,
+            action,
             ActionKind::ReinstateAccount.name(),
             action.reason(),
         )?;
@@ -293,7 +306,7 @@ impl<H: Homeserver> Runner<'_, H> {
             reason: action.reason().to_string(),
             step,
         };
-        self.record(&mut record, action.kind().name(), action.reason())?;
+        self.record(&mut record, action, action.kind().name(), action.reason())?;
         Ok(Outcome::Done)
     }
 
@@ -310,6 +323,7 @@ impl<H: Homeserver> Runner<'_, H> {
         };
         self.record(
             &mut record,
+            action,
             ActionKind::DeactivateAccount.name(),
             action.reason(),
         )?;

@@ -8,7 +8,9 @@
 //! two actions in flight touch the same ledger record.
 
 mod accounts;
+pub mod crash;
 mod existing;
+pub mod journal;
 pub mod rooms;
 
 pub use accounts::new_account_record;
@@ -108,14 +110,6 @@ pub async fn apply<H: Homeserver + Rooms>(
 
     let stop = AtomicBool::new(false);
     let existing = existing::Existing::read(plan, homeserver).await;
-    // Before any creation goes out: an account this run makes and does not live to record is
-    // then known as the daemon's own by the next plan.
-    ledger.intend_creations(
-        plan.actions
-            .iter()
-            .filter(|a| a.kind() == ActionKind::CreateAccount)
-            .map(|a| (a.mxid(), a.id())),
-    )?;
     let runner = &accounts::Runner {
         homeserver,
         ledger,
@@ -125,6 +119,15 @@ pub async fn apply<H: Homeserver + Rooms>(
         existing: &existing,
     };
     for kind in ActionKind::ALL {
+        // Journaled before any of them is sent: a run that dies with writes in flight leaves
+        // a note of each, resolved by the next run (see `journal`).
+        let intents: Vec<_> = plan
+            .actions
+            .iter()
+            .filter(|a| a.kind() == kind)
+            .map(|a| journal::account_intent(a, clock.now()))
+            .collect();
+        ledger.intend(&intents)?;
         let mut results = stream::iter(plan.actions.iter().filter(|a| a.kind() == kind))
             .map(|action| async move {
                 if observer.should_stop() {
@@ -135,6 +138,13 @@ pub async fn apply<H: Homeserver + Rooms>(
             .buffer_unordered(options.concurrency.max(1));
         while let Some((action, outcome)) = results.next().await {
             let outcome = outcome?;
+            if matches!(
+                outcome,
+                Outcome::NotTried | Outcome::Refused(_) | Outcome::Conflict(_)
+            ) {
+                // Nothing was written: the intent ends here.
+                ledger.clear_intent(&journal::account_intent(action, 0).key())?;
+            }
             match &outcome {
                 Outcome::Done => report.applied += 1,
                 Outcome::Adopted => {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
 
+use super::journal;
 use crate::clock::Clock;
 use crate::directory::StableId;
 use crate::homeserver::{Homeserver, HomeserverError, NewRoom, Rooms};
@@ -117,6 +118,7 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
         .filter(|a| matches!(a, RoomAction::Join { .. }))
         .collect();
     let total = joins.len();
+    journal_before(ledger, &joins, clock)?;
     let progress = &|done: &AtomicUsize| {
         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(100) || n == total {
@@ -148,6 +150,8 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
             by_room.entry(a.room()).or_default().push(a);
         }
     }
+    let powers: Vec<&RoomAction> = by_room.values().flatten().copied().collect();
+    journal_before(ledger, &powers, clock)?;
     let results: Vec<_> = stream::iter(by_room)
         .map(|(room, actions)| async move { (actions.clone(), r.power(room, &actions).await) })
         .buffer_unordered(concurrency.max(1))
@@ -170,6 +174,7 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
         .iter()
         .filter(|a| matches!(a, RoomAction::Kick { .. }))
         .collect();
+    journal_before(ledger, &kicks, clock)?;
     let results: Vec<_> = stream::iter(kicks)
         .map(|a| async move { (a, r.member(a).await) })
         .buffer_unordered(concurrency.max(1))
@@ -179,6 +184,28 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
         r.tally(a, result, &mut report)?;
     }
     Ok(report)
+}
+
+/// Journals `actions` before any of them is sent (see `super::journal`).
+fn journal_before(
+    ledger: &Ledger,
+    actions: &[&RoomAction],
+    clock: &dyn Clock,
+) -> Result<(), LedgerError> {
+    let now = clock.now();
+    let intents: Vec<_> = actions
+        .iter()
+        .filter_map(|a| journal::room_intent(a, now))
+        .collect();
+    ledger.intend(&intents)
+}
+
+/// Ends the journal entry of `action`: its result is recorded.
+fn journal_done(ledger: &Ledger, action: &RoomAction) -> Result<(), LedgerError> {
+    match journal::room_intent(action, 0) {
+        Some(intent) => ledger.clear_intent(&intent.key()),
+        None => Ok(()),
+    }
 }
 
 /// Why one room action stopped: the homeserver refused (the action fails, the run goes on)
@@ -387,6 +414,7 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
             })
             .collect();
         self.homeserver.set_power(&room_id, &changes).await?;
+        super::crash::after_homeserver_write();
         for a in actions {
             let RoomAction::SetPower {
                 id,
@@ -413,6 +441,7 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
                 }
                 None => self.ledger.remove_power(room, id, &entry)?,
             }
+            journal_done(self.ledger, a)?;
         }
         Ok(())
     }
@@ -441,6 +470,7 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
         } else {
             self.homeserver.kick(&room_id, mxid, reason).await?;
         }
+        super::crash::after_homeserver_write();
         let entry = self.audit(mxid, id, action.name(), reason, "ok");
         match (joining, id) {
             (true, Some(id)) => {
@@ -456,6 +486,7 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
             (false, Some(id)) => self.ledger.remove_membership(room, id, &entry)?,
             (_, None) => self.ledger.record_audit(&entry)?,
         }
+        journal_done(self.ledger, action)?;
         tracing::debug!(%room, %mxid, action = action.name(), %reason, "applied");
         Ok(())
     }

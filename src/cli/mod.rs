@@ -234,7 +234,7 @@ async fn plan(config: &Config, clock: &dyn Clock, json: bool) -> Result<ExitCode
     // A dry run must not create state: no ledger yet means everything is new.
     let preview = if Ledger::exists(&config.state_dir) {
         let ledger = LedgerCell::opening(config.state_dir.clone());
-        pipeline::preview_reading(config, &rules, &ledger, now, Some(&homeserver)).await
+        pipeline::preview_reading(config, &rules, &ledger, now, Some(&homeserver), false).await
     } else {
         pipeline::preview_with(config, &rules, &State::default(), now, Some(&homeserver)).await
     }

@@ -201,6 +201,16 @@ pub fn sync_text(result: &SyncResult) -> String {
         r.failed.len(),
         r.moved
     );
+    let journal = &result.preview.journal;
+    if journal.total() > 0 {
+        let _ = writeln!(
+            out,
+            "  Resolved {} write(s) an interrupted run left unfinished, from the homeserver's real state: {} found applied, {} found not applied.",
+            journal.total(),
+            journal.applied,
+            journal.not_applied
+        );
+    }
     for (mxid, kind, error) in &r.failed {
         let _ = writeln!(out, "  FAILED {} {mxid}: {error}", kind.name());
     }
@@ -283,6 +293,7 @@ pub fn sync_json(result: &SyncResult) -> String {
         "failed": failed,
         "refused": refused,
         "conflicts": conflicts,
+        "journal": result.preview.journal,
         "not_tried": r.not_tried,
         "aborted": r.aborted,
         "brake": result.preview.brake.as_ref().map(ToString::to_string),

@@ -156,6 +156,15 @@ fn last_run_text(out: &mut String, last_run: Option<&RunRecord>) {
                 run.applied,
                 run.failed
             );
+            if run.resolved_applied + run.resolved_not_applied > 0 {
+                let _ = writeln!(
+                    out,
+                    "  resolved first: {} write(s) an interrupted run left unfinished ({} found applied, {} found not applied)",
+                    run.resolved_applied + run.resolved_not_applied,
+                    run.resolved_applied,
+                    run.resolved_not_applied
+                );
+            }
             if let Some(why) = &run.brake {
                 let _ = writeln!(
                     out,

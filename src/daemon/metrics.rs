@@ -14,6 +14,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FoundLabel {
+    found: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HeldLabel {
     reason: String,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     brake_engaged: Gauge,
     directory_up: Gauge,
     held_agents: Family<HeldLabel, Gauge>,
+    intents_resolved: Family<FoundLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,7 +148,24 @@ impl Metrics {
                 "Agents the daemon does nothing for until something changes, by reason (conflict: their mxid is an account not theirs; refused: the homeserver refused their action)",
                 Family::default(),
             ),
+            intents_resolved: register(
+                &mut r,
+                "intents_resolved",
+                "Writes an interrupted run left unfinished, resolved from the homeserver's real state, by what was found (applied, not_applied)",
+                Family::default(),
+            ),
             registry: r,
+        }
+    }
+
+    /// Counts the unfinished writes a run resolved before planning.
+    pub fn intents_resolved(&self, applied: usize, not_applied: usize) {
+        for (found, n) in [("applied", applied), ("not_applied", not_applied)] {
+            self.intents_resolved
+                .get_or_create(&FoundLabel {
+                    found: found.into(),
+                })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
         }
     }
 

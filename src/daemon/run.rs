@@ -169,6 +169,9 @@ fn report(
             shared
                 .metrics
                 .read_directory(r.preview.agents, r.preview.plan.actions.len());
+            shared
+                .metrics
+                .intents_resolved(r.preview.journal.applied, r.preview.journal.not_applied);
             tracing::info!(
                 outcome = outcome.name(),
                 agents = r.preview.agents,

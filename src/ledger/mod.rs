@@ -9,6 +9,7 @@
 //! audit entry are written in one transaction, so a crash leaves either all or none.
 
 mod incremental;
+pub mod journal;
 pub mod memberships;
 mod profiles;
 mod records;
@@ -71,9 +72,8 @@ pub struct Ledger {
     profiles: sled::Tree,
     /// Stable id → [`HeldAgent`]: agents held back by a conflict or a refusal.
     held: sled::Tree,
-    /// mxid → stable id: accounts about to be created, written (and flushed) before the
-    /// requests go out, so that an account made by a run that died before recording it is
-    /// known as the daemon's own, not someone else's.
+    /// The write-ahead journal: one entry per homeserver write about to be sent, written and
+    /// flushed before it is sent, cleared with its result (see [`journal`]).
     intents: sled::Tree,
 }
 
@@ -224,52 +224,6 @@ impl Ledger {
         })
     }
 
-    /// Notes, durably, that the accounts `creations` (mxid, agent) are about to be created.
-    pub fn intend_creations<'a>(
-        &self,
-        creations: impl IntoIterator<Item = (&'a str, &'a StableId)>,
-    ) -> Result<(), LedgerError> {
-        let mut batch = sled::Batch::default();
-        let mut any = false;
-        for (mxid, id) in creations {
-            batch.insert(mxid.as_bytes(), id.0.as_bytes());
-            any = true;
-        }
-        if any {
-            self.intents.apply_batch(batch)?;
-            self.intents.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Creations begun and never recorded: mxid → agent.
-    pub fn creation_intents(&self) -> Result<BTreeMap<String, StableId>, LedgerError> {
-        self.intents
-            .iter()
-            .map(|item| {
-                let (mxid, id) = item?;
-                Ok((
-                    String::from_utf8_lossy(&mxid).into_owned(),
-                    StableId(String::from_utf8_lossy(&id).into_owned()),
-                ))
-            })
-            .collect()
-    }
-
-    /// True when this ledger began creating `mxid` for `id` and did not record it.
-    pub fn intended(&self, mxid: &str, id: &StableId) -> Result<bool, LedgerError> {
-        Ok(self
-            .intents
-            .get(mxid.as_bytes())?
-            .is_some_and(|v| v.as_ref() == id.0.as_bytes()))
-    }
-
-    /// Forgets the creation intent of `mxid` (recorded, or not to be made after all).
-    pub fn forget_intent(&self, mxid: &str) -> Result<(), LedgerError> {
-        self.intents.remove(mxid.as_bytes())?;
-        Ok(())
-    }
-
     /// Every agent held back by a conflict or a refusal.
     pub fn held_agents(&self) -> Result<BTreeMap<StableId, HeldAgent>, LedgerError> {
         self.held
@@ -334,6 +288,17 @@ impl Ledger {
         record: &AccountRecord,
         audit: &AuditEntry,
     ) -> Result<(), LedgerError> {
+        self.record_account_clearing(record, audit, None)
+    }
+
+    /// [`Ledger::record_account`], clearing the journal entry `intent` in the same
+    /// transaction: the record and the end of the intent are one write.
+    pub fn record_account_clearing(
+        &self,
+        record: &AccountRecord,
+        audit: &AuditEntry,
+        intent: Option<&[u8]>,
+    ) -> Result<(), LedgerError> {
         let key = record.id.0.as_bytes();
         let value = encode(record)?;
         let profile = Profile::of(record).encode();
@@ -346,9 +311,13 @@ impl Ledger {
             &self.departing,
             &self.meta,
             &self.profiles,
+            &self.intents,
         )
             .transaction(
-                |(accounts, localparts, trail, departing_index, meta, profiles)| {
+                |(accounts, localparts, trail, departing_index, meta, profiles, intents)| {
+                    if let Some(intent) = intent {
+                        intents.remove(intent)?;
+                    }
                     if let Some(owner) = localparts.get(record.localpart.as_bytes())? {
                         if owner.as_ref() != key {
                             return Err(ConflictableTransactionError::Abort(format!(

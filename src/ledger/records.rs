@@ -84,6 +84,12 @@ pub struct RunRecord {
     /// Agents left alone because their mxid is held by an account not theirs.
     #[serde(default)]
     pub conflicts: usize,
+    /// Writes an interrupted run left unfinished, resolved before this run planned: found
+    /// done on the homeserver, and found not done.
+    #[serde(default)]
+    pub resolved_applied: usize,
+    #[serde(default)]
+    pub resolved_not_applied: usize,
     /// `ok`, or why the run stopped.
     pub outcome: String,
     /// Why the brake held departures back, if it did.

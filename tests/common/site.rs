@@ -271,6 +271,32 @@ file = "mapping.toml"
     /// [`Daemon::run`] with the binary's clock at `now` (Unix seconds), through the test clock
     /// its debug build honours: `sync` moves in time without sleeping (`--now` is for previews
     /// only).
+    /// The binary with `args` and these environment variables (e.g. a debug build's crash hook).
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+        let out = self
+            .command(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The binary with `args`, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove(TEST_NOW_VAR);
+        command
+    }
+
     pub fn run_at(&self, now: i64, args: &[&str]) -> Run {
         self.run_when(Some(now), args)
     }
