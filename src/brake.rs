@@ -130,6 +130,7 @@ mod tests {
                 dn: String::new(),
                 display_name: String::new(),
                 emails: vec![],
+                external_ids: vec![],
                 reason: "new".into(),
             });
         }

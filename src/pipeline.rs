@@ -6,10 +6,12 @@ mod complete_read;
 mod incremental;
 mod ledger_cell;
 mod ledger_view;
+mod login;
 mod observe;
 
 pub use incremental::{fingerprint, usable_point, Read};
 pub use ledger_cell::LedgerCell;
+pub use login::undeclared as undeclared_login;
 pub use observe::observe_rooms;
 
 use crate::apply::{self, ApplyReport, Observer};
@@ -190,13 +192,15 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         }
         None => Default::default(),
     };
-    let plan = plan::plan_with_rooms(
+    let mut plan = plan::plan_with_rooms(
         &desired,
         &state.view,
         &policy(config, now),
         &observed,
         daemon.as_deref(),
     );
+    plan.warnings
+        .extend(login::warnings(rules, &desired, &state.view, &plan));
     let scope = brake::scope(config, rules);
     let context = brake::Context {
         managed: state.managed,

@@ -69,6 +69,7 @@ fn changes(displayname: Option<&str>, emails: Option<&[&str]>) -> UserChanges {
     UserChanges {
         displayname: displayname.map(str::to_string),
         emails: emails.map(|e| e.iter().map(|s| s.to_string()).collect()),
+        ..UserChanges::default()
     }
 }
 

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::config::ReversibleStep;
 use crate::directory::StableId;
+use crate::homeserver::ExternalId;
 
 /// A value before and after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,6 +25,9 @@ pub enum Action {
         dn: String,
         display_name: String,
         emails: Vec<String>,
+        /// SSO ids, so that the agent's first SSO login finds this account.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        external_ids: Vec<ExternalId>,
         reason: String,
     },
     /// Deactivated, and back in the directory: reactivate the same account and restore its
@@ -33,6 +37,8 @@ pub enum Action {
         mxid: String,
         display_name: String,
         emails: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        external_ids: Vec<ExternalId>,
         reason: String,
     },
     /// Suspended or locked, and back in the directory: undo that step.
@@ -51,6 +57,8 @@ pub enum Action {
         display_name: Option<Change<String>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         emails: Option<Change<Vec<String>>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        external_ids: Option<Change<Vec<ExternalId>>>,
         reason: String,
     },
     /// The agent left: the reversible step (suspend or lock); the grace period starts.
