@@ -327,6 +327,7 @@ fn ldap3_warnings<'a>(
     let mut no_login = Vec::new();
     let mut illegal = Vec::new();
     let mut elsewhere = Vec::new();
+    let mut capitals = Vec::new();
     let mut by_login: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (account, localpart) in accounts {
         let Some(login) = account.login.as_deref() else {
@@ -345,6 +346,8 @@ fn ldap3_warnings<'a>(
                 "{}: `{login}` → @{lowered}, not @{localpart}",
                 account.dn
             ));
+        } else if lowered != login && !account.emails.is_empty() {
+            capitals.push(format!("{}: `{login}`", account.dn));
         }
     }
     let homonyms: Vec<String> = by_login
@@ -376,11 +379,23 @@ fn ldap3_warnings<'a>(
         ),
         summary(
             &format!(
-                "{head}: {} login(s) belong to several agents: synapse-ldap3 finds more than \
-                 one entry and logs none of them in",
+                "{head}: {} login(s) belong to several agents: synapse-ldap3 finds several \
+                 entries for the login and logs none of them in, but by e-mail it logs each of \
+                 them in to the account of the login, which is one agent's only",
                 homonyms.len()
             ),
             &homonyms,
+            ". Make logins unique (OpenLDAP's `unique` overlay, or one module `base` per \
+             population)",
+        ),
+        summary(
+            &format!(
+                "{head}: {} agent(s) with capitals in their login cannot log in by e-mail \
+                 (synapse-ldap3 0.4.0 hands Synapse the login as the directory writes it, and \
+                 Synapse finds no such user); by login they can",
+                capitals.len()
+            ),
+            &capitals,
             "",
         ),
         summary(

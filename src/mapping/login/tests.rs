@@ -308,6 +308,10 @@ fn illegal_logins_homonyms_and_missing_logins_are_warned_about() {
     );
     let homonyms = find("1 login(s) belong to several agents");
     assert!(
+        homonyms.contains("by e-mail it logs each of them in to the account of the login"),
+        "{homonyms}"
+    );
+    assert!(
         homonyms.contains(
             "`jmartin`: uid=jmartin,ou=people,dc=example,dc=org, uid=JMartin,ou=finances,dc=example,dc=org"
         ),
@@ -323,6 +327,34 @@ fn illegal_logins_homonyms_and_missing_logins_are_warned_about() {
     assert!(
         missing.contains("cn=Sans Login,ou=people,dc=example,dc=org"),
         "{missing}"
+    );
+}
+
+#[test]
+fn capitals_in_a_login_are_warned_about_for_e_mail_logins() {
+    let r = ok(
+        "{uid|lower}",
+        "[login]\npath = \"ldap3\"\nattribute = \"uid\"",
+    );
+    let mut snapshot = agents(&[("CDurand", "Catherine", "Durand")]);
+    let with_mail = Entry::with_attrs(
+        "uid=JMartin,ou=people,dc=example,dc=org",
+        "id-jmartin",
+        &[
+            ("uid", "JMartin"),
+            ("cn", "Jean Martin"),
+            ("mail", "jean.martin@example.org"),
+        ],
+    );
+    snapshot.entries.push(with_mail);
+    let w = warnings_of(&r, &snapshot);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    // Only the agent who has an e-mail to log in with.
+    assert!(
+        w[0].contains("1 agent(s) with capitals in their login cannot log in by e-mail")
+            && w[0].ends_with(": uid=JMartin,ou=people,dc=example,dc=org: `JMartin`"),
+        "{}",
+        w[0]
     );
 }
 
