@@ -4,6 +4,7 @@
 //! synced, never on new ones; an agent who left cannot use Matrix at all; what cannot work is
 //! said by `check` beforehand. And SSO external ids, set and kept in step, as Synapse's admin
 //! API looks them up.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -160,6 +161,15 @@ fn with_the_recipe_password_and_email_logins_land_on_the_synced_accounts() {
         assert_eq!(emails_of(&mxid(uid)), [format!("{uid}@example.org")]);
     }
     assert_eq!(synapse().users_named(&site.tag), synced, "no new account");
+    let explain = site.run(&["explain", &cdurand]);
+    assert!(
+        explain.stdout.contains(&format!(
+            "login: `{cdurand}` (synapse-ldap3) lands on {}: this account",
+            mxid(&cdurand)
+        )),
+        "{}",
+        explain.stdout
+    );
     // And the daemon has nothing to say or do.
     let (code, plan) = site.plan_json();
     assert_eq!(code, 0, "{plan}");
@@ -339,6 +349,15 @@ fn with_the_default_preset_check_says_logins_will_not_reach_the_accounts() {
 
     // And it is true: the login lands on a new, empty account.
     site.sync_ok();
+    let explain = site.run(&["explain", &cdurand]);
+    assert!(
+        explain.stdout.contains(&format!(
+            "login: `{cdurand}` (synapse-ldap3) lands on {}: NOT this account",
+            mxid(&cdurand)
+        )),
+        "{}",
+        explain.stdout
+    );
     let before = synapse().users_named(&site.tag);
     let (user_id, token) = logs_in(by_login(&cdurand));
     assert_eq!(user_id, mxid(&cdurand));

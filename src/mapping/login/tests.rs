@@ -458,7 +458,7 @@ fn the_module_filter_leaves_departed_agents_out() {
         "(&(objectClass=inetOrgPerson)(!(employeeType=departed))(!(employeeType=parti\\28e\\29\\2a))\
          (!(userAccountControl:1.2.840.113556.1.4.804:=2)))"
     );
-    assert!(ldap3::parse_filter(&ldap3_filter("(uid=*)", &departure)).is_ok());
+    assert!(ldap3::parse_filter(ldap3_filter("(uid=*)", &departure)).is_ok());
 }
 
 #[test]
