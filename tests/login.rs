@@ -196,6 +196,7 @@ fn a_departed_agent_cannot_use_matrix_through_any_account() {
     let users = synapse().users_named(&site.tag);
     for identifier in [
         by_login(&glebihan),
+        by_login(&mxid(&glebihan)),
         by_email(&format!("{glebihan}@example.org")),
     ] {
         let (status, body) = synapse().login(identifier.clone(), PASSWORD);
