@@ -59,6 +59,7 @@ fn upsert_throughput() {
                         let c = UserChanges {
                             displayname: Some("Bench".into()),
                             emails: Some(vec![mail]),
+                            ..UserChanges::default()
                         };
                         hs.upsert_user(&id, &c).await
                     })

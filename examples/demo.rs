@@ -1,7 +1,8 @@
 //! The demo behind `scripts/demo.sh`: a local slapd with a sample ministry directory and a
-//! local Synapse, then `check`, `plan`, `sync`, a change in the directory, and `plan` / `sync`
-//! again, with the real `matrix-ldap-sync` binary. Servers are started by the same harness as
-//! the integration tests and stop when the demo ends.
+//! local Synapse with synapse-ldap3 (agents log in with their LDAP password, as docs/login.md
+//! says), then `check`, `plan`, `sync`, an agent logging in, a change in the directory, and
+//! `plan` / `sync` again, with the real `matrix-ldap-sync` binary. Servers are started by the
+//! same harness as the integration tests and stop when the demo ends.
 //!
 //! `--keep`: leave both servers running (until Ctrl-C) to try commands by hand.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +13,16 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::synapse::ldap3_module;
 use common::{write_secret, Slapd, Synapse};
+use serde_json::json;
+
+/// synapse-ldap3's `filter`: what `check` prints for the demo's mapping (agents, without those
+/// marked as departed).
+const MODULE_FILTER: &str = "(&(&(objectClass=inetOrgPerson)(uid=*))(!(employeeType=departed)))";
+
+/// The sample agents with an LDAP password (scripts/sample-directory.ldif).
+const PASSWORD: &str = "demo-password";
 
 fn main() {
     let keep = std::env::args().any(|a| a == "--keep");
@@ -25,13 +35,17 @@ fn main() {
     banner("Starting a local directory (slapd) and homeserver (Synapse)");
     let slapd = Slapd::start();
     slapd.add_ldif(&std::fs::read_to_string(root.join("scripts/sample-directory.ldif")).unwrap());
-    let synapse = Synapse::start();
+    let synapse = Synapse::start_with(&ldap3_module(
+        &slapd,
+        "ou=people,dc=example,dc=org",
+        MODULE_FILTER,
+    ));
     println!(
         "directory:  {}  (base dc=example,dc=org, 36 sample agents)",
         slapd.url
     );
     println!(
-        "homeserver: {}  (server name {})",
+        "homeserver: {}  (server name {}, synapse-ldap3 login module)",
         synapse.url, synapse.server_name
     );
     let config = write_config(&demo, &root, &slapd, &synapse);
@@ -47,6 +61,23 @@ fn main() {
     banner("The homeserver now has these accounts and rooms (Synapse admin API)");
     list_users(&synapse);
     list_rooms(&synapse);
+    banner("Élodie Dupré logs in to Matrix with her LDAP login and password (synapse-ldap3)");
+    let accounts = account_count(&synapse);
+    let elodie = "@edupre:example.org";
+    log_in(
+        &synapse,
+        json!({"type": "m.id.user", "user": "edupre"}),
+        elodie,
+    );
+    log_in(
+        &synapse,
+        json!({"type": "m.id.thirdparty", "medium": "email", "address": "elodie.dupre@example.org"}),
+        elodie,
+    );
+    println!(
+        "  accounts on the homeserver: {accounts} before the logins, {} after",
+        account_count(&synapse)
+    );
     banner("matrix-ldap-sync plan   (again: the directory has not changed)");
     cli(&["plan"]);
 
@@ -67,6 +98,12 @@ fn main() {
     list_rooms(&synapse);
     banner("matrix-ldap-sync explain mroux");
     cli(&["explain", "mroux"]);
+    banner("Marc Roux tries to log in: his LDAP password still works, Matrix says no");
+    log_in(
+        &synapse,
+        json!({"type": "m.id.user", "user": "mroux"}),
+        "@mroux:example.org",
+    );
 
     if keep {
         banner("Servers keep running; press Ctrl-C to stop them");
@@ -113,7 +150,7 @@ grace = "30d"
         server_name = synapse.server_name,
     );
     std::fs::write(&config, text).unwrap();
-    let preset = std::fs::read_to_string(root.join("mappings/openldap.toml")).unwrap();
+    let preset = std::fs::read_to_string(root.join("mappings/openldap-ldap3.toml")).unwrap();
     std::fs::write(demo.join("mapping.toml"), format!("{preset}\n{ROOM_RULES}")).unwrap();
     config
 }
@@ -160,6 +197,69 @@ fn run(bin: &Path, config: &Path, args: &[&str]) {
             "matrix-ldap-sync {} failed with exit code {code}",
             args.join(" ")
         );
+    }
+}
+
+/// Logs in through the client API as an agent would, and says where it landed (`synced`: the
+/// account the sync made) with its rooms, or that it was refused.
+fn log_in(synapse: &Synapse, identifier: serde_json::Value, synced: &str) {
+    let who = identifier["user"]
+        .as_str()
+        .or(identifier["address"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let (status, body) = synapse.login(identifier, PASSWORD);
+    if status != 200 {
+        println!(
+            "  login `{who}`: refused, HTTP {status} {}",
+            body["errcode"].as_str().unwrap_or_default()
+        );
+        return;
+    }
+    let user_id = body["user_id"].as_str().unwrap_or_default();
+    let token = body["access_token"].as_str().unwrap_or_default();
+    let (_, rooms) = synapse.request_as(token, "GET", "/_matrix/client/v3/joined_rooms", None);
+    let mut names: Vec<String> = rooms["joined_rooms"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| id.as_str())
+        .map(|id| room_alias(synapse, token, id))
+        .collect();
+    names.sort();
+    let which = if user_id == synced {
+        "the account the sync made"
+    } else {
+        "NOT the account the sync made"
+    };
+    println!(
+        "  login `{who}` → {user_id} ({which}), in {} rooms: {}",
+        names.len(),
+        names.join(", ")
+    );
+}
+
+/// Every account on the homeserver, the daemon's own and deactivated ones included.
+fn account_count(synapse: &Synapse) -> u64 {
+    let (_, body) = synapse.request(
+        "GET",
+        "/_synapse/admin/v2/users?limit=1&deactivated=true&locked=true",
+        None,
+    );
+    body["total"].as_u64().unwrap_or_default()
+}
+
+/// A room's canonical alias (its id if it has none), as its member sees it.
+fn room_alias(synapse: &Synapse, token: &str, room_id: &str) -> String {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias/",
+        common::synapse::url_path_part(room_id)
+    );
+    let (status, body) = synapse.request_as(token, "GET", &path, None);
+    match body["alias"].as_str() {
+        Some(alias) if status == 200 => alias.to_string(),
+        _ => room_id.to_string(),
     }
 }
 

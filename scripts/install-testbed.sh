@@ -2,13 +2,16 @@
 # Installs what the integration tests need: OpenLDAP (slapd + ldap-utils, from Debian, with no
 # system instance configured or started), Samba AD DC (samba, samba-ad-dc, samba-ad-provision,
 # ldb-tools, openssl, from Debian; no system DC is provisioned, and the samba-ad-dc service the
-# package may start is stopped) and Synapse (from PyPI, into .testbed/venv in the repo).
+# package may start is stopped) and Synapse with the synapse-ldap3 login module (from PyPI, into
+# .testbed/venv in the repo).
 # Idempotent, and fast (well under a second) when everything is already there.
 #
 # Usage: scripts/install-testbed.sh
 # Env:   SYNAPSE_VERSION  Synapse version to install (default: the one the tests were last run
 #                         against; "latest" for the newest on PyPI). A venv with another version
 #                         is rebuilt.
+#        SYNAPSE_LDAP3_VERSION  matrix-synapse-ldap3 version (default: the one the login tests
+#                         were last run against)
 #        PYTHON           interpreter for the venv (default: /usr/bin/python3, else python3)
 set -euo pipefail
 
@@ -115,5 +118,21 @@ else
     "$venv/bin/python" -c 'import synapse.app.homeserver' \
         || { say "Synapse installed but does not import"; exit 1; }
     say "installed Synapse $(synapse_version)"
+fi
+
+# The login module most Synapse + LDAP deployments use: tests/login.rs and the demo configure it.
+SYNAPSE_LDAP3_VERSION="${SYNAPSE_LDAP3_VERSION:-0.4.0}"
+ldap3_version() {
+    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("matrix-synapse-ldap3"))' 2>/dev/null
+}
+have="$(ldap3_version || true)"
+if [ "$have" = "$SYNAPSE_LDAP3_VERSION" ]; then
+    say "matrix-synapse-ldap3 $have already in $venv"
+else
+    say "installing matrix-synapse-ldap3==$SYNAPSE_LDAP3_VERSION from PyPI"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "matrix-synapse-ldap3==$SYNAPSE_LDAP3_VERSION"
+    "$venv/bin/python" -c 'import ldap_auth_provider' \
+        || { say "matrix-synapse-ldap3 installed but does not import"; exit 1; }
 fi
 say "done in $((SECONDS - start)) s"

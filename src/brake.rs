@@ -276,6 +276,7 @@ mod tests {
                 emails: vec![],
                 adopt: None,
                 resumed: false,
+                external_ids: vec![],
                 reason: "new".into(),
             });
         }

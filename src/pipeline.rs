@@ -6,10 +6,12 @@ mod complete_read;
 mod incremental;
 mod ledger_cell;
 mod ledger_view;
+mod login;
 mod observe;
 
 pub use incremental::{fingerprint, usable_point, Read};
 pub use ledger_cell::LedgerCell;
+pub use login::undeclared as undeclared_login;
 pub use observe::{observe_accounts, observe_rooms};
 
 use crate::apply::journal::{Resolution, ResolveError};
@@ -257,6 +259,8 @@ async fn plan_mapped<H: Homeserver + Rooms>(
             plan = plan::plan_with_rooms(&desired, &state.view, &policy, &known);
         }
     }
+    plan.warnings
+        .extend(login::warnings(rules, &desired, &state.view, &plan));
     let scope = brake::scope(config, rules);
     let context = brake::Context {
         managed: state.managed,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{unique, Synapse};
 use matrix_ldap_sync::config::HomeserverConfig;
-use matrix_ldap_sync::homeserver::{Homeserver, SynapseClient, Upserted, UserChanges};
+use matrix_ldap_sync::homeserver::{ExternalId, Homeserver, SynapseClient, Upserted, UserChanges};
 use matrix_ldap_sync::secret::Secret;
 use serde_json::{json, Value};
 
@@ -70,7 +70,72 @@ fn changes(displayname: Option<&str>, emails: Option<&[&str]>) -> UserChanges {
     UserChanges {
         displayname: displayname.map(str::to_string),
         emails: emails.map(|e| e.iter().map(|s| s.to_string()).collect()),
+        ..UserChanges::default()
     }
+}
+
+#[test]
+fn external_ids_are_set_read_back_and_looked_up() {
+    let synapse = Synapse::shared();
+    let hs = admin_client(synapse);
+    let rt = rt();
+    let id = mxid(synapse, "hs-sso");
+    let local = id.trim_start_matches('@').split(':').next().unwrap();
+    // An id with characters a path must escape.
+    let sso = ExternalId {
+        auth_provider: "oidc-agentconnect".into(),
+        external_id: format!("{local}/é?#1"),
+    };
+    let with_id = UserChanges {
+        displayname: Some("SSO".into()),
+        external_ids: Some(vec![sso.clone()]),
+        ..UserChanges::default()
+    };
+    assert_eq!(
+        rt.block_on(hs.upsert_user(&id, &with_id)).unwrap(),
+        Upserted::Created
+    );
+    assert_eq!(
+        rt.block_on(hs.user_by_external_id(&sso)).unwrap(),
+        Some(id.clone())
+    );
+    let remote = rt.block_on(hs.get_user(&id)).unwrap().unwrap();
+    assert_eq!(remote.external_ids, vec![sso.clone()]);
+    // Nobody holds an unknown id, nor a known id under another provider.
+    for nobody in [
+        ExternalId {
+            external_id: format!("{local}-other"),
+            ..sso.clone()
+        },
+        ExternalId {
+            auth_provider: "saml".into(),
+            ..sso.clone()
+        },
+    ] {
+        assert_eq!(rt.block_on(hs.user_by_external_id(&nobody)).unwrap(), None);
+    }
+    // Another account cannot take it: 409.
+    let other = mxid(synapse, "hs-sso-other");
+    let err = rt.block_on(hs.upsert_user(&other, &with_id)).unwrap_err();
+    assert!(err.to_string().contains("409"), "{err}");
+    // Replaced by an empty list: gone, and free for another account. (Synapse 1.163 keeps
+    // answering the lookup of a removed id from its cache until someone takes the id or it
+    // restarts: what it stores is what counts.)
+    let none = UserChanges {
+        external_ids: Some(vec![]),
+        ..UserChanges::default()
+    };
+    rt.block_on(hs.upsert_user(&id, &none)).unwrap();
+    let remote = rt.block_on(hs.get_user(&id)).unwrap().unwrap();
+    assert_eq!(remote.external_ids, vec![]);
+    assert_eq!(
+        rt.block_on(hs.upsert_user(&other, &with_id)).unwrap(),
+        Upserted::Updated
+    );
+    assert_eq!(
+        rt.block_on(hs.user_by_external_id(&sso)).unwrap(),
+        Some(other)
+    );
 }
 
 #[test]

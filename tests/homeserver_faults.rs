@@ -395,7 +395,7 @@ async fn two_500s_then_200_succeeds_with_growing_waits() {
     let client = stub.client(5);
     let changes = UserChanges {
         displayname: Some("Bob".into()),
-        emails: None,
+        ..UserChanges::default()
     };
     assert_eq!(
         client
@@ -700,7 +700,7 @@ async fn upsert_sends_only_the_fields_set_to_a_percent_encoded_path() {
     let client = stub.client(0);
     let name_only = UserChanges {
         displayname: Some("Zoë Ünicode".into()),
-        emails: None,
+        ..UserChanges::default()
     };
     assert_eq!(
         client
@@ -710,8 +710,8 @@ async fn upsert_sends_only_the_fields_set_to_a_percent_encoded_path() {
         Upserted::Created
     );
     let emails_only = UserChanges {
-        displayname: None,
         emails: Some(vec!["z@example.org".into(), "zoe@example.org".into()]),
+        ..UserChanges::default()
     };
     assert_eq!(
         client

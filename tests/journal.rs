@@ -109,15 +109,12 @@ fn syncs_killed_at_random_points_always_converge_to_the_directory() {
         ),
         ..Settings::default()
     });
-    let mut wanted = vec![
-        Wanted {
-            name: 0,
-            mail: 0,
-            departed: false,
-            dsi: true,
-        };
-        AGENTS
-    ];
+    let mut wanted = [Wanted {
+        name: 0,
+        mail: 0,
+        departed: false,
+        dsi: true,
+    }; AGENTS];
     for i in 0..AGENTS {
         site.add_agent(
             &format!("k{i}"),

@@ -7,7 +7,7 @@ use super::journal;
 use super::{audit, Options, Outcome, StepError};
 use crate::clock::Clock;
 use crate::config::ReversibleStep;
-use crate::homeserver::{Homeserver, HomeserverError, Upserted, UserChanges};
+use crate::homeserver::{ExternalId, Homeserver, HomeserverError, Upserted, UserChanges};
 use crate::ledger::{AccountRecord, AccountStatus, Held, HeldAgent, Ledger, LedgerError, Origin};
 use crate::plan::{wanted_digest, Action, ActionKind};
 
@@ -161,6 +161,7 @@ impl<H: Homeserver> Runner<'_, H> {
             emails,
             adopt,
             resumed,
+            external_ids,
             reason,
             ..
         } = action
@@ -177,11 +178,19 @@ impl<H: Homeserver> Runner<'_, H> {
                 )));
             }
         }
+        // Without external ids to set, an adopted account keeps whatever it has.
+        let exists = adopt.is_some() || *resumed;
+        let external_ids = match (external_ids.is_empty(), exists) {
+            (true, _) => None,
+            (false, false) => Some(external_ids.clone()),
+            (false, true) => Some(self.external_ids_for(mxid, external_ids, &[]).await?),
+        };
         let changes = UserChanges {
             displayname: Some(display_name.clone()),
             emails: Some(emails.clone()),
+            external_ids,
         };
-        let upserted = self.homeserver.upsert_user(mxid, &changes).await?;
+        let upserted = self.upsert(mxid, &changes).await?;
         if adopt.is_none() && upserted == Upserted::Updated {
             // Made in the moment between the check and the write: too late not to set it.
             tracing::warn!(%mxid, "the account was made on the homeserver while the daemon created it; recorded as adopted");
@@ -212,6 +221,7 @@ impl<H: Homeserver> Runner<'_, H> {
             mxid,
             display_name,
             emails,
+            external_ids,
             reason,
             ..
         } = action
@@ -219,16 +229,24 @@ impl<H: Homeserver> Runner<'_, H> {
             return Ok(Outcome::NotTried);
         };
         let mut record = self.managed(action)?;
+        let ids = match external_ids {
+            Some(c) => Some(self.external_ids_for(mxid, &c.to, &c.from).await?),
+            None => None,
+        };
         let changes = UserChanges {
             displayname: display_name.as_ref().map(|c| c.to.clone()),
             emails: emails.as_ref().map(|c| c.to.clone()),
+            external_ids: ids,
         };
-        self.homeserver.upsert_user(mxid, &changes).await?;
+        self.upsert(mxid, &changes).await?;
         if let Some(c) = display_name {
             record.display_name = c.to.clone();
         }
         if let Some(c) = emails {
             record.emails = c.to.clone();
+        }
+        if let Some(c) = external_ids {
+            record.external_ids = c.to.clone();
         }
         self.record(
             &mut record,
@@ -244,6 +262,7 @@ impl<H: Homeserver> Runner<'_, H> {
             mxid,
             display_name,
             emails,
+            external_ids,
             reason,
             ..
         } = action
@@ -255,14 +274,25 @@ impl<H: Homeserver> Runner<'_, H> {
         // A lock or a suspension outlives deactivation on Synapse: lift both.
         self.homeserver.set_locked(mxid, false).await?;
         self.homeserver.set_suspended(mxid, false).await?;
-        // Deactivation dropped the e-mails: restore the whole profile.
+        // Deactivation dropped the e-mails: restore the whole profile. (Synapse keeps external
+        // ids through it; they are set again only if the directory changed them meanwhile.)
+        let ids = if *external_ids == record.external_ids {
+            None
+        } else {
+            Some(
+                self.external_ids_for(mxid, external_ids, &record.external_ids)
+                    .await?,
+            )
+        };
         let changes = UserChanges {
             displayname: Some(display_name.clone()),
             emails: Some(emails.clone()),
+            external_ids: ids,
         };
-        self.homeserver.upsert_user(mxid, &changes).await?;
+        self.upsert(mxid, &changes).await?;
         record.display_name = display_name.clone();
         record.emails = emails.clone();
+        record.external_ids = external_ids.clone();
         record.status = AccountStatus::Active;
         self.record(
             &mut record,
@@ -330,6 +360,50 @@ impl<H: Homeserver> Runner<'_, H> {
         Ok(Outcome::Done)
     }
 
+    /// [`Homeserver::upsert_user`], with a refused external id explained: Synapse says only
+    /// that it is in use, not by whom.
+    async fn upsert(&self, mxid: &str, changes: &UserChanges) -> Result<Upserted, StepError> {
+        let error = match self.homeserver.upsert_user(mxid, changes).await {
+            Ok(upserted) => return Ok(upserted),
+            Err(e) => e,
+        };
+        let conflict = matches!(error, HomeserverError::Status { status: 409, .. });
+        let Some(ids) = changes.external_ids.as_ref().filter(|_| conflict) else {
+            return Err(error.into());
+        };
+        for id in ids {
+            if let Ok(Some(holder)) = self.homeserver.user_by_external_id(id).await {
+                if holder != mxid {
+                    return Err(refused(
+                        mxid,
+                        &format!(
+                            "external id {id} is already {holder}'s (an account an SSO login \
+                             made before the sync?): it cannot be {mxid}'s too ({error})"
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
+        Err(error.into())
+    }
+
+    /// Every external id the account should hold after a write that sets `ours`: Synapse
+    /// replaces the whole list, so the account's ids from other providers (neither in `ours`
+    /// nor in `before`, what the daemon set last time) are read and kept.
+    async fn external_ids_for(
+        &self,
+        mxid: &str,
+        ours: &[ExternalId],
+        before: &[ExternalId],
+    ) -> Result<Vec<ExternalId>, StepError> {
+        let current = match self.homeserver.get_user(mxid).await? {
+            Some(user) => user.external_ids,
+            None => Vec::new(),
+        };
+        Ok(merge_external_ids(current, ours, before))
+    }
+
     /// A server admin is never taken away by a sync, whatever the directory says.
     async fn refuse_server_admin(&self, mxid: &str) -> Result<(), StepError> {
         match self.homeserver.get_user(mxid).await? {
@@ -353,6 +427,7 @@ pub fn new_account_record(action: &Action, origin: Origin, now: i64) -> Option<A
         dn,
         display_name,
         emails,
+        external_ids,
         ..
     } = action
     else {
@@ -365,6 +440,7 @@ pub fn new_account_record(action: &Action, origin: Origin, now: i64) -> Option<A
         dn: dn.clone(),
         display_name: display_name.clone(),
         emails: emails.clone(),
+        external_ids: external_ids.clone(),
         origin,
         created_at: now,
         updated_at: now,
@@ -372,10 +448,85 @@ pub fn new_account_record(action: &Action, origin: Origin, now: i64) -> Option<A
     })
 }
 
+/// `ours`, and the ids of `current` from providers that neither `ours` nor `before` name;
+/// sorted, without duplicates.
+fn merge_external_ids(
+    current: Vec<ExternalId>,
+    ours: &[ExternalId],
+    before: &[ExternalId],
+) -> Vec<ExternalId> {
+    let managed = |id: &ExternalId| {
+        ours.iter()
+            .chain(before)
+            .any(|m| m.auth_provider == id.auth_provider)
+    };
+    let mut all: Vec<ExternalId> = current
+        .into_iter()
+        .filter(|id| !managed(id))
+        .chain(ours.iter().cloned())
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 fn refused(mxid: &str, why: &str) -> HomeserverError {
     HomeserverError::BadReply {
         method: "GET".into(),
         endpoint: format!("/_synapse/admin/v2/users/{mxid}"),
         message: why.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(provider: &str, value: &str) -> ExternalId {
+        ExternalId {
+            auth_provider: provider.into(),
+            external_id: value.into(),
+        }
+    }
+
+    #[test]
+    fn external_ids_of_other_providers_are_kept() {
+        let cases = [
+            // A new id for the provider: the old one goes, the CAS one stays.
+            (
+                vec![id("cas", "jm"), id("oidc-a", "old")],
+                vec![id("oidc-a", "new")],
+                vec![id("oidc-a", "old")],
+                vec![id("cas", "jm"), id("oidc-a", "new")],
+            ),
+            // The provider renamed in the mapping: both names are the daemon's.
+            (
+                vec![id("oidc-a", "x"), id("saml", "y")],
+                vec![id("oidc-b", "x")],
+                vec![id("oidc-a", "x")],
+                vec![id("oidc-b", "x"), id("saml", "y")],
+            ),
+            // No id any more: the daemon's goes, nothing else.
+            (
+                vec![id("oidc-a", "x"), id("saml", "y")],
+                vec![],
+                vec![id("oidc-a", "x")],
+                vec![id("saml", "y")],
+            ),
+            // Already there.
+            (
+                vec![id("oidc-a", "x")],
+                vec![id("oidc-a", "x")],
+                vec![],
+                vec![id("oidc-a", "x")],
+            ),
+        ];
+        for (i, (current, ours, before, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                merge_external_ids(current, &ours, &before),
+                want,
+                "case {i}"
+            );
+        }
     }
 }

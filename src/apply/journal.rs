@@ -161,6 +161,7 @@ async fn resolve_account<H: Homeserver>(
                 dn: dn.clone(),
                 display_name: user.displayname.clone().unwrap_or_default(),
                 emails: sorted(&user.emails),
+                external_ids: user.external_ids.clone(),
                 origin: Origin::Created,
                 created_at: *at,
                 updated_at: now,

@@ -3,15 +3,17 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::directory::Directory;
+use crate::directory::{Directory, Snapshot};
 use crate::homeserver::{Homeserver, SynapseClient};
 use crate::ledger::{Ledger, LedgerError};
-use crate::mapping::Rules;
-use crate::pipeline::agent_query;
+use crate::mapping::{map_snapshot, LoginPath, Rules};
+use crate::pipeline::{agent_query, undeclared_login};
 
 struct Report {
     failures: usize,
+    warnings: usize,
 }
 
 impl Report {
@@ -33,10 +35,19 @@ impl Report {
             }
         }
     }
+
+    /// A finding that does not fail the check.
+    fn warn(&mut self, what: &str, warning: &str) {
+        println!("WARN    {what}: {warning}");
+        self.warnings += 1;
+    }
 }
 
 pub async fn run(config_path: &Path) -> ExitCode {
-    let mut report = Report { failures: 0 };
+    let mut report = Report {
+        failures: 0,
+        warnings: 0,
+    };
     let Some(config) = report.step("config", Config::load(config_path), |c| {
         c.source.display().to_string()
     }) else {
@@ -61,7 +72,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
                 config.directory.timeout,
             )
             .await;
-        report.step("directory search", read, |s| {
+        let snapshot = report.step("directory search", read, |s| {
             format!(
                 "{} agents under {}, {} without a usable id",
                 s.entries.len(),
@@ -70,6 +81,9 @@ pub async fn run(config_path: &Path) -> ExitCode {
             )
         });
         directory.close().await;
+        if let Some(snapshot) = snapshot {
+            check_logins(&mut report, rules, &snapshot);
+        }
     }
 
     if let Some(client) = report.step(
@@ -86,11 +100,33 @@ pub async fn run(config_path: &Path) -> ExitCode {
     }
 
     if report.failures == 0 {
-        println!("All checks passed.");
+        match report.warnings {
+            0 => println!("All checks passed."),
+            n => println!("All checks passed, with {n} warning(s)."),
+        }
         ExitCode::SUCCESS
     } else {
         println!("{} check(s) failed.", report.failures);
         ExitCode::FAILURE
+    }
+}
+
+/// Whether agents' logins will reach the accounts a sync gives them (a first sync: `plan`
+/// also checks the accounts the ledger already has). Warnings only: a login problem does not
+/// stop the daemon from syncing.
+fn check_logins(report: &mut Report, rules: &Rules, snapshot: &Snapshot) {
+    let login = &rules.login;
+    if login.path == LoginPath::Undeclared {
+        report.warn("login", &undeclared_login(rules));
+        return;
+    }
+    println!(
+        "OK      login: {}",
+        login.describe(&rules.agent.filter, &rules.departure)
+    );
+    let desired = map_snapshot(snapshot, rules, SystemClock.now());
+    for warning in login.warnings(desired.accounts.iter().map(|a| (a, a.localpart.as_str()))) {
+        report.warn("login", &warning);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::directory::{DnKey, StableId};
 use crate::homeserver::SynapseClient;
 use crate::ledger::{AccountRecord, AccountStatus, AuditEntry, Held};
-use crate::mapping::{AgentState, DesiredAccount, Rules};
+use crate::mapping::{AgentState, DesiredAccount, LoginPath, LoginRules, Rules};
 use crate::pipeline::{self, Preview, RunError, State};
 
 /// Audit entries shown per person.
@@ -63,7 +63,10 @@ pub async fn run(config: &Config, who: &str, now: i64) -> Result<ExitCode, Strin
             .map_err(|e| e.to_string())?,
     };
     for id in ids {
-        println!("{}", describe(config, id, &preview, &state, &history));
+        println!(
+            "{}",
+            describe(config, &rules.login, id, &preview, &state, &history)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -109,8 +112,55 @@ fn matching_ids<'a>(who: &str, preview: &'a Preview, state: &'a State) -> Vec<&'
     ids
 }
 
+/// Where the agent's login lands (`ldap3`), or the external ids their account should hold
+/// (`sso`); `mxid`: their account, if they have one.
+fn login_line(
+    login: &LoginRules,
+    want: &DesiredAccount,
+    mxid: Option<&str>,
+    server_name: &str,
+) -> Option<String> {
+    match &login.path {
+        LoginPath::Ldap3 { attribute } => {
+            let Some(typed) = want.login.as_deref() else {
+                return Some(format!(
+                    "login: no `{attribute}`: cannot log in through synapse-ldap3"
+                ));
+            };
+            Some(match login.login_localpart(want) {
+                None => format!(
+                    "login: `{typed}` is not a legal localpart once lowercased: synapse-ldap3 cannot log this agent in"
+                ),
+                Some(localpart) => {
+                    let lands = format!("@{localpart}:{server_name}");
+                    let whose = match mxid {
+                        Some(m) if m == lands => "this account",
+                        Some(_) => "NOT this account",
+                        None => "the account a sync would create",
+                    };
+                    format!("login: `{typed}` (synapse-ldap3) lands on {lands}: {whose}")
+                }
+            })
+        }
+        LoginPath::Sso { provider, .. } => Some(match want.external_ids.as_slice() {
+            [] => format!(
+                "SSO ({provider}): no external id: the first SSO login will not find the account"
+            ),
+            ids => format!(
+                "SSO: {}",
+                ids.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+        LoginPath::Undeclared | LoginPath::None => None,
+    }
+}
+
 fn describe(
     config: &Config,
+    login: &LoginRules,
     id: &StableId,
     preview: &Preview,
     state: &State,
@@ -142,6 +192,9 @@ fn describe(
                 w.emails.join(">, <")
             );
             let _ = writeln!(out, "    state: {}", agent_state(&w.state));
+            if let Some(line) = login_line(login, w, mxid, &config.homeserver.server_name) {
+                let _ = writeln!(out, "    {line}");
+            }
         }
     }
     match record {

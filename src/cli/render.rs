@@ -133,17 +133,22 @@ fn describe(action: &Action) -> String {
             mxid,
             display_name,
             emails,
+            external_ids,
             ..
         }
         | Action::ReactivateAccount {
             mxid,
             display_name,
             emails,
+            external_ids,
             ..
         } => {
             let mut s = format!("{mxid}  \"{display_name}\"");
             if !emails.is_empty() {
                 let _ = write!(s, "  <{}>", emails.join(">, <"));
+            }
+            for id in external_ids {
+                let _ = write!(s, "  [SSO {id}]");
             }
             s
         }

@@ -28,6 +28,25 @@ pub struct RemoteUser {
     /// Only [`Homeserver::get_user`] reports it; `false` in list results.
     #[serde(default)]
     pub suspended: bool,
+    /// The ids SSO providers know the account by. Only [`Homeserver::get_user`] reports
+    /// them; empty in list results.
+    #[serde(default)]
+    pub external_ids: Vec<ExternalId>,
+}
+
+/// An id an SSO provider knows an account by: at a login through `auth_provider` whose
+/// subject is `external_id`, Synapse logs the user in to the account that holds the pair.
+/// Synapse names an OIDC provider `oidc-<idp_id>` (`oidc` for the legacy single provider).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExternalId {
+    pub auth_provider: String,
+    pub external_id: String,
+}
+
+impl std::fmt::Display for ExternalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.auth_provider, self.external_id)
+    }
 }
 
 /// What to set on an account. `None` leaves a field as it is.
@@ -36,6 +55,8 @@ pub struct UserChanges {
     pub displayname: Option<String>,
     /// Replaces the account's e-mail threepids with exactly these.
     pub emails: Option<Vec<String>>,
+    /// Replaces the account's external ids (of every provider) with exactly these.
+    pub external_ids: Option<Vec<ExternalId>>,
 }
 
 /// Whether a PUT created the account or changed an existing one.
@@ -119,6 +140,13 @@ pub trait Homeserver: Send + Sync {
         mxid: &str,
         changes: &UserChanges,
     ) -> impl Future<Output = Result<Upserted, HomeserverError>> + Send;
+
+    /// The account an SSO provider's id is bound to, or `None` if no account holds it
+    /// (`GET /_synapse/admin/v1/auth_providers/<provider>/users/<id>`).
+    fn user_by_external_id(
+        &self,
+        id: &ExternalId,
+    ) -> impl Future<Output = Result<Option<String>, HomeserverError>> + Send;
 
     /// Every local account, deactivated and locked ones included (paginated). `emails` is
     /// empty in what it returns: see [`RemoteUser::emails`].

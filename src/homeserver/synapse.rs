@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::retry::{self, Backoff, Verdict};
-use super::{Homeserver, HomeserverError, RemoteUser, Upserted, UserChanges};
+use super::{ExternalId, Homeserver, HomeserverError, RemoteUser, Upserted, UserChanges};
 use crate::config::HomeserverConfig;
 
 mod rooms;
@@ -505,6 +505,8 @@ struct WireUser {
     locked: bool,
     #[serde(default, deserialize_with = "flag")]
     suspended: bool,
+    #[serde(default)]
+    external_ids: Option<Vec<ExternalId>>,
 }
 
 impl From<WireUser> for RemoteUser {
@@ -523,8 +525,14 @@ impl From<WireUser> for RemoteUser {
             deactivated: u.deactivated,
             locked: u.locked,
             suspended: u.suspended,
+            external_ids: u.external_ids.unwrap_or_default(),
         }
     }
+}
+
+#[derive(Deserialize)]
+struct UserId {
+    user_id: String,
 }
 
 #[derive(Deserialize)]
@@ -585,6 +593,9 @@ fn upsert_body(changes: &UserChanges) -> serde_json::Value {
             .collect();
         body.insert("threepids".into(), serde_json::Value::Array(threepids));
     }
+    if let Some(ids) = &changes.external_ids {
+        body.insert("external_ids".into(), serde_json::json!(ids));
+    }
     serde_json::Value::Object(body)
 }
 
@@ -640,6 +651,31 @@ impl Homeserver for SynapseClient {
                 endpoint: req.endpoint.clone(),
                 message: format!("HTTP {other}, expected 200 or 201"),
             }),
+        }
+    }
+
+    async fn user_by_external_id(
+        &self,
+        id: &ExternalId,
+    ) -> Result<Option<String>, HomeserverError> {
+        let encode = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
+        let prefix = "/_synapse/admin/v1/auth_providers/";
+        let endpoint = format!("{prefix}{}/users/{}", id.auth_provider, id.external_id);
+        let path = format!(
+            "{prefix}{}/users/{}",
+            encode(&id.auth_provider),
+            encode(&id.external_id)
+        );
+        let req = self.request(Method::Get, endpoint, &path, &[], None);
+        match self.get_json::<UserId>(&req).await {
+            Ok(user) => Ok(Some(user.user_id)),
+            // As for `get_user`: only Synapse's own "not found" means nobody holds it.
+            Err(HomeserverError::Status {
+                status: 404,
+                errcode: Some(code),
+                ..
+            }) if code == "M_NOT_FOUND" => Ok(None),
+            Err(e) => Err(explain_auth(e)),
         }
     }
 
@@ -855,19 +891,32 @@ mod tests {
         assert_eq!(upsert_body(&UserChanges::default()), serde_json::json!({}));
         let only_name = UserChanges {
             displayname: Some("Alice".into()),
-            emails: None,
+            ..UserChanges::default()
         };
         assert_eq!(
             upsert_body(&only_name),
             serde_json::json!({"displayname": "Alice"})
         );
         let no_emails = UserChanges {
-            displayname: None,
             emails: Some(vec![]),
+            ..UserChanges::default()
         };
         assert_eq!(
             upsert_body(&no_emails),
             serde_json::json!({"threepids": []})
+        );
+        let sso = UserChanges {
+            external_ids: Some(vec![ExternalId {
+                auth_provider: "oidc-agentconnect".into(),
+                external_id: "4f1c".into(),
+            }]),
+            ..UserChanges::default()
+        };
+        assert_eq!(
+            upsert_body(&sso),
+            serde_json::json!({"external_ids": [
+                {"auth_provider": "oidc-agentconnect", "external_id": "4f1c"}
+            ]})
         );
     }
 
@@ -887,5 +936,16 @@ mod tests {
         let u = RemoteUser::from(old);
         assert!(!u.admin && u.deactivated && !u.locked);
         assert!(u.emails.is_empty());
+        let sso: WireUser = serde_json::from_str(
+            r#"{"name":"@c:x","external_ids":[{"auth_provider":"oidc-x","external_id":"42"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            RemoteUser::from(sso).external_ids,
+            vec![ExternalId {
+                auth_provider: "oidc-x".into(),
+                external_id: "42".into()
+            }]
+        );
     }
 }

@@ -16,7 +16,7 @@ mod records;
 
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
-pub use profiles::{profile_digest, Profile, Profiles, Stage};
+pub use profiles::{Profile, ProfileFields, Profiles, Stage};
 pub use records::{AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord};
 
 use std::collections::BTreeMap;

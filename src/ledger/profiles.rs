@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 
 use super::{AccountRecord, AccountStatus, Ledger, LedgerError, Origin};
 use crate::directory::StableId;
+use crate::homeserver::ExternalId;
+use crate::mapping::DesiredAccount;
 
 /// Where an account is in its life, as [`AccountStatus`] without the details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,20 +33,71 @@ pub struct Profile {
 /// Every account's [`Profile`], in stable-id order.
 pub type Profiles = Vec<(StableId, Profile)>;
 
-/// A digest of what a plan compares between an agent and the record of their account.
-/// Exact (every field length-prefixed): equal digests mean equal fields.
-pub fn profile_digest(dn: &str, display_name: &str, emails: &[String]) -> [u8; 16] {
-    let mut hasher = Sha256::new();
-    for field in [dn, display_name]
-        .into_iter()
-        .chain(emails.iter().map(String::as_str))
-    {
-        hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field.as_bytes());
+/// The parts of an account's profile the daemon keeps in step with the directory: what a plan
+/// compares between an agent and the record of their account (`plan::update_for`), and what
+/// the digest of [`Profile`] covers. Both take it apart field by field, so a field added here
+/// cannot be forgotten by either (an account in step would otherwise never be updated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileFields<'a> {
+    /// Not written to the homeserver: a DN change is recorded in the ledger only.
+    pub dn: &'a str,
+    pub display_name: &'a str,
+    pub emails: &'a [String],
+    pub external_ids: &'a [ExternalId],
+}
+
+impl<'a> ProfileFields<'a> {
+    /// What the record says was applied.
+    pub fn of(record: &'a AccountRecord) -> Self {
+        ProfileFields {
+            dn: &record.dn,
+            display_name: &record.display_name,
+            emails: &record.emails,
+            external_ids: &record.external_ids,
+        }
     }
-    let mut digest = [0; 16];
-    digest.copy_from_slice(&hasher.finalize()[..16]);
-    digest
+
+    /// What the directory wants.
+    pub fn wanted(account: &'a DesiredAccount) -> Self {
+        ProfileFields {
+            dn: &account.dn,
+            display_name: &account.display_name,
+            emails: &account.emails,
+            external_ids: &account.external_ids,
+        }
+    }
+
+    /// Exact (every field length-prefixed): equal digests mean equal fields. External ids
+    /// come after a marker no field length can be, and only when there are some: the digest
+    /// of a profile without them is the one ledgers stored before they existed.
+    pub fn digest(&self) -> [u8; 16] {
+        let ProfileFields {
+            dn,
+            display_name,
+            emails,
+            external_ids,
+        } = *self;
+        let mut hasher = Sha256::new();
+        let field = |hasher: &mut Sha256, text: &str| {
+            hasher.update((text.len() as u64).to_be_bytes());
+            hasher.update(text.as_bytes());
+        };
+        field(&mut hasher, dn);
+        field(&mut hasher, display_name);
+        for email in emails {
+            field(&mut hasher, email);
+        }
+        if !external_ids.is_empty() {
+            hasher.update(u64::MAX.to_be_bytes());
+            for id in external_ids {
+                field(&mut hasher, &id.auth_provider);
+                field(&mut hasher, &id.external_id);
+            }
+        }
+        let mut digest = [0; 16];
+        digest.copy_from_slice(&hasher.finalize()[..16]);
+        digest
+    }
 }
 
 impl Profile {
@@ -57,7 +110,7 @@ impl Profile {
             },
             origin: record.origin,
             mxid: record.mxid.clone(),
-            digest: profile_digest(&record.dn, &record.display_name, &record.emails),
+            digest: ProfileFields::of(record).digest(),
         }
     }
 
@@ -130,24 +183,61 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    fn digest(dn: &str, name: &str, emails: &[&str], ids: &[(&str, &str)]) -> [u8; 16] {
+        let emails: Vec<String> = emails.iter().map(|s| s.to_string()).collect();
+        let ids: Vec<ExternalId> = ids
+            .iter()
+            .map(|(p, i)| ExternalId {
+                auth_provider: p.to_string(),
+                external_id: i.to_string(),
+            })
+            .collect();
+        ProfileFields {
+            dn,
+            display_name: name,
+            emails: &emails,
+            external_ids: &ids,
+        }
+        .digest()
+    }
+
     #[test]
     fn digest_tells_every_field_apart() {
-        let emails = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let base = profile_digest("uid=a", "Agent A", &emails(&["a@x.org"]));
-        assert_eq!(
-            base,
-            profile_digest("uid=a", "Agent A", &emails(&["a@x.org"]))
-        );
-        for other in [
-            profile_digest("uid=b", "Agent A", &emails(&["a@x.org"])),
-            profile_digest("uid=a", "Agent B", &emails(&["a@x.org"])),
-            profile_digest("uid=a", "Agent A", &emails(&[])),
-            profile_digest("uid=a", "Agent A", &emails(&["a@x.org", "b@x.org"])),
+        let base = digest("uid=a", "Agent A", &["a@x.org"], &[]);
+        assert_eq!(base, digest("uid=a", "Agent A", &["a@x.org"], &[]));
+        let others = [
+            digest("uid=b", "Agent A", &["a@x.org"], &[]),
+            digest("uid=a", "Agent B", &["a@x.org"], &[]),
+            digest("uid=a", "Agent A", &[], &[]),
+            digest("uid=a", "Agent A", &["a@x.org", "b@x.org"], &[]),
             // The same bytes, cut elsewhere.
-            profile_digest("uid=aAgent", " A", &emails(&["a@x.org"])),
-        ] {
-            assert_ne!(base, other);
+            digest("uid=aAgent", " A", &["a@x.org"], &[]),
+            digest("uid=a", "Agent A", &["a@x.org"], &[("oidc-x", "1")]),
+            digest("uid=a", "Agent A", &["a@x.org"], &[("oidc-x", "2")]),
+            digest("uid=a", "Agent A", &["a@x.org"], &[("oidc-y", "1")]),
+            digest("uid=a", "Agent A", &["a@x.org"], &[("oidc-x1", "")]),
+            // An external id is not an e-mail address, whatever its text.
+            digest("uid=a", "Agent A", &["a@x.org", "oidc-x", "1"], &[]),
+            digest("uid=a", "Agent A", &[], &[("a@x.org", "")]),
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert_ne!(base, *other, "{i}");
+            for (j, another) in others.iter().enumerate().skip(i + 1) {
+                assert_ne!(other, another, "{i} and {j}");
+            }
         }
+    }
+
+    #[test]
+    fn a_profile_without_external_ids_keeps_the_digest_older_ledgers_stored() {
+        // The digest as schema 3 computed it, before external ids existed.
+        let mut hasher = Sha256::new();
+        for field in ["uid=a", "Agent A", "a@x.org"] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field.as_bytes());
+        }
+        let old: [u8; 16] = hasher.finalize()[..16].try_into().unwrap();
+        assert_eq!(digest("uid=a", "Agent A", &["a@x.org"], &[]), old);
     }
 
     #[test]

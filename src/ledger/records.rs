@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ReversibleStep;
 use crate::directory::StableId;
+use crate::homeserver::ExternalId;
 
 /// How the daemon came to manage an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct AccountRecord {
     pub dn: String,
     pub display_name: String,
     pub emails: Vec<String>,
+    /// The SSO ids last applied (`[login] path = "sso"`), sorted. Records from before they
+    /// existed have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ids: Vec<ExternalId>,
     pub origin: Origin,
     /// Unix seconds.
     pub created_at: i64,

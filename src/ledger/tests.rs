@@ -8,6 +8,7 @@ fn record(id: &str, localpart: &str) -> AccountRecord {
         dn: format!("uid={localpart},dc=example,dc=org"),
         display_name: "Someone".into(),
         emails: vec![],
+        external_ids: vec![],
         origin: Origin::Created,
         created_at: 1,
         updated_at: 1,
@@ -320,7 +321,7 @@ fn profiles_follow_every_record_written() {
             stage: Stage::Active,
             origin: Origin::Created,
             mxid: "@anne:example.org".into(),
-            digest: profile_digest(&anne.dn, &anne.display_name, &anne.emails),
+            digest: ProfileFields::of(&anne).digest(),
         }
     );
     let renamed = AccountRecord {
@@ -332,10 +333,7 @@ fn profiles_follow_every_record_written() {
         .unwrap();
     let now = profile(&ledger);
     assert_eq!(now.stage, Stage::Departing);
-    assert_eq!(
-        now.digest,
-        profile_digest(&anne.dn, "Anne Autre", &anne.emails)
-    );
+    assert_eq!(now.digest, ProfileFields::of(&renamed).digest());
     let gone = AccountRecord {
         status: AccountStatus::Deactivated {
             at: 9,
@@ -365,4 +363,27 @@ fn a_schema_2_ledger_gets_its_profiles_when_opened() {
     let profiles = ledger.profiles().unwrap();
     assert_eq!(profiles.len(), 2);
     assert_eq!(profiles[1], (StableId("b".into()), Profile::of(&adopted)));
+}
+
+#[test]
+fn a_record_written_before_external_ids_existed_still_reads() {
+    // An account record as schema 3 wrote it: no `external_ids` field.
+    let old = r#"{"id":"a","mxid":"@anne:example.org","localpart":"anne",
+        "dn":"uid=anne,dc=example,dc=org","display_name":"Anne","emails":["anne@example.org"],
+        "origin":"created","created_at":1,"updated_at":2,"status":{"state":"active"}}"#;
+    let record: AccountRecord = serde_json::from_str(old).unwrap();
+    assert_eq!(record.external_ids, vec![]);
+    assert_eq!(record.emails, vec!["anne@example.org".to_string()]);
+    // And one without external ids is written as before (no empty field).
+    let written = serde_json::to_string(&record).unwrap();
+    assert!(!written.contains("external_ids"), "{written}");
+    let sso = AccountRecord {
+        external_ids: vec![crate::homeserver::ExternalId {
+            auth_provider: "oidc-x".into(),
+            external_id: "a".into(),
+        }],
+        ..record
+    };
+    let back: AccountRecord = serde_json::from_str(&serde_json::to_string(&sso).unwrap()).unwrap();
+    assert_eq!(back, sso);
 }

@@ -2,12 +2,14 @@
 //! should exist and what their profiles should say. Pure: no LDAP, no homeserver, no ledger.
 
 mod departure;
+pub mod login;
 mod normalize;
 pub mod rooms;
 mod rules;
 mod template;
 
 pub use departure::{AgentState, DepartureRules, DisabledSignal, ExpiryFormat, ExpirySignal};
+pub use login::{LoginPath, LoginRules};
 pub use normalize::{strip_accents, to_localpart};
 pub use rules::{AccountRules, Adopt, AgentRules, OnConflict, Rules};
 pub use template::{MissingAttribute, Template, TemplateError};
@@ -15,6 +17,7 @@ pub use template::{MissingAttribute, Template, TemplateError};
 use serde::Serialize;
 
 use crate::directory::{Entry, Snapshot, StableId};
+use crate::homeserver::ExternalId;
 
 /// An account as the directory says it should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,6 +33,9 @@ pub struct DesiredAccount {
     pub state: AgentState,
     /// The value of the rules' login attribute, if any.
     pub login: Option<String>,
+    /// The SSO ids the account should hold (`[login] path = "sso"`), sorted; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_ids: Vec<ExternalId>,
 }
 
 /// An agent entry that cannot become an account this run; it is left alone, never acted on.
@@ -346,6 +352,7 @@ fn map_entry(
             .as_deref()
             .and_then(|a| entry.first(a))
             .map(str::to_string),
+        external_ids: all.login.external_ids(entry),
     })
 }
 

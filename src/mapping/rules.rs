@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::departure::DepartureRules;
+use super::login::{LoginRules, RawLogin};
 use super::rooms::{RawGroups, RawRoom, RoomRules};
 use super::template::Template;
 use crate::config::ConfigError;
@@ -19,6 +20,8 @@ pub struct Rules {
     pub departure: DepartureRules,
     /// `[groups]` and `[[rooms]]`: room and space memberships (see `mapping::rooms`).
     pub rooms: RoomRules,
+    /// `[login]`: how agents log in (see `mapping::login`).
+    pub login: LoginRules,
     /// A digest of the rules' text: when it changes, every agent is mapped again.
     pub fingerprint: String,
 }
@@ -29,7 +32,9 @@ pub struct AgentRules {
     pub filter: String,
     pub id_attribute: String,
     pub id_format: IdFormat,
-    /// What people call their login (`uid`, `sAMAccountName`): `explain` finds agents by it.
+    /// What people call their login (`uid`, `sAMAccountName`): `explain` finds agents by it,
+    /// and under `[login] path = "ldap3"` it is what they type. `[agent] login_attribute`,
+    /// or `[login] attribute`.
     pub login_attribute: Option<String>,
 }
 
@@ -82,6 +87,7 @@ struct RawRules {
     groups: Option<RawGroups>,
     #[serde(default)]
     rooms: Vec<RawRoom>,
+    login: Option<RawLogin>,
 }
 
 #[derive(Deserialize)]
@@ -158,13 +164,16 @@ impl Rules {
             .validate()
             .map_err(|(key, message)| err(&key, message))?;
         let rooms = RoomRules::parse(raw.groups, raw.rooms).map_err(|(k, m)| err(&k, m))?;
+        let (login, login_attribute) =
+            LoginRules::parse(raw.login, raw.agent.login_attribute, id_attribute)
+                .map_err(|(k, m)| err(&k, m))?;
         Ok(Rules {
             source: path.to_path_buf(),
             agent: AgentRules {
                 filter: raw.agent.filter,
                 id_attribute: id_attribute.to_string(),
                 id_format: raw.agent.id_format,
-                login_attribute: raw.agent.login_attribute,
+                login_attribute,
             },
             account: AccountRules {
                 localpart: template("account.localpart", &raw.account.localpart)?,
@@ -175,6 +184,7 @@ impl Rules {
             },
             departure: raw.departure,
             rooms,
+            login,
             fingerprint: crate::brake::digest(text),
         })
     }
@@ -187,6 +197,7 @@ impl Rules {
             .chain(self.account.emails.iter().flat_map(Template::attributes))
             .chain(self.departure.attributes())
             .chain(self.agent.login_attribute.as_deref())
+            .chain(self.login.attributes())
             .map(str::to_string)
             .chain(self.rooms.attributes())
             .collect();

@@ -179,6 +179,7 @@ fn add_scheduled(
             emails: record.emails.clone(),
             state: AgentState::scheduled_as_of(s.at, &s.reason, now),
             login: None,
+            external_ids: record.external_ids.clone(),
         });
     }
     desired.accounts.sort_by(|a, b| a.id.cmp(&b.id));

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::directory::StableId;
-use crate::ledger::{profile_digest, Ledger, LedgerError, LedgerView, Profile, Profiles, Stage};
+use crate::ledger::{Ledger, LedgerError, LedgerView, Profile, ProfileFields, Profiles, Stage};
 use crate::mapping::{AgentState, Desired, DesiredAccount};
 
 /// The view a plan of `desired` (a complete read) needs, from every account's `profiles`.
@@ -112,7 +112,7 @@ impl Sorted {
 fn is_in_step(profile: &Profile, want: &DesiredAccount) -> bool {
     profile.stage == Stage::Active
         && want.state == AgentState::Active
-        && profile.digest == profile_digest(&want.dn, &want.display_name, &want.emails)
+        && profile.digest == ProfileFields::wanted(want).digest()
 }
 
 /// Adds to `view` the holders of the localparts agents without an account (wanting
@@ -158,6 +158,7 @@ mod tests {
             dn: format!("uid={id},ou=people,dc=example,dc=org"),
             display_name: format!("Agent {id}"),
             emails: vec![format!("{id}@example.org")],
+            external_ids: vec![],
             origin: Origin::Created,
             created_at: 1,
             updated_at: 1,
@@ -174,6 +175,7 @@ mod tests {
             emails: vec![format!("{id}@example.org")],
             state: AgentState::Active,
             login: None,
+            external_ids: vec![],
         }
     }
 
@@ -337,6 +339,33 @@ mod tests {
             // Every profile is sorted once.
             assert_eq!(one.in_step.len() + one.to_read.len(), 6, "{wanted} wanted");
         }
+    }
+
+    #[test]
+    fn an_account_whose_external_id_changed_is_not_in_step() {
+        use crate::homeserver::ExternalId;
+        let sso = |value: &str| {
+            vec![ExternalId {
+                auth_provider: "oidc-x".into(),
+                external_id: value.into(),
+            }]
+        };
+        let with_id = AccountRecord {
+            external_ids: sso("1"),
+            ..record("a", "anne", AccountStatus::Active)
+        };
+        let profile = Profile::of(&with_id);
+        let wants = |ids: Vec<ExternalId>| DesiredAccount {
+            external_ids: ids,
+            ..want("a", "anne")
+        };
+        assert!(is_in_step(&profile, &wants(sso("1"))));
+        assert!(!is_in_step(&profile, &wants(sso("2"))));
+        assert!(!is_in_step(&profile, &wants(vec![])));
+        // A record from before external ids, and an agent the mapping now gives one.
+        let plain = Profile::of(&record("a", "anne", AccountStatus::Active));
+        assert!(is_in_step(&plain, &wants(vec![])));
+        assert!(!is_in_step(&plain, &wants(sso("1"))));
     }
 
     #[test]

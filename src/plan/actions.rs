@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::config::ReversibleStep;
 use crate::directory::StableId;
+use crate::homeserver::ExternalId;
 
 /// A value before and after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -32,6 +33,9 @@ pub enum Action {
         /// before recording it (its creation intent is in the ledger): finish the creation.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         resumed: bool,
+        /// SSO ids, so that the agent's first SSO login finds this account.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        external_ids: Vec<ExternalId>,
         reason: String,
     },
     /// Deactivated, and back in the directory: reactivate the same account and restore its
@@ -41,6 +45,8 @@ pub enum Action {
         mxid: String,
         display_name: String,
         emails: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        external_ids: Vec<ExternalId>,
         reason: String,
     },
     /// Suspended or locked, and back in the directory: undo that step.
@@ -59,6 +65,8 @@ pub enum Action {
         display_name: Option<Change<String>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         emails: Option<Change<Vec<String>>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        external_ids: Option<Change<Vec<ExternalId>>>,
         reason: String,
     },
     /// The agent left: the reversible step (suspend or lock); the grace period starts.

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::ReversibleStep;
 use crate::directory::StableId;
-use crate::ledger::{AccountRecord, AccountStatus, Held, LedgerView};
+use crate::ledger::{AccountRecord, AccountStatus, Held, LedgerView, ProfileFields};
 use crate::mapping::{Adopt, AgentState, Desired, DesiredAccount, OnConflict, SkippedAgent};
 
 use lifecycle::Lifecycle;
@@ -398,6 +398,7 @@ fn plan_managed(
             mxid: record.mxid.clone(),
             display_name: want.display_name.clone(),
             emails: want.emails.clone(),
+            external_ids: want.external_ids.clone(),
             reason: format!(
                 "back in the directory ({}); was deactivated: {reason}",
                 want.dn
@@ -410,19 +411,13 @@ fn plan_managed(
                 step: *step,
                 reason: format!("back in the directory ({}); had left: {reason}", want.dn),
             });
-            plan.actions.extend(update_for(
-                want,
-                &record.mxid,
-                &record.display_name,
-                &record.emails,
-            ));
+            plan.actions
+                .extend(update_for(want, &record.mxid, ProfileFields::of(record)));
         }
-        AccountStatus::Active => {
-            match update_for(want, &record.mxid, &record.display_name, &record.emails) {
-                Some(action) => plan.actions.push(action),
-                None => plan.unchanged += 1,
-            }
-        }
+        AccountStatus::Active => match update_for(want, &record.mxid, ProfileFields::of(record)) {
+            Some(action) => plan.actions.push(action),
+            None => plan.unchanged += 1,
+        },
     }
 }
 
@@ -519,6 +514,7 @@ fn plan_new(plan: &mut Plan, allocator: &mut LocalpartAllocator, new: &New, want
         emails: want.emails.clone(),
         adopt,
         resumed,
+        external_ids: want.external_ids.clone(),
         reason,
     });
 }
@@ -531,20 +527,26 @@ fn localpart_of(mxid: &str) -> &str {
         .unwrap_or(mxid)
 }
 
-fn update_for(
-    want: &DesiredAccount,
-    mxid: &str,
-    display_name: &str,
-    emails: &[String],
-) -> Option<Action> {
-    let name_change = (want.display_name != display_name).then(|| Change {
-        from: display_name.to_string(),
-        to: want.display_name.clone(),
-    });
-    let email_change = (want.emails != emails).then(|| Change {
-        from: emails.to_vec(),
-        to: want.emails.clone(),
-    });
+/// The update that brings the profile last applied (`applied`) in line with what the
+/// directory wants, if anything differs. Every field of [`ProfileFields`] is looked at here
+/// (the DN is recorded as a move, not written to the homeserver).
+fn update_for(want: &DesiredAccount, mxid: &str, applied: ProfileFields) -> Option<Action> {
+    let ProfileFields {
+        dn: _,
+        display_name,
+        emails,
+        external_ids,
+    } = applied;
+    let wanted = ProfileFields::wanted(want);
+    fn change<T: ?Sized + ToOwned + PartialEq>(from: &T, to: &T) -> Option<Change<T::Owned>> {
+        (from != to).then(|| Change {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        })
+    }
+    let name_change = change(display_name, wanted.display_name);
+    let email_change = change(emails, wanted.emails);
+    let id_change = change(external_ids, wanted.external_ids);
     let mut what = Vec::new();
     if let Some(c) = &name_change {
         what.push(format!("display name \"{}\" → \"{}\"", c.from, c.to));
@@ -556,6 +558,19 @@ fn update_for(
             c.to.join(", ")
         ));
     }
+    if let Some(c) = &id_change {
+        let list = |ids: &[crate::homeserver::ExternalId]| {
+            ids.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        what.push(format!(
+            "external ids [{}] → [{}]",
+            list(&c.from),
+            list(&c.to)
+        ));
+    }
     if what.is_empty() {
         return None;
     }
@@ -565,6 +580,7 @@ fn update_for(
         dn: want.dn.clone(),
         display_name: name_change,
         emails: email_change,
+        external_ids: id_change,
         reason: format!("{} changed in the directory ({})", what.join(", "), want.dn),
     })
 }

@@ -29,6 +29,7 @@ fn want(id: &str, localpart: &str, name: &str) -> DesiredAccount {
         emails: vec![format!("{id}@example.org")],
         state: AgentState::Active,
         login: None,
+        external_ids: vec![],
     }
 }
 
@@ -40,6 +41,7 @@ fn applied(a: &DesiredAccount, localpart: &str) -> AccountRecord {
         dn: a.dn.clone(),
         display_name: a.display_name.clone(),
         emails: a.emails.clone(),
+        external_ids: a.external_ids.clone(),
         origin: Origin::Created,
         created_at: 0,
         updated_at: 0,
@@ -94,6 +96,7 @@ fn new_agents_are_created_with_their_profile_and_a_reason() {
             emails: vec!["u1@example.org".into()],
             adopt: None,
             resumed: false,
+            external_ids: vec![],
             reason: "new agent uid=u1,ou=people,dc=example,dc=org".into(),
         }]
     );
@@ -192,6 +195,49 @@ fn nothing_changed_means_an_empty_plan() {
     );
     assert!(!p.has_changes());
     assert_eq!((p.unchanged, p.moves.len()), (1, 0));
+}
+
+#[test]
+fn external_ids_are_created_and_kept_in_step() {
+    use crate::homeserver::ExternalId;
+    let sso = |value: &str| ExternalId {
+        auth_provider: "oidc-x".into(),
+        external_id: value.into(),
+    };
+    let mut a = want("a", "alice", "Alice");
+    a.external_ids = vec![sso("A-1")];
+    let p = plan(&desired(vec![a.clone()]), &ledger(vec![]), &policy());
+    assert!(
+        matches!(&p.actions[..], [Action::CreateAccount { external_ids, .. }] if *external_ids == a.external_ids),
+        "{:?}",
+        p.actions
+    );
+    // Applied: nothing to do. A record from before external ids, or another id: an update.
+    let same = plan(
+        &desired(vec![a.clone()]),
+        &ledger(vec![applied(&a, "alice")]),
+        &policy(),
+    );
+    assert!(!same.has_changes(), "{:?}", same.actions);
+    let mut older = applied(&a, "alice");
+    older.external_ids = vec![];
+    let mut other = applied(&a, "alice");
+    other.external_ids = vec![sso("A-0")];
+    for (record, from) in [(older, vec![]), (other, vec![sso("A-0")])] {
+        let p = plan(&desired(vec![a.clone()]), &ledger(vec![record]), &policy());
+        let [Action::UpdateAccount {
+            display_name: None,
+            emails: None,
+            external_ids: Some(change),
+            reason,
+            ..
+        }] = &p.actions[..]
+        else {
+            panic!("{:?}", p.actions)
+        };
+        assert_eq!((&change.from, &change.to), (&from, &a.external_ids));
+        assert!(reason.contains("→ [oidc-x:A-1]"), "{reason}");
+    }
 }
 
 #[test]

@@ -59,6 +59,8 @@ pub struct Settings {
     pub no_ca_file: bool,
     /// Replaces the page size (default 2, so that paging is always exercised).
     pub page_size: Option<u32>,
+    /// Another preset of the same directory kind (e.g. `openldap-ldap3.toml`).
+    pub preset: Option<&'static str>,
 }
 
 /// What a directory harness gives a site's config: where it is and how to read it.
@@ -87,10 +89,15 @@ impl Site {
     }
 
     pub fn on(slapd: &'static Slapd, name: &str) -> Site {
+        Site::on_servers(slapd, Synapse::shared(), name)
+    }
+
+    /// A site on a Synapse of the test binary's own (e.g. one with a login module).
+    pub fn on_servers(slapd: &'static Slapd, synapse: &'static Synapse, name: &str) -> Site {
         let site = Site {
             slapd,
             ou: slapd.new_ou(name),
-            daemon: Daemon::fresh(),
+            daemon: Daemon::on(synapse),
         };
         site.configure(&Settings::default());
         site
@@ -151,8 +158,12 @@ impl Site {
 
 impl Daemon {
     pub fn fresh() -> Daemon {
+        Daemon::on(Synapse::shared())
+    }
+
+    pub fn on(synapse: &'static Synapse) -> Daemon {
         Daemon {
-            synapse: Synapse::shared(),
+            synapse,
             tag: unique("t"),
             dir: tempfile::tempdir().unwrap(),
         }
@@ -165,15 +176,12 @@ impl Daemon {
         let (bind_dn, password) = settings.bind.clone().unwrap_or(defaults.bind.clone());
         write_secret(dir, "ldap.pw", &password);
         write_secret(dir, "token", &self.synapse.admin_token);
+        let preset = settings.preset.unwrap_or(defaults.preset);
         let mut mapping =
-            std::fs::read_to_string(repo_root().join("mappings").join(defaults.preset)).unwrap();
+            std::fs::read_to_string(repo_root().join("mappings").join(preset)).unwrap();
         if let Some(filter) = &settings.filter {
             let line = format!("filter = \"{}\"", defaults.preset_filter);
-            assert!(
-                mapping.contains(&line),
-                "{} has no `{line}`",
-                defaults.preset
-            );
+            assert!(mapping.contains(&line), "{preset} has no `{line}`");
             mapping = mapping.replace(&line, &format!("filter = \"{filter}\""));
         }
         if let Some(localpart) = &settings.localpart {

@@ -48,7 +48,7 @@ impl Synapse {
     /// sharing it run in parallel: use `unique()` names and filter requests by them.
     pub fn shared() -> &'static Synapse {
         static SHARED: OnceLock<Result<Synapse, String>> = OnceLock::new();
-        match SHARED.get_or_init(Synapse::try_start) {
+        match SHARED.get_or_init(|| Synapse::try_start("")) {
             Ok(synapse) => synapse,
             Err(e) => panic!("shared Synapse could not start: {e}"),
         }
@@ -56,10 +56,16 @@ impl Synapse {
 
     /// An instance of its own (killed and removed on drop). Costs a few seconds.
     pub fn start() -> Synapse {
-        Synapse::try_start().unwrap_or_else(|e| panic!("{e}"))
+        Synapse::start_with("")
     }
 
-    fn try_start() -> Result<Synapse, String> {
+    /// An instance of its own with more homeserver config (YAML, loaded after the harness's
+    /// own, e.g. a `modules:` section from [`ldap3_module`]).
+    pub fn start_with(extra_config: &str) -> Synapse {
+        Synapse::try_start(extra_config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(extra_config: &str) -> Result<Synapse, String> {
         let venv = repo_root().join(".testbed/venv/bin");
         let python = venv.join("python");
         require_installed(&python, "Synapse venv (.testbed/venv)");
@@ -76,6 +82,8 @@ impl Synapse {
         let log_config = d.join("testbed.log.config");
         std::fs::write(&log_config, log_config_yaml(&log))
             .map_err(|e| format!("write log config: {e}"))?;
+        let extra = d.join("extra.yaml");
+        std::fs::write(&extra, extra_config).map_err(|e| format!("write extra.yaml: {e}"))?;
 
         let mut last_error = String::new();
         for _ in 0..3 {
@@ -83,7 +91,12 @@ impl Synapse {
             std::fs::write(&overrides, overrides_yaml(port, &log_config))
                 .map_err(|e| format!("write {}: {e}", overrides.display()))?;
             let url = format!("http://127.0.0.1:{port}");
+            // The venv lives inside this checkout: Synapse would append git's branch and
+            // commit to its version (`1.163.2 (b=main,…)`), which synapse-ldap3 0.4.0 cannot
+            // parse when it registers a user. Without a git directory, it is the plain version.
             let argv = vec![
+                "env".into(),
+                "GIT_DIR=/nonexistent".into(),
                 python.clone(),
                 "-m".into(),
                 "synapse.app.homeserver".into(),
@@ -91,6 +104,8 @@ impl Synapse {
                 config.to_string_lossy().into_owned(),
                 "-c".into(),
                 overrides.to_string_lossy().into_owned(),
+                "-c".into(),
+                extra.to_string_lossy().into_owned(),
             ];
             let health = format!("{url}/health");
             let ready = move || http().get(&health).call().is_ok();
@@ -235,6 +250,63 @@ impl Synapse {
             (200 | 201, _) => mxid,
             (s, v) => panic!("PUT user {mxid}: {s} {v}"),
         }
+    }
+
+    /// A client login (`POST /_matrix/client/v3/login`, `m.login.password`) as a user would
+    /// do it: `identifier` is an `m.id.user` or `m.id.thirdparty` identifier. Returns (status,
+    /// body): the body has `user_id` and `access_token` on 200, `errcode` otherwise.
+    pub fn login(&self, identifier: Value, password: &str) -> (u16, Value) {
+        let result = http()
+            .post(&format!("{}/_matrix/client/v3/login", self.url))
+            .send_json(json!({
+                "type": "m.login.password",
+                "identifier": identifier,
+                "password": password,
+            }));
+        let resp = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{}", self.server.failure(&format!("login: {e}"))),
+        };
+        (resp.status(), resp.into_json().unwrap_or(Value::Null))
+    }
+
+    /// A client request with a user's own access token: (status, body).
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let req = http()
+            .request(method, &format!("{}{path}", self.url))
+            .set("Authorization", &format!("Bearer {token}"));
+        let result = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{}", self.server.failure(&format!("{method} {path}: {e}"))),
+        };
+        (resp.status(), resp.into_json().unwrap_or(Value::Null))
+    }
+
+    /// Every account (deactivated and locked ones too) whose id or display name contains
+    /// `part`, sorted.
+    pub fn users_named(&self, part: &str) -> Vec<String> {
+        let path =
+            format!("/_synapse/admin/v2/users?name={part}&deactivated=true&locked=true&limit=1000");
+        let (s, v) = self.request("GET", &path, None);
+        assert_eq!(s, 200, "{v}");
+        let mut users: Vec<String> = v["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["name"].as_str().unwrap().to_string())
+            .collect();
+        users.sort();
+        users
     }
 
     /// A position in the log; pass it to `requests_since`.
@@ -461,6 +533,34 @@ rc_profile: {unlimited}
 rc_key_requests: {unlimited}
 "#,
         log_config = log_config.display()
+    )
+}
+
+/// The `modules:` entry of synapse-ldap3 (`ldap_auth_provider.LdapAuthProviderModule`) in
+/// search mode against `slapd`: agents log in with their `uid` (or e-mail) and LDAP password,
+/// the service account finds their entry under `base`, and `filter` leaves out who may not
+/// log in. The recipe of docs/login.md, as tested.
+pub fn ldap3_module(slapd: &super::Slapd, base: &str, filter: &str) -> String {
+    format!(
+        r#"modules:
+  - module: ldap_auth_provider.LdapAuthProviderModule
+    config:
+      enabled: true
+      uri: "{uri}"
+      start_tls: false
+      mode: search
+      base: "{base}"
+      bind_dn: "{bind_dn}"
+      bind_password: "{bind_password}"
+      filter: "{filter}"
+      attributes:
+        uid: uid
+        mail: mail
+        name: cn
+"#,
+        uri = slapd.url,
+        bind_dn = slapd.sync_dn,
+        bind_password = slapd.sync_password,
     )
 }
 
