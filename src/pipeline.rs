@@ -259,6 +259,9 @@ async fn plan_mapped<H: Homeserver + Rooms>(
             plan = plan::plan_with_rooms(&desired, &state.view, &policy, &known);
         }
     }
+    if let (Some(hs), true) = (homeserver, read.is_complete()) {
+        find_shadows(config, rules, hs, &desired, &state.view, &mut plan).await?;
+    }
     plan.warnings
         .extend(login::warnings(rules, &desired, &state.view, &plan));
     let scope = brake::scope(config, rules);
@@ -280,6 +283,58 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         journal: Resolution::default(),
         scope,
     })
+}
+
+/// Adds to `plan` the shadow accounts of its agents (see [`plan::shadows`]), their security
+/// findings, and the locks `[login] shadow_accounts = "lock"` asks for. A complete read only:
+/// every managed account must be known to tell the others.
+async fn find_shadows<H: Homeserver>(
+    config: &Config,
+    rules: &Rules,
+    homeserver: &H,
+    desired: &Desired,
+    view: &LedgerView,
+    plan: &mut Plan,
+) -> Result<(), RunError> {
+    let own: std::collections::HashMap<&str, &str> = view
+        .accounts
+        .values()
+        .map(|r| (r.id.0.as_str(), r.mxid.as_str()))
+        .chain(
+            view.in_step
+                .iter()
+                .map(|(id, m)| (id.0.as_str(), m.as_str())),
+        )
+        .collect();
+    // Accounts the daemon manages, or is about to make or take over, are nobody's shadow.
+    let managed: std::collections::HashSet<&str> = own
+        .values()
+        .copied()
+        .chain(
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, plan::Action::CreateAccount { .. }))
+                .map(plan::Action::mxid),
+        )
+        .collect();
+    let (unmanaged, emails_read) =
+        observe::unmanaged_accounts(homeserver, &managed, config.homeserver.concurrency).await?;
+    if !emails_read {
+        plan.warnings.push(format!(
+            "{} accounts on the homeserver are not managed by the daemon: more than {} to read one by one, so shadow accounts are matched by login only, not by e-mail",
+            unmanaged.len(),
+            observe::MAX_UNMANAGED_EMAIL_READS
+        ));
+    }
+    let shadows = plan::shadows::find(desired, &own, &unmanaged, &plan.conflicts);
+    for finding in plan::shadows::security_findings(&shadows) {
+        tracing::warn!("{finding}");
+        plan.warnings.push(finding);
+    }
+    plan.actions
+        .extend(plan::shadows::locks(&shadows, rules.login.shadow_accounts));
+    plan.shadows = shadows;
+    Ok(())
 }
 
 /// How a `sync` run goes.
@@ -348,6 +403,9 @@ pub async fn sync<H: Homeserver + Rooms>(
     // Before applying: an account that appears meanwhile is held as a conflict by the apply.
     record_conflicts(ledger, &preview, clock.now())?;
     let report = apply::apply(&plan, homeserver, ledger, clock, &apply_options, observer).await?;
+    if preview.read.is_complete() {
+        record_shadows(ledger, &preview.plan, &report)?;
+    }
     // Refusals and conflicts are each one agent's problem: held and shown, they fail neither
     // the run nor its watermark.
     let failed = report.failed.len() + report.rooms.failed.len();
@@ -412,6 +470,29 @@ pub async fn sync<H: Homeserver + Rooms>(
         report,
         held_back,
     })
+}
+
+/// Keeps the shadow accounts this complete read found, for `status` and the metrics; those
+/// this run locked are recorded as locked.
+fn record_shadows(ledger: &Ledger, plan: &Plan, report: &ApplyReport) -> Result<(), LedgerError> {
+    let locked_now = |mxid: &str| {
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, plan::Action::LockShadow { .. }) && a.mxid() == mxid)
+            && !report.failed.iter().any(|(m, ..)| m == mxid)
+            && !report.refused.iter().any(|(m, ..)| m == mxid)
+            && report.aborted.is_none()
+    };
+    let shadows: Vec<_> = plan
+        .shadows
+        .iter()
+        .cloned()
+        .map(|mut s| {
+            s.locked |= locked_now(&s.mxid);
+            s
+        })
+        .collect();
+    ledger.set_shadows(&shadows)
 }
 
 /// Keeps the ledger's conflicts as the plan found them: for the agents the read covered, the

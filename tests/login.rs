@@ -479,3 +479,61 @@ fn sso_external_ids_are_set_looked_up_and_kept_in_step() {
     site.sync_ok();
     assert_eq!(site.writes_since(mark), vec![]);
 }
+
+#[test]
+fn a_shadow_made_by_a_login_is_listed_and_a_departed_agents_shadow_is_locked() {
+    // The Tchap-style preset with synapse-ldap3: a login makes a second account, a shadow.
+    let site = site(
+        "shadow",
+        "openldap.toml",
+        "\n[login]\npath = \"ldap3\"\nattribute = \"uid\"\nshadow_accounts = \"lock\"\n",
+    );
+    let uid = agent(&site, "cdurand", "Catherine", "Durand", true, "");
+    site.sync_ok();
+    let synced = site.mxid("catherine.durand");
+    let (shadow, token) = logs_in(by_login(&uid));
+    assert_eq!(shadow, mxid(&uid));
+
+    let (_, plan) = site.plan_json();
+    let listed = &plan["shadows"][0];
+    assert_eq!(listed["mxid"], shadow.as_str(), "{plan}");
+    assert_eq!(listed["agent_mxid"], synced.as_str(), "{plan}");
+    assert_eq!(listed["matched"], format!("login {uid}"), "{plan}");
+    assert_eq!(listed["departed"], false, "{plan}");
+    assert_eq!(
+        plan["counts"]["lock_shadow"], 0,
+        "an agent present: only reported"
+    );
+    site.sync_ok();
+    let status: Value = serde_json::from_str(&site.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["shadows"][0]["mxid"], shadow.as_str(), "{status}");
+    let text = site.run(&["status"]).stdout;
+    assert!(text.contains("Shadow accounts"), "{text}");
+
+    // The agent leaves: their own account is suspended and, with `lock`, the shadow locked —
+    // the token the login gave stops working.
+    site.set_attr(&uid, "employeeType", &["departed"]);
+    let (_, plan) = site.plan_json();
+    assert_eq!(plan["counts"]["lock_shadow"], 1, "{plan}");
+    assert!(
+        plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with("SECURITY: departed agent")),
+        "{plan}"
+    );
+    site.sync_ok();
+    let (code, body) =
+        synapse().request_as(&token, "GET", "/_matrix/client/v3/account/whoami", None);
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body["errcode"], "M_USER_LOCKED", "{body}");
+    let status: Value = serde_json::from_str(&site.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["shadows"][0]["locked"], true, "{status}");
+    let history = site.run(&["history", "--user", &shadow]).stdout;
+    assert!(history.contains("lock_shadow"), "{history}");
+    // Locked: not locked again.
+    let (code, plan) = site.plan_json();
+    assert_eq!(plan["counts"]["lock_shadow"], 0, "{plan}");
+    assert_eq!(code, 0, "{plan}");
+}

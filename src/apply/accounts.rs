@@ -32,6 +32,7 @@ impl<H: Homeserver> Runner<'_, H> {
             Action::UpdateAccount { .. } => self.update(action).await,
             Action::DepartAccount { step, .. } => self.depart(action, *step).await,
             Action::DeactivateAccount { .. } => self.deactivate(action).await,
+            Action::LockShadow { .. } => self.lock_shadow(action).await,
         };
         match result {
             Ok(outcome) => Ok(outcome),
@@ -402,6 +403,28 @@ impl<H: Homeserver> Runner<'_, H> {
             None => Vec::new(),
         };
         Ok(merge_external_ids(current, ours, before))
+    }
+
+    /// Locks an account the daemon does not manage (a departed agent's shadow): the audit
+    /// trail records it; no account record is made.
+    async fn lock_shadow(&self, action: &Action) -> Result<Outcome, StepError> {
+        let mxid = action.mxid();
+        self.refuse_server_admin(mxid).await?;
+        self.homeserver.set_locked(mxid, true).await?;
+        super::crash::after_homeserver_write();
+        let entry = audit(
+            self.clock,
+            mxid,
+            action.id(),
+            action.kind().name(),
+            action.reason().to_string(),
+            "ok",
+        );
+        self.ledger.record_audit(&entry)?;
+        self.ledger
+            .clear_intent(&journal::account_intent(action, 0).key())?;
+        tracing::warn!(%mxid, reason = action.reason(), "locked a departed agent's shadow account");
+        Ok(Outcome::Done)
     }
 
     /// A server admin is never taken away by a sync, whatever the directory says.

@@ -151,6 +151,18 @@ async fn resolve_account<H: Homeserver>(
         result: result.to_string(),
     };
     let user = homeserver.get_user(mxid).await?;
+    if kind == "lock_shadow" {
+        // Not a managed account: only the audit trail says what happened to it.
+        let applied = user.is_some_and(|u| u.locked);
+        let result = if applied {
+            FOUND_APPLIED
+        } else {
+            FOUND_NOT_APPLIED
+        };
+        ledger.record_audit(&audit(result))?;
+        ledger.clear_intent(key)?;
+        return Ok(applied);
+    }
     let record = ledger.account(id)?;
     let (record, applied) = match (record, user) {
         (None, Some(user)) if kind == "create_account" && !user.deactivated => {

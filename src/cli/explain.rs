@@ -293,6 +293,20 @@ fn planned(out: &mut String, id: &StableId, mxid: Option<&str>, preview: &Previe
             c.mxid, c.reason
         );
     }
+    for s in plan.shadows.iter().filter(|s| &s.id == id) {
+        any = true;
+        let _ = writeln!(
+            out,
+            "  Shadow account: {} (not managed; matched by {}){}",
+            s.mxid,
+            s.matched,
+            match (s.departed, s.locked) {
+                (_, true) => " — locked",
+                (true, false) => " — SECURITY: the agent left and can still use it",
+                (false, false) => "",
+            }
+        );
+    }
     for r in plan.refused.iter().filter(|r| &r.id == id) {
         any = true;
         let _ = writeln!(

@@ -310,16 +310,17 @@ fn status(config: &Config, json: bool) -> Result<ExitCode, String> {
     let view = ledger.view().map_err(|e| e.to_string())?;
     let last_run = ledger.last_run().map_err(|e| e.to_string())?;
     let point = ledger.sync_point().map_err(|e| e.to_string())?;
+    let shadows = ledger.shadows().map_err(|e| e.to_string())?;
     if json {
         println!(
             "{}",
-            status::status_json(&view, last_run.as_ref(), point.as_ref())
+            status::status_json(&view, &shadows, last_run.as_ref(), point.as_ref())
         );
     } else {
         let grace = i64::try_from(config.departures.grace.as_secs()).unwrap_or(i64::MAX);
         print!(
             "{}",
-            status::status_text(ledger.path(), &view, last_run.as_ref(), grace)
+            status::status_text(ledger.path(), &view, &shadows, last_run.as_ref(), grace)
         );
         print!(
             "{}",

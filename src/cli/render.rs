@@ -64,6 +64,22 @@ pub fn plan_text(preview: &Preview) -> String {
     );
     section(
         &mut out,
+        "Shadow accounts: accounts the daemon does not manage that agents can log in to",
+        &plan.shadows,
+        |s| {
+            format!(
+                "{}  shadows {} ({}; matched by {}){}{}",
+                s.mxid,
+                s.agent_mxid.as_deref().unwrap_or("(no synced account)"),
+                s.dn,
+                s.matched,
+                if s.departed { "; the agent LEFT" } else { "" },
+                if s.locked { "; locked" } else { "" }
+            )
+        },
+    );
+    section(
+        &mut out,
         "Waiting (nothing to do yet)",
         &plan.pending,
         |p| format!("{}  {} on {}", p.mxid, p.what, format_time(p.at)),
@@ -178,6 +194,7 @@ pub fn plan_json(preview: &Preview) -> String {
         "skipped": plan.skipped,
         "conflicts": plan.conflicts,
         "refused": plan.refused,
+        "shadows": plan.shadows,
         "warnings": plan.warnings,
         "rooms": plan.rooms,
         "removals": plan.rooms.removals(),

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::clock::format_time;
 use crate::daemon::status_file::DaemonStatus;
 use crate::ledger::{
-    AccountStatus, AuditEntry, Held, HeldAgent, LedgerView, Origin, RunRecord, SyncPoint,
+    AccountStatus, AuditEntry, Held, HeldAgent, LedgerView, Origin, RunRecord, Shadow, SyncPoint,
 };
 
 /// Counts of managed accounts by origin and state.
@@ -44,6 +44,7 @@ fn counts(view: &LedgerView) -> Counts {
 pub fn status_text(
     path: &Path,
     view: &LedgerView,
+    shadows: &[Shadow],
     last_run: Option<&RunRecord>,
     grace: i64,
 ) -> String {
@@ -85,8 +86,39 @@ pub fn status_text(
         );
     }
     held_text(&mut out, view.held.values());
+    shadows_text(&mut out, shadows);
     last_run_text(&mut out, last_run);
     out
+}
+
+/// The shadow accounts the last complete read found; a departed agent's open one first.
+fn shadows_text(out: &mut String, shadows: &[Shadow]) {
+    if shadows.is_empty() {
+        return;
+    }
+    let open = shadows.iter().filter(|s| s.departed && !s.locked).count();
+    let _ = writeln!(
+        out,
+        "Shadow accounts (not managed, an agent can log in to them): {}{}",
+        shadows.len(),
+        if open > 0 {
+            format!(", {open} of departed agents still open (SECURITY)")
+        } else {
+            String::new()
+        }
+    );
+    for s in shadows {
+        let _ = writeln!(
+            out,
+            "  {}: {} ({}), matched by {}{}{}",
+            s.mxid,
+            s.agent_mxid.as_deref().unwrap_or("no synced account"),
+            s.dn,
+            s.matched,
+            if s.departed { ", agent departed" } else { "" },
+            if s.locked { ", locked" } else { "" }
+        );
+    }
 }
 
 /// The agents held back by a conflict or a refusal, each with why.
@@ -199,6 +231,7 @@ pub fn daemon_status_text(path: &Path, status: &DaemonStatus) -> String {
     }
     managed_line(&mut out, status.managed_accounts, status.adopted);
     held_text(&mut out, status.held.iter());
+    shadows_text(&mut out, &status.shadows);
     last_run_text(&mut out, status.last_run.as_ref());
     out
 }
@@ -211,6 +244,7 @@ pub fn daemon_status_json(status: &DaemonStatus) -> String {
         "last_run": status.last_run,
         "brake": status.last_run.as_ref().and_then(|r| r.brake.clone()),
         "held": status.held,
+        "shadows": status.shadows,
         "daemon": {
             "pid": status.pid,
             "written_at": status.written_at,
@@ -241,6 +275,7 @@ pub fn sync_point_text(point: Option<&SyncPoint>, full_every: std::time::Duratio
 
 pub fn status_json(
     view: &LedgerView,
+    shadows: &[Shadow],
     last_run: Option<&RunRecord>,
     point: Option<&SyncPoint>,
 ) -> String {
@@ -258,6 +293,7 @@ pub fn status_json(
         "last_complete_read": point.map(|p| p.full_at),
         "brake": last_run.and_then(|r| r.brake.clone()),
         "held": view.held.values().collect::<Vec<_>>(),
+        "shadows": shadows,
     })
     .to_string()
 }

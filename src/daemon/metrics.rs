@@ -14,6 +14,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabel {
+    departed: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FoundLabel {
     found: String,
 }
@@ -74,6 +79,7 @@ pub struct Metrics {
     directory_up: Gauge,
     held_agents: Family<HeldLabel, Gauge>,
     intents_resolved: Family<FoundLabel, Counter>,
+    shadow_accounts: Family<ShadowLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -154,7 +160,25 @@ impl Metrics {
                 "Writes an interrupted run left unfinished, resolved from the homeserver's real state, by what was found (applied, not_applied)",
                 Family::default(),
             ),
+            shadow_accounts: register(
+                &mut r,
+                "shadow_accounts",
+                "Accounts the daemon does not manage that an agent can log in to, as of the last complete read; departed=\"true\" and not locked is a security finding (see `status`)",
+                Family::default(),
+            ),
             registry: r,
+        }
+    }
+
+    /// The shadow accounts of the last complete read: of agents present, and of departed
+    /// agents still open.
+    pub fn shadows(&self, present: usize, departed_open: usize) {
+        for (departed, n) in [("false", present), ("true", departed_open)] {
+            self.shadow_accounts
+                .get_or_create(&ShadowLabel {
+                    departed: departed.into(),
+                })
+                .set(clamp(n));
         }
     }
 

@@ -159,9 +159,17 @@ fn report(
     }
     let (conflicts, refused) = held_counts(ledger);
     shared.metrics.held(conflicts, refused);
+    let shadows = ledger.shadows().unwrap_or_default();
+    let open = shadows.iter().filter(|s| s.departed && !s.locked).count();
+    shared
+        .metrics
+        .shadows(shadows.iter().filter(|s| !s.departed).count(), open);
     let health = shared.update_health(|h| {
         h.record(outcome, problem.as_deref(), now);
         h.held(conflicts, refused);
+        if open > 0 {
+            h.warnings.push(format!("SECURITY: {open} shadow account(s) of departed agents can still be used (see `status`)"));
+        }
     });
     let summary = match result {
         Ok(r) => {
@@ -250,6 +258,7 @@ pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64,
             .unwrap_or_default()
             .into_values()
             .collect(),
+        shadows: ledger.shadows().unwrap_or_default(),
         last_run: ledger.last_run().ok().flatten(),
     };
     if let Err(e) = status_file::write(state_dir, &status) {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{HeldAgent, RunRecord};
+use crate::ledger::{HeldAgent, RunRecord, Shadow};
 
 const FILE_NAME: &str = "status.json";
 
@@ -31,6 +31,9 @@ pub struct DaemonStatus {
     /// Agents held back by a conflict or a refusal.
     #[serde(default)]
     pub held: Vec<HeldAgent>,
+    /// The shadow accounts the last complete read found.
+    #[serde(default)]
+    pub shadows: Vec<Shadow>,
     pub last_run: Option<RunRecord>,
 }
 
@@ -75,6 +78,7 @@ mod tests {
             reasons: vec![],
             warnings: vec![],
             held: vec![],
+            shadows: vec![],
             last_run: None,
         };
         write(dir.path(), &status).unwrap();

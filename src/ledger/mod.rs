@@ -17,7 +17,9 @@ mod records;
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
 pub use profiles::{Profile, ProfileFields, Profiles, Stage};
-pub use records::{AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord};
+pub use records::{
+    AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord, Shadow,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ use crate::directory::StableId;
 pub const SCHEMA_VERSION: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const LAST_GOOD_KEY: &[u8] = b"last_good_run";
+/// The shadow accounts the last complete read found (see [`Shadow`]).
+const SHADOWS_KEY: &[u8] = b"shadows";
 /// How many records `accounts` holds (sled counts a tree by walking it).
 const ACCOUNT_COUNT_KEY: &[u8] = b"account_count";
 
@@ -387,6 +391,21 @@ impl Ledger {
             .get(LAST_GOOD_KEY)?
             .map(|v| decode(&v))
             .transpose()
+    }
+
+    /// The shadow accounts the last complete read found.
+    pub fn shadows(&self) -> Result<Vec<Shadow>, LedgerError> {
+        Ok(self
+            .meta
+            .get(SHADOWS_KEY)?
+            .map(|v| decode(&v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn set_shadows(&self, shadows: &[Shadow]) -> Result<(), LedgerError> {
+        self.meta.insert(SHADOWS_KEY, encode(&shadows)?)?;
+        Ok(())
     }
 
     pub fn set_last_good(&self, last: &LastGood) -> Result<(), LedgerError> {

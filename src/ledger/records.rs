@@ -139,3 +139,23 @@ pub enum Held {
         error: String,
     },
 }
+
+/// An account the daemon does not manage that an agent can log in to beside (or instead of)
+/// their synced one: its localpart is the agent's login, or it holds one of the agent's
+/// e-mails. Typically made by a password or SSO login that did not find the synced account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shadow {
+    /// The shadow account.
+    pub mxid: String,
+    /// The agent it shadows.
+    pub id: StableId,
+    pub dn: String,
+    /// The agent's own (synced) account, if they have one.
+    pub agent_mxid: Option<String>,
+    /// How it was matched: `login jmartin`, `e-mail jean.martin@example.org`.
+    pub matched: String,
+    /// The agent left: a shadow that still works is a security finding.
+    pub departed: bool,
+    /// The shadow is locked (or deactivated): it cannot be used.
+    pub locked: bool,
+}

@@ -30,6 +30,22 @@ use crate::homeserver::ExternalId;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoginRules {
     pub path: LoginPath,
+    /// What to do with accounts a login made beside an agent's synced one.
+    pub shadow_accounts: ShadowPolicy,
+}
+
+/// `[login] shadow_accounts`: what the daemon does with a *shadow* — an account it does not
+/// manage whose localpart is an agent's login, or which holds one of an agent's e-mails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowPolicy {
+    /// Listed by `plan`, `status`, `explain` and a metric; a departed agent's shadow is a
+    /// security finding.
+    #[default]
+    Report,
+    /// Reported, and a departed agent's shadow is locked (through the brake and the audit
+    /// trail, like any departure).
+    Lock,
 }
 
 /// Which way agents log in.
@@ -67,6 +83,8 @@ pub(super) struct RawLogin {
     attribute: Option<String>,
     provider: Option<String>,
     external_id: Option<String>,
+    #[serde(default)]
+    shadow_accounts: ShadowPolicy,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +209,13 @@ impl LoginRules {
                 )
             }
         };
-        Ok((LoginRules { path }, login_attribute))
+        Ok((
+            LoginRules {
+                path,
+                shadow_accounts: raw.shadow_accounts,
+            },
+            login_attribute,
+        ))
     }
 
     /// The attributes the external id template reads (the login attribute is listed by

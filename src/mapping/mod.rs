@@ -9,7 +9,7 @@ mod rules;
 mod template;
 
 pub use departure::{AgentState, DepartureRules, DisabledSignal, ExpiryFormat, ExpirySignal};
-pub use login::{LoginPath, LoginRules};
+pub use login::{LoginPath, LoginRules, ShadowPolicy};
 pub use normalize::{strip_accents, to_localpart};
 pub use rules::{AccountRules, Adopt, AgentRules, OnConflict, Rules};
 pub use template::{MissingAttribute, Template, TemplateError};

@@ -10,6 +10,7 @@ use crate::homeserver::{Homeserver, HomeserverError, Rooms};
 use crate::ledger::RoomsView;
 use crate::mapping::rooms::DesiredRooms;
 use crate::plan::memberships::Observed;
+use crate::plan::shadows::UnmanagedAccount;
 use crate::plan::ExistingAccount;
 
 /// The rooms as the homeserver has them, and the daemon's own mxid (`None` when the rules
@@ -99,4 +100,46 @@ pub async fn observe_accounts<H: Homeserver>(
         .await
         .into_iter()
         .collect()
+}
+
+/// Most unmanaged accounts whose e-mails are read one by one to find shadows by e-mail;
+/// past it, shadows are matched by login only (and a warning says so).
+pub const MAX_UNMANAGED_EMAIL_READS: usize = 2_000;
+
+/// Every account the homeserver has that is not in `managed`, for shadow detection: one
+/// listing, then each one's e-mails (if there are at most [`MAX_UNMANAGED_EMAIL_READS`]).
+/// Returns the accounts and whether their e-mails were read.
+pub async fn unmanaged_accounts<H: Homeserver>(
+    homeserver: &H,
+    managed: &HashSet<&str>,
+    concurrency: usize,
+) -> Result<(Vec<UnmanagedAccount>, bool), HomeserverError> {
+    let unmanaged: Vec<UnmanagedAccount> = homeserver
+        .list_users()
+        .await?
+        .into_iter()
+        .filter(|u| !managed.contains(u.mxid.as_str()) && !u.admin && !u.deactivated)
+        .map(|u| UnmanagedAccount {
+            mxid: u.mxid,
+            emails: Vec::new(),
+            locked: u.locked,
+            deactivated: u.deactivated,
+            admin: u.admin,
+        })
+        .collect();
+    if unmanaged.len() > MAX_UNMANAGED_EMAIL_READS {
+        return Ok((unmanaged, false));
+    }
+    let read: Vec<Result<UnmanagedAccount, HomeserverError>> = stream::iter(unmanaged)
+        .map(|mut account| async move {
+            if let Some(user) = homeserver.get_user(&account.mxid).await? {
+                account.emails = user.emails;
+                account.locked = user.locked;
+            }
+            Ok(account)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    Ok((read.into_iter().collect::<Result<_, _>>()?, true))
 }

@@ -82,6 +82,13 @@ pub enum Action {
         mxid: String,
         reason: String,
     },
+    /// An account the daemon does not manage that the departed agent `id` can still log in
+    /// to (`[login] shadow_accounts = "lock"`): lock it. No ledger record is made for it.
+    LockShadow {
+        id: StableId,
+        mxid: String,
+        reason: String,
+    },
 }
 
 /// Action kinds, in the order a plan runs them: what restores access first, what takes it
@@ -97,10 +104,11 @@ pub enum ActionKind {
     SuspendAccount,
     LockAccount,
     DeactivateAccount,
+    LockShadow,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 8] = [
+    pub const ALL: [ActionKind; 9] = [
         ActionKind::CreateAccount,
         ActionKind::AdoptAccount,
         ActionKind::ReactivateAccount,
@@ -109,6 +117,7 @@ impl ActionKind {
         ActionKind::SuspendAccount,
         ActionKind::LockAccount,
         ActionKind::DeactivateAccount,
+        ActionKind::LockShadow,
     ];
 
     /// The name used in the audit trail, logs, JSON and metrics.
@@ -122,6 +131,7 @@ impl ActionKind {
             ActionKind::SuspendAccount => "suspend_account",
             ActionKind::LockAccount => "lock_account",
             ActionKind::DeactivateAccount => "deactivate_account",
+            ActionKind::LockShadow => "lock_shadow",
         }
     }
 
@@ -135,6 +145,7 @@ impl ActionKind {
             ActionKind::SuspendAccount => "Suspend account",
             ActionKind::LockAccount => "Lock account",
             ActionKind::DeactivateAccount => "Deactivate account",
+            ActionKind::LockShadow => "Lock a departed agent's shadow account",
         }
     }
 
@@ -142,7 +153,10 @@ impl ActionKind {
     pub fn is_departure(self) -> bool {
         matches!(
             self,
-            ActionKind::SuspendAccount | ActionKind::LockAccount | ActionKind::DeactivateAccount
+            ActionKind::SuspendAccount
+                | ActionKind::LockAccount
+                | ActionKind::DeactivateAccount
+                | ActionKind::LockShadow
         )
     }
 }
@@ -164,6 +178,7 @@ impl Action {
                 ..
             } => ActionKind::LockAccount,
             Action::DeactivateAccount { .. } => ActionKind::DeactivateAccount,
+            Action::LockShadow { .. } => ActionKind::LockShadow,
         }
     }
 
@@ -174,7 +189,8 @@ impl Action {
             | Action::ReinstateAccount { mxid, .. }
             | Action::UpdateAccount { mxid, .. }
             | Action::DepartAccount { mxid, .. }
-            | Action::DeactivateAccount { mxid, .. } => mxid,
+            | Action::DeactivateAccount { mxid, .. }
+            | Action::LockShadow { mxid, .. } => mxid,
         }
     }
 
@@ -185,7 +201,8 @@ impl Action {
             | Action::ReinstateAccount { id, .. }
             | Action::UpdateAccount { id, .. }
             | Action::DepartAccount { id, .. }
-            | Action::DeactivateAccount { id, .. } => id,
+            | Action::DeactivateAccount { id, .. }
+            | Action::LockShadow { id, .. } => id,
         }
     }
 
@@ -196,7 +213,8 @@ impl Action {
             | Action::ReinstateAccount { reason, .. }
             | Action::UpdateAccount { reason, .. }
             | Action::DepartAccount { reason, .. }
-            | Action::DeactivateAccount { reason, .. } => reason,
+            | Action::DeactivateAccount { reason, .. }
+            | Action::LockShadow { reason, .. } => reason,
         }
     }
 }

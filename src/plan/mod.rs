@@ -6,6 +6,7 @@ mod existing;
 mod lifecycle;
 mod localparts;
 pub mod memberships;
+pub mod shadows;
 
 pub use actions::{Action, ActionKind, Change};
 pub use existing::{Conflict, ExistingAccount, HomeserverAccounts, Lookup};
@@ -104,6 +105,9 @@ pub struct Plan {
     /// Actions the homeserver refused before, left out until the agent changes or the retry
     /// delay passes.
     pub refused: Vec<Refused>,
+    /// Accounts the daemon does not manage that agents can log in to (complete reads with a
+    /// homeserver at hand only; see [`shadows`]).
+    pub shadows: Vec<crate::ledger::Shadow>,
     pub warnings: Vec<String>,
     /// Room and space memberships; they run after the account actions.
     pub rooms: memberships::RoomPlan,
