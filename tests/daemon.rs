@@ -526,10 +526,18 @@ fn sigterm_with_a_hung_homeserver_exits_after_the_shutdown_timeout() {
             let mut first = String::new();
             BufReader::new(&stream).read_line(&mut first).unwrap();
             if first.starts_with("GET ") {
-                let body = r#"{"errcode":"M_NOT_FOUND","error":"User not found"}"#;
+                // The account listing is empty, and no account exists.
+                let (status, body) = if first.starts_with("GET /_synapse/admin/v2/users?") {
+                    ("200 OK", r#"{"users":[],"total":0}"#)
+                } else {
+                    (
+                        "404 Not Found",
+                        r#"{"errcode":"M_NOT_FOUND","error":"User not found"}"#,
+                    )
+                };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
             } else {
