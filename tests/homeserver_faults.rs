@@ -124,6 +124,8 @@ impl Stub {
             timeout,
             max_retries,
             retry_refused_after: std::time::Duration::from_secs(86_400),
+            breaker_failures: 3,
+            run_deadline: std::time::Duration::from_secs(3600),
         }
     }
 
@@ -642,6 +644,8 @@ async fn a_refused_connection_is_retried_then_reported() {
         timeout: Duration::from_secs(2),
         max_retries: 2,
         retry_refused_after: std::time::Duration::from_secs(86_400),
+        breaker_failures: 3,
+        run_deadline: std::time::Duration::from_secs(3600),
     };
     let client = client(&cfg);
     let err = client.whoami().await.unwrap_err();

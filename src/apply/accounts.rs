@@ -6,7 +6,7 @@ use super::existing::Existing;
 use super::{audit, Options, Outcome, StepError};
 use crate::clock::Clock;
 use crate::config::ReversibleStep;
-use crate::homeserver::{Homeserver, HomeserverError, Upserted, UserChanges};
+use crate::homeserver::{Halt, Homeserver, HomeserverError, Upserted, UserChanges};
 use crate::ledger::{AccountRecord, AccountStatus, Held, HeldAgent, Ledger, LedgerError, Origin};
 use crate::plan::{wanted_digest, Action, ActionKind};
 
@@ -35,6 +35,9 @@ impl<H: Homeserver> Runner<'_, H> {
         match result {
             Ok(outcome) => Ok(outcome),
             Err(StepError::Homeserver(e)) if e.is_refusal() => self.refused(action, &e),
+            Err(StepError::Homeserver(HomeserverError::Halted { halt, unanswered })) => {
+                self.halted(action, &halt, unanswered)
+            }
             Err(StepError::Conflict(reason)) => self.conflict(action, reason),
             Err(StepError::Homeserver(e)) => {
                 if e.is_auth() {
@@ -55,6 +58,30 @@ impl<H: Homeserver> Runner<'_, H> {
             }
             Err(StepError::Ledger(e)) => Err(e),
         }
+    }
+
+    /// The client stopped sending (the homeserver is not answering, or the deadline passed):
+    /// the action is left for the next run, and so are those after it. One sent without an
+    /// answer is in the audit trail (the homeserver may have done it; the next plan sees).
+    fn halted(
+        &self,
+        action: &Action,
+        halt: &Halt,
+        unanswered: Option<String>,
+    ) -> Result<Outcome, LedgerError> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(request) = unanswered {
+            let entry = audit(
+                self.clock,
+                action.mxid(),
+                action.id(),
+                action.kind().name(),
+                action.reason().into(),
+                &format!("interrupted: {request}; {halt}"),
+            );
+            self.ledger.record_audit(&entry)?;
+        }
+        Ok(Outcome::NotTried)
     }
 
     /// The homeserver refused this action for good: the agent is held (not asked again until

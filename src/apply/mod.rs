@@ -19,7 +19,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::clock::Clock;
 use crate::config::DeparturesConfig;
-use crate::homeserver::{Homeserver, HomeserverError, Rooms};
+use crate::homeserver::{Halt, Homeserver, HomeserverError, Rooms};
 use crate::ledger::{AuditEntry, Ledger, LedgerError};
 use crate::plan::{Action, ActionKind, Plan};
 
@@ -35,7 +35,8 @@ pub enum Outcome {
     Refused(String),
     /// The account appeared on the homeserver after the plan was made: left alone.
     Conflict(String),
-    /// Not tried: an earlier failure showed every request would fail (e.g. a bad token).
+    /// Not tried: an earlier failure showed every request would fail (e.g. a bad token), the
+    /// homeserver stopped answering, or the run reached its deadline. The next run does it.
     NotTried,
 }
 
@@ -53,6 +54,9 @@ pub struct ApplyReport {
     pub not_tried: usize,
     /// Why the rest of the plan was not tried, if it was cut short.
     pub aborted: Option<String>,
+    /// Set when it was cut short because the homeserver client stopped sending: the breaker
+    /// opened (the homeserver is not answering) or the run reached its deadline.
+    pub halted: Option<Halt>,
     /// The room part of the plan (run after the accounts).
     pub rooms: rooms::RoomReport,
 }
@@ -161,6 +165,9 @@ pub async fn apply<H: Homeserver + Rooms>(
                 }
                 Outcome::NotTried => {
                     report.not_tried += 1;
+                    if report.aborted.is_none() {
+                        report.note_halt(homeserver);
+                    }
                     if report.aborted.is_none() && observer.should_stop() {
                         report.aborted = Some("stopped: the daemon is shutting down".into());
                     }
@@ -191,9 +198,27 @@ pub async fn apply<H: Homeserver + Rooms>(
             &absent,
         )
         .await?;
+        report.note_halt(homeserver);
+    } else {
+        report.rooms.not_tried = plan.rooms.actions.len();
     }
     ledger.flush()?;
     Ok(report)
+}
+
+impl ApplyReport {
+    /// Every action left for the next run, accounts and rooms.
+    pub fn not_tried_total(&self) -> usize {
+        self.not_tried + self.rooms.not_tried
+    }
+
+    /// Takes in that the homeserver client stopped sending, if it did.
+    fn note_halt<H: Homeserver>(&mut self, homeserver: &H) {
+        if let Some(halt) = homeserver.breaker().halted() {
+            self.aborted.get_or_insert_with(|| halt.to_string());
+            self.halted.get_or_insert(halt);
+        }
+    }
 }
 
 /// Why one action stopped: the homeserver refused (the action fails, the run goes on) or the
