@@ -169,22 +169,6 @@ fn configure(site: &Site, daemon: &str, concurrency: usize) {
     std::fs::write(site.config(), format!("{text}\n[daemon]\n{daemon}\n")).unwrap();
 }
 
-/// Adds `n` agents in one ldapadd; returns their mxids.
-fn add_agents(site: &Site, n: usize) -> BTreeSet<String> {
-    let mut ldif = String::new();
-    let mut mxids = BTreeSet::new();
-    for i in 0..n {
-        ldif.push_str(&format!(
-            "dn: uid=a{i},{ou}\nobjectClass: inetOrgPerson\nuid: a{i}\ncn: Agent {i}\ngivenName: Agent\nsn: N{i} {tag}\nou: DSI\n\n",
-            ou = site.ou,
-            tag = site.tag
-        ));
-        mxids.insert(site.mxid(&format!("agent.n{i}")));
-    }
-    site.slapd.add_ldif(&ldif);
-    mxids
-}
-
 /// Every account on the homeserver whose id carries this test's tag, with its display name.
 fn accounts(site: &Site) -> BTreeMap<String, String> {
     let (code, body) = site.synapse.request(
@@ -373,7 +357,7 @@ struct MidApply {
 fn signal_mid_apply(name: &str, agents: usize, sig: &str) -> MidApply {
     let site = Site::new(name);
     configure(&site, FAST, 1);
-    let expected = add_agents(&site, agents);
+    let expected = site.add_agents(agents);
     let mark = site.synapse.log_mark();
     let mut daemon = Daemon::start(&site);
     wait_writes(&site, mark, 3);
@@ -757,7 +741,7 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
         .unwrap()
         .parse()
         .unwrap();
-    let mxids: Vec<String> = add_agents(&site, 30).into_iter().collect();
+    let mxids: Vec<String> = site.add_agents(30).into_iter().collect();
     let mut daemon = Daemon::start(&site);
     daemon.wait_runs(1, Duration::from_secs(60));
 

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, HomeserverConfig};
 use crate::directory::Directory;
 use crate::homeserver::{Homeserver, SynapseClient};
 use crate::ledger::{Ledger, LedgerError};
@@ -74,7 +75,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
 
     if let Some(client) = report.step(
         "homeserver client",
-        SynapseClient::new(&config.homeserver),
+        SynapseClient::new(&for_check(&config.homeserver)),
         |_| config.homeserver.url.to_string(),
     ) {
         report.step("homeserver token", client.whoami().await, |mxid| {
@@ -91,6 +92,20 @@ pub async fn run(config_path: &Path) -> ExitCode {
     } else {
         println!("{} check(s) failed.", report.failures);
         ExitCode::FAILURE
+    }
+}
+
+/// The longest `check` waits for one answer from the homeserver (less if `timeout_secs` is).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The homeserver settings for a diagnosis, which must answer soon: the first request that
+/// gets no answer opens the breaker, so the next steps say "not answering" at once instead of
+/// each going through its retries; and no answer is awaited longer than [`CHECK_TIMEOUT`].
+fn for_check(homeserver: &HomeserverConfig) -> HomeserverConfig {
+    HomeserverConfig {
+        timeout: homeserver.timeout.min(CHECK_TIMEOUT),
+        breaker_failures: 1,
+        ..homeserver.clone()
     }
 }
 

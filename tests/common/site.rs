@@ -87,13 +87,35 @@ impl Site {
     }
 
     pub fn on(slapd: &'static Slapd, name: &str) -> Site {
+        Site::with(slapd, Synapse::shared(), name)
+    }
+
+    /// A site on `slapd` and `synapse` (e.g. a Synapse of the test's own, to pause or stop).
+    pub fn with(slapd: &'static Slapd, synapse: &'static Synapse, name: &str) -> Site {
         let site = Site {
             slapd,
             ou: slapd.new_ou(name),
-            daemon: Daemon::fresh(),
+            daemon: Daemon::on(synapse),
         };
         site.configure(&Settings::default());
         site
+    }
+
+    /// Adds agents `a0` … `a<n-1>` (given name `Agent`, surname `N<i>`, in `DSI`) in one
+    /// ldapadd; returns their mxids.
+    pub fn add_agents(&self, n: usize) -> std::collections::BTreeSet<String> {
+        let mut ldif = String::new();
+        let mut mxids = std::collections::BTreeSet::new();
+        for i in 0..n {
+            ldif.push_str(&format!(
+                "dn: uid=a{i},{ou}\nobjectClass: inetOrgPerson\nuid: a{i}\ncn: Agent {i}\ngivenName: Agent\nsn: N{i} {tag}\nou: DSI\n\n",
+                ou = self.ou,
+                tag = self.tag
+            ));
+            mxids.insert(self.mxid(&format!("agent.n{i}")));
+        }
+        self.slapd.add_ldif(&ldif);
+        mxids
     }
 
     /// (Re)writes config.toml, the mapping and the secret files.
@@ -151,8 +173,13 @@ impl Site {
 
 impl Daemon {
     pub fn fresh() -> Daemon {
+        Daemon::on(Synapse::shared())
+    }
+
+    /// A daemon corner on `synapse`.
+    pub fn on(synapse: &'static Synapse) -> Daemon {
         Daemon {
-            synapse: Synapse::shared(),
+            synapse,
             tag: unique("t"),
             dir: tempfile::tempdir().unwrap(),
         }
