@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{Config, HomeserverConfig};
 use crate::directory::Directory;
-use crate::homeserver::{Homeserver, SynapseClient};
+use crate::homeserver::{Homeserver, HomeserverError, SynapseClient};
 use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::Rules;
 use crate::pipeline::agent_query;
@@ -78,12 +78,16 @@ pub async fn run(config_path: &Path) -> ExitCode {
         SynapseClient::new(&for_check(&config.homeserver)),
         |_| config.homeserver.url.to_string(),
     ) {
-        report.step("homeserver token", client.whoami().await, |mxid| {
-            format!("token belongs to {mxid}")
-        });
-        report.step("homeserver admin API", client.check_admin().await, |v| {
-            format!("reachable, version {v}")
-        });
+        report.step(
+            "homeserver token",
+            client.whoami().await.map_err(said),
+            |mxid| format!("token belongs to {mxid}"),
+        );
+        report.step(
+            "homeserver admin API",
+            client.check_admin().await.map_err(said),
+            |v| format!("reachable, version {v}"),
+        );
     }
 
     if report.failures == 0 {
@@ -106,6 +110,17 @@ fn for_check(homeserver: &HomeserverConfig) -> HomeserverConfig {
         timeout: homeserver.timeout.min(CHECK_TIMEOUT),
         breaker_failures: 1,
         ..homeserver.clone()
+    }
+}
+
+/// A homeserver error as a step reports it: a request the open breaker kept back says so.
+fn said(e: HomeserverError) -> String {
+    match e {
+        HomeserverError::Halted {
+            halt,
+            unanswered: None,
+        } => format!("not asked: {halt}"),
+        e => e.to_string(),
     }
 }
 

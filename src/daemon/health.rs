@@ -83,19 +83,19 @@ impl Health {
         }
     }
 
-    /// Takes in what the homeserver client sees now; returns whether that changed the health.
-    /// Nothing seen yet (a run that has not asked anything) changes nothing.
+    /// Takes in what the homeserver client sees now; returns whether the homeserver went from
+    /// answering to not answering or back (a new detail of the same silence is kept, but is
+    /// not a change to announce). Nothing seen yet (a run that has asked nothing) changes
+    /// nothing.
     pub fn homeserver(&mut self, live: &Liveness) -> bool {
         let now = match live {
             Liveness::NotAnswering(why) => Some(why.clone()),
             Liveness::Answering => None,
             Liveness::Unknown => return false,
         };
-        if self.homeserver_not_answering == now {
-            return false;
-        }
+        let changed = self.homeserver_not_answering.is_some() != now.is_some();
         self.homeserver_not_answering = now;
-        true
+        changed
     }
 
     /// Every warning: held agents, and a run cut short by its deadline.
@@ -161,9 +161,13 @@ mod tests {
         assert!(h.homeserver(&Liveness::Answering));
         assert!(h.is_ok());
         assert!(!h.homeserver(&Liveness::Answering));
-        // Silent again, live.
+        // Silent again, live; a new detail of the same silence is shown, not announced.
         assert!(h.homeserver(&Liveness::NotAnswering(why.into())));
         assert_eq!(h.reasons(), vec![why.to_string()]);
+        assert!(!h.homeserver(&Liveness::NotAnswering(
+            "homeserver not answering: x".into()
+        )));
+        assert_eq!(h.reasons(), vec!["homeserver not answering: x".to_string()]);
         h.record(RunOutcome::Ok, None, 20);
         assert!(h.is_ok());
     }

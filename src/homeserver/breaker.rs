@@ -41,11 +41,19 @@ impl fmt::Display for Halt {
         match self {
             Halt::NotAnswering {
                 homeserver,
+                failures: 1,
+                last,
+            } => write!(
+                f,
+                "homeserver not answering: {homeserver}: a request got no answer or a server error ({last})"
+            ),
+            Halt::NotAnswering {
+                homeserver,
                 failures,
                 last,
             } => write!(
                 f,
-                "homeserver not answering: {homeserver}: {failures} requests in a row got no answer or a server error (last: {last})"
+                "homeserver not answering: {homeserver}: {failures} different requests in a row got no answer or a server error (last: {last})"
             ),
             Halt::Deadline { after } => write!(
                 f,

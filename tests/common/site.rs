@@ -158,6 +158,20 @@ impl Site {
         self.add_agent_with(uid, given, sn, dept, mail, "");
     }
 
+    /// Moves agents `a0` … `a<n-1>` (see [`Site::add_agents`]) to department `ou`, in one
+    /// ldapmodify: one display-name update each.
+    pub fn move_agents(&self, n: usize, ou: &str) {
+        let ldif: String = (0..n)
+            .map(|i| {
+                format!(
+                    "dn: uid=a{i},{}\nchangetype: modify\nreplace: ou\nou: {ou}\n\n",
+                    self.ou
+                )
+            })
+            .collect();
+        self.slapd.modify_ldif(&ldif);
+    }
+
     /// Replaces (or with no values, deletes) an attribute of agent `uid`.
     pub fn set_attr(&self, uid: &str, attr: &str, values: &[&str]) {
         let mut ldif = format!(
@@ -277,6 +291,23 @@ file = "mapping.toml"
             directory_extra = settings.directory_extra,
         );
         std::fs::write(self.config(), config).unwrap();
+    }
+
+    /// How many of `mxids` have ` [<ou>]` at the end of their display name on the homeserver.
+    pub fn in_department<'a>(
+        &self,
+        mxids: impl IntoIterator<Item = &'a String>,
+        ou: &str,
+    ) -> usize {
+        mxids
+            .into_iter()
+            .filter(|m| {
+                self.synapse
+                    .get_user(m)
+                    .and_then(|u| u["displayname"].as_str().map(str::to_string))
+                    .is_some_and(|name| name.ends_with(&format!(" [{ou}]")))
+            })
+            .count()
     }
 
     pub fn config(&self) -> PathBuf {
