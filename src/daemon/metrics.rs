@@ -86,7 +86,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("matrix_ldap_sync");
-        Metrics {
+        let metrics = Metrics {
             runs: register(&mut r, "runs", "Sync runs by outcome", Family::default()),
             run_duration: register(
                 &mut r,
@@ -156,7 +156,10 @@ impl Metrics {
                 Family::default(),
             ),
             registry: r,
-        }
+        };
+        // Not known to be silent before a run has asked it anything.
+        metrics.homeserver_up.set(1);
+        metrics
     }
 
     /// How many agents are held back by a conflict and by a refusal.
@@ -246,7 +249,6 @@ mod tests {
         m.action("create_account", "done");
         m.read_directory(36, 4);
         m.succeeded_at(1_700_000_000);
-        m.homeserver_up(true);
         let text = m.encode().unwrap();
         for line in [
             "matrix_ldap_sync_runs_total{outcome=\"ok\"} 1",
