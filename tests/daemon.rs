@@ -936,8 +936,9 @@ fn a_paused_homeserver_ends_the_run_at_once_health_503_not_answering_then_recove
     assert_eq!(status["health"], "degraded", "{status}");
     let m = metrics(port);
     assert_eq!(m["matrix_ldap_sync_homeserver_up"], 0.0, "{m:?}");
-    assert_eq!(
-        m["matrix_ldap_sync_runs_total{outcome=\"homeserver_unavailable\"}"], 1.0,
+    // At least this run (the daemon retries while Synapse stays paused).
+    assert!(
+        m["matrix_ldap_sync_runs_total{outcome=\"homeserver_unavailable\"}"] >= 1.0,
         "{m:?}"
     );
     let systemd = notified(&socket, "homeserver not answering");
