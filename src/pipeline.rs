@@ -260,7 +260,13 @@ async fn plan_mapped<H: Homeserver + Rooms>(
         }
     }
     if let (Some(hs), true) = (homeserver, read.is_complete()) {
-        find_shadows(config, rules, hs, &desired, &state.view, &mut plan).await?;
+        // A report: a homeserver that cannot list its accounts now does not stop the run
+        // (applying will find out whether it answers).
+        if let Err(e) = find_shadows(config, rules, hs, &desired, &state.view, &mut plan).await {
+            tracing::warn!(error = %e, "shadow accounts not checked this run");
+            plan.warnings
+                .push(format!("shadow accounts not checked this run: {e}"));
+        }
     }
     plan.warnings
         .extend(login::warnings(rules, &desired, &state.view, &plan));
