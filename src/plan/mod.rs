@@ -515,7 +515,7 @@ fn plan_new(plan: &mut Plan, allocator: &mut LocalpartAllocator, new: &New, want
             policy.server_name,
             base.text.len()
         );
-        plan.warnings.push(format!("{}: {cut}, {mxid}", want.dn));
+        plan.warnings.push(format!("{}: {cut}", want.dn));
         reason.push_str("; ");
         reason.push_str(&cut);
     }
