@@ -25,7 +25,9 @@ use crate::homeserver::ExternalId;
 pub struct DesiredAccount {
     pub id: StableId,
     pub dn: String,
-    /// The localpart this agent would get if new; an existing account keeps its own.
+    /// The localpart this agent would get if new; an existing account keeps its own. As the
+    /// rule gives it: the plan checks it against what Synapse takes and cuts it to the length
+    /// a user id on the server can hold (see [`crate::plan::localpart_base`]).
     pub localpart: String,
     pub display_name: String,
     /// Sorted, without duplicates.

@@ -28,9 +28,9 @@ pub struct Base<'w> {
 
 /// The base localpart for an agent wanting `wanted` on `server_name`, or why Synapse would
 /// refuse it (the agent then gets no account). A localpart too long for a user id of 255 bytes
-/// is cut — deterministically, leaving room for the suffixes of [`SUFFIX_ROOM`] digits and
-/// without a separator at its end — rather than skipped: the agent still gets an account, and
-/// the plan says so.
+/// is cut — deterministically, leaving room for a suffix of three digits (`name2` …
+/// `name999`), without a separator at its end — rather than skipped: the agent still gets an
+/// account, and the plan says so.
 pub fn localpart_base<'w>(wanted: &'w str, server_name: &str) -> Result<Base<'w>, String> {
     if let Some(why) = localpart_problem(wanted) {
         return Err(format!(

@@ -99,6 +99,8 @@ pub struct Plan {
     pub protected: Vec<Protected>,
     /// Agents that already left and never had an account: none is created.
     pub not_created: Vec<SkippedAgent>,
+    /// Agents the mapping could not map, and new agents whose localpart Synapse would refuse
+    /// (see [`localpart_base`]): nothing is done for them.
     pub skipped: Vec<SkippedAgent>,
     /// Agents whose mxid is held by an account the daemon may not take over: nothing is done
     /// for them.
