@@ -177,16 +177,31 @@ fn overlong_names_become_accounts_synapse_takes_and_a_second_run_writes_nothing(
     let (code, again) = site.plan_json();
     assert_eq!(code, 0, "no changes pending: {again}");
 
-    // That run left its watermark: an incremental run reads the changes only, and the
-    // agent's new e-mail arrives, the cut name staying as it is.
+    // That run left its watermark: an incremental run reads the changes only. The agent's
+    // department is renamed (another name too long: Synapse refuses a display name over 256
+    // characters on every update) and her e-mail changes: both arrive.
+    let renamed = format!("{}RH", "Sous-direction des Ressources humaines ".repeat(8));
     let new_mail = format!("dora.dept-{tag}@example.org");
+    site.set_attr("dept", "ou", &[&renamed]);
     site.set_attr("dept", "mail", &[&new_mail]);
     let incremental = sync_json(&site, &["--incremental"]);
     assert_eq!(incremental["read"]["kind"], "changes", "{incremental}");
     assert_eq!(incremental["agents"], 1, "{incremental}");
     assert_eq!(incremental["applied"], 1, "{incremental}");
+    assert_eq!(
+        incremental["refused"],
+        serde_json::json!([]),
+        "{incremental}"
+    );
     let dora = site.synapse.get_user(&mxid_of("dept")).unwrap();
-    assert_eq!(dora["displayname"].as_str().unwrap(), name);
+    let name = dora["displayname"].as_str().unwrap();
+    assert!(
+        name.starts_with(&format!(
+            "Dora Dept {tag} [Sous-direction des Ressources humaines"
+        )),
+        "{name}"
+    );
+    assert!((255..=256).contains(&name.chars().count()), "{name}");
     assert_eq!(dora["threepids"][0]["address"], new_mail.as_str(), "{dora}");
     let quiet = sync_json(&site, &["--incremental"]);
     assert_eq!(quiet["read"]["kind"], "changes", "{quiet}");
