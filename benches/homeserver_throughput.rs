@@ -44,6 +44,8 @@ fn upsert_throughput() {
             timeout: Duration::from_secs(30),
             max_retries: 2,
             retry_refused_after: std::time::Duration::from_secs(86_400),
+            breaker_failures: 3,
+            run_deadline: std::time::Duration::from_secs(3600),
         };
         let hs = std::sync::Arc::new(SynapseClient::new(&cfg).unwrap());
         let n = 300;

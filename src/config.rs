@@ -167,6 +167,12 @@ pub struct HomeserverConfig {
     /// An action the homeserver refused for good is tried again after this long, even if the
     /// agent did not change (`retry_refused_after`, default 1 day).
     pub retry_refused_after: Duration,
+    /// The circuit breaker opens (the run stops) when this many different requests in a row
+    /// got no answer, timed out or got a 5xx (`breaker_failures`, default 3).
+    pub breaker_failures: u32,
+    /// A run sends nothing more to the homeserver after this long; what is left is done by
+    /// the next run (`run_deadline`, default 1 hour).
+    pub run_deadline: Duration,
 }
 
 /// A config problem, naming the file, the key (when there is one) and what is wrong.
@@ -287,6 +293,10 @@ struct RawHomeserver {
     max_retries: u32,
     #[serde(default = "default_retry_refused_after")]
     retry_refused_after: String,
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "default_run_deadline")]
+    run_deadline: String,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +333,17 @@ fn default_max_retries() -> u32 {
 }
 fn default_retry_refused_after() -> String {
     "1d".into()
+}
+/// "A few": with the default concurrency (8), a homeserver that stops answering opens the
+/// breaker within one request timeout; one request retried many times counts once.
+fn default_breaker_failures() -> u32 {
+    3
+}
+/// Long enough for hours of a first sync to go on in hourly runs (each resumes where the
+/// last stopped, after a directory read of seconds), short enough that a stuck run ends,
+/// and that a reload or `status.json` waits at most that long.
+fn default_run_deadline() -> String {
+    "1h".into()
 }
 
 impl Config {
@@ -488,15 +509,35 @@ impl Validator<'_> {
                 format!("{} is out of range 1..=256", raw.concurrency),
             ));
         }
+        if !(1..=1000).contains(&raw.breaker_failures) {
+            return Err(self.err(
+                "homeserver.breaker_failures",
+                format!("{} is out of range 1..=1000", raw.breaker_failures),
+            ));
+        }
+        let timeout = self.duration("homeserver.timeout_secs", raw.timeout_secs)?;
+        let run_deadline = self.human_duration("homeserver.run_deadline", &raw.run_deadline)?;
+        if run_deadline <= timeout {
+            return Err(self.err(
+                "homeserver.run_deadline",
+                format!(
+                    "`{}` must be longer than homeserver.timeout_secs ({} s): no request could finish",
+                    raw.run_deadline,
+                    timeout.as_secs()
+                ),
+            ));
+        }
         Ok(HomeserverConfig {
             url,
             server_name: raw.server_name,
             access_token,
             concurrency: raw.concurrency,
-            timeout: self.duration("homeserver.timeout_secs", raw.timeout_secs)?,
+            timeout,
             max_retries: raw.max_retries,
             retry_refused_after: self
                 .human_duration("homeserver.retry_refused_after", &raw.retry_refused_after)?,
+            breaker_failures: raw.breaker_failures,
+            run_deadline,
         })
     }
 
@@ -765,6 +806,42 @@ file = "mappings/openldap.toml"
             let err = f.parse(&text).unwrap_err();
             assert_eq!(err.key.as_deref(), Some(*key), "case {to}: {err}");
             assert!(err.to_string().contains("config.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn breaker_and_run_deadline_have_defaults_and_keyed_errors() {
+        let f = Fixture::new();
+        let c = f.parse(GOOD).unwrap();
+        assert_eq!(c.homeserver.breaker_failures, 3);
+        assert_eq!(c.homeserver.run_deadline, Duration::from_secs(3600));
+        let token = "access_token_file = \"token\"";
+        let with = |extra: &str| GOOD.replace(token, &format!("{token}\n{extra}"));
+        let c = f
+            .parse(&with("breaker_failures = 5\nrun_deadline = \"90s\""))
+            .unwrap();
+        assert_eq!(c.homeserver.breaker_failures, 5);
+        assert_eq!(c.homeserver.run_deadline, Duration::from_secs(90));
+        for (extra, key, says) in [
+            (
+                "breaker_failures = 0",
+                "homeserver.breaker_failures",
+                "1..=1000",
+            ),
+            (
+                "run_deadline = \"soon\"",
+                "homeserver.run_deadline",
+                "not a duration",
+            ),
+            (
+                "timeout_secs = 60\nrun_deadline = \"1min\"",
+                "homeserver.run_deadline",
+                "longer than homeserver.timeout_secs (60 s)",
+            ),
+        ] {
+            let err = f.parse(&with(extra)).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{extra}: {err}");
+            assert!(err.message.contains(says), "{extra}: {err}");
         }
     }
 

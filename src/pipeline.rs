@@ -20,7 +20,7 @@ use crate::brake;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::directory::{AgentQuery, DirectoryError};
-use crate::homeserver::{Homeserver, HomeserverError, Rooms, SynapseClient};
+use crate::homeserver::{Halt, Homeserver, HomeserverError, Rooms, SynapseClient};
 use crate::ledger::{
     FinishedRun, Held, HeldAgent, LastGood, Ledger, LedgerError, LedgerView, RunRecord, SyncPoint,
 };
@@ -355,7 +355,34 @@ pub struct SyncOptions {
 
 /// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
 /// With the brake engaged, departures are held back unless the operator allowed them.
+///
+/// The homeserver client starts the run with a closed breaker (whatever an earlier run saw),
+/// and is halted at `homeserver.run_deadline`: no request is sent after it, those in flight
+/// are given up, and the run ends, recording what it did; the next run does the rest.
 pub async fn sync<H: Homeserver + Rooms>(
+    config: &Config,
+    rules: &Rules,
+    cell: &LedgerCell,
+    homeserver: &H,
+    clock: &dyn Clock,
+    options: SyncOptions,
+    observer: &dyn Observer,
+) -> Result<SyncResult, RunError> {
+    homeserver.breaker().reset();
+    let deadline = config.homeserver.run_deadline;
+    let run = sync_run(config, rules, cell, homeserver, clock, options, observer);
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => result,
+        () = tokio::time::sleep(deadline) => {
+            tracing::warn!(deadline = %humantime::format_duration(deadline), "run deadline reached: no more homeserver requests this run (homeserver.run_deadline)");
+            homeserver.breaker().halt(Halt::Deadline { after: deadline });
+            run.await
+        }
+    }
+}
+
+async fn sync_run<H: Homeserver + Rooms>(
     config: &Config,
     rules: &Rules,
     cell: &LedgerCell,

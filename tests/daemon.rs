@@ -169,22 +169,6 @@ fn configure(site: &Site, daemon: &str, concurrency: usize) {
     std::fs::write(site.config(), format!("{text}\n[daemon]\n{daemon}\n")).unwrap();
 }
 
-/// Adds `n` agents in one ldapadd; returns their mxids.
-fn add_agents(site: &Site, n: usize) -> BTreeSet<String> {
-    let mut ldif = String::new();
-    let mut mxids = BTreeSet::new();
-    for i in 0..n {
-        ldif.push_str(&format!(
-            "dn: uid=a{i},{ou}\nobjectClass: inetOrgPerson\nuid: a{i}\ncn: Agent {i}\ngivenName: Agent\nsn: N{i} {tag}\nou: DSI\n\n",
-            ou = site.ou,
-            tag = site.tag
-        ));
-        mxids.insert(site.mxid(&format!("agent.n{i}")));
-    }
-    site.slapd.add_ldif(&ldif);
-    mxids
-}
-
 /// Every account on the homeserver whose id carries this test's tag, with its display name.
 fn accounts(site: &Site) -> BTreeMap<String, String> {
     let (code, body) = site.synapse.request(
@@ -373,7 +357,7 @@ struct MidApply {
 fn signal_mid_apply(name: &str, agents: usize, sig: &str) -> MidApply {
     let site = Site::new(name);
     configure(&site, FAST, 1);
-    let expected = add_agents(&site, agents);
+    let expected = site.add_agents(agents);
     let mark = site.synapse.log_mark();
     let mut daemon = Daemon::start(&site);
     wait_writes(&site, mark, 3);
@@ -526,10 +510,18 @@ fn sigterm_with_a_hung_homeserver_exits_after_the_shutdown_timeout() {
             let mut first = String::new();
             BufReader::new(&stream).read_line(&mut first).unwrap();
             if first.starts_with("GET ") {
-                let body = r#"{"errcode":"M_NOT_FOUND","error":"User not found"}"#;
+                // The account listing is empty, and no account exists.
+                let (status, body) = if first.starts_with("GET /_synapse/admin/v2/users?") {
+                    ("200 OK", r#"{"users":[],"total":0}"#)
+                } else {
+                    (
+                        "404 Not Found",
+                        r#"{"errcode":"M_NOT_FOUND","error":"User not found"}"#,
+                    )
+                };
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
             } else {
@@ -757,7 +749,7 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
         .unwrap()
         .parse()
         .unwrap();
-    let mxids: Vec<String> = add_agents(&site, 30).into_iter().collect();
+    let mxids: Vec<String> = site.add_agents(30).into_iter().collect();
     let mut daemon = Daemon::start(&site);
     daemon.wait_runs(1, Duration::from_secs(60));
 
@@ -850,4 +842,178 @@ fn an_agent_the_homeserver_refuses_leaves_health_ok_with_a_warning() {
         1,
         "{log}"
     );
+}
+
+/// A daemon serving `/health` on a site of its own Synapse (to pause), with `agents` agents
+/// created by its first run; `homeserver` is added to the `[homeserver]` section, and systemd
+/// notifications come to the returned socket.
+fn daemon_on_own_synapse(
+    name: &str,
+    agents: usize,
+    concurrency: usize,
+    homeserver: &str,
+) -> (Site, Daemon, u16, UnixDatagram, BTreeSet<String>) {
+    let synapse: &'static common::Synapse = Box::leak(Box::new(common::Synapse::start()));
+    let site = Site::on_servers(Slapd::shared(), synapse, name);
+    let port = free_port();
+    configure(
+        &site,
+        &format!("{FAST}\nlisten = \"127.0.0.1:{port}\""),
+        concurrency,
+    );
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        text.replacen(
+            "max_retries = 1\n",
+            &format!("max_retries = 1\n{homeserver}\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    let mxids = site.add_agents(agents);
+    let socket_path = site.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut daemon = Daemon::start_with(&site, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let first = daemon.wait_runs(1, Duration::from_secs(60));
+    assert_eq!(first["last_run"]["outcome"], "ok", "{first}");
+    (site, daemon, port, socket, mxids)
+}
+
+/// Reads systemd notifications until one contains `what`.
+fn notified(socket: &UnixDatagram, what: &str) -> String {
+    let mut buf = [0u8; 8192];
+    let mut seen = Vec::new();
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no `{what}` from the daemon ({e}); got {seen:?}"));
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains(what) {
+            return message;
+        }
+        seen.push(message);
+    }
+}
+
+/// Waits for `/health` to answer `code` with `needle` in its body; returns the body.
+fn wait_health(daemon: &mut Daemon, port: u16, code: u16, needle: &str) -> Value {
+    let body = daemon.poll(
+        Duration::from_secs(90),
+        &format!("/health {code} with `{needle}`"),
+        |_| {
+            let (got, body) = get(port, "/health");
+            (got == code && body.contains(needle)).then_some(body)
+        },
+    );
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn a_paused_homeserver_ends_the_run_at_once_health_503_not_answering_then_recovers() {
+    let (site, mut daemon, port, socket, mxids) = daemon_on_own_synapse(
+        "pausedhs",
+        24,
+        8,
+        "timeout_secs = 3\nrun_deadline = \"60s\"",
+    );
+    site.move_agents(24, "RH");
+    site.synapse.pause();
+    let paused = Instant::now();
+    daemon.signal("USR1");
+    let health = wait_health(&mut daemon, port, 503, "homeserver not answering");
+    let unhealthy_after = paused.elapsed();
+    let status = daemon.wait_runs(2, Duration::from_secs(60));
+    let ended_after = paused.elapsed();
+    eprintln!(
+        "Synapse paused, 24 updates, 3 s timeout: /health 503 after {unhealthy_after:.1?}, run ended after {ended_after:.1?}\n{health}"
+    );
+    let reason = health["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("homeserver not answering: "), "{health}");
+    assert!(reason.contains(&site.synapse.url), "{health}");
+    // The breaker, not the deadline (60 s), nor every action's retries, ended the run.
+    assert!(ended_after < Duration::from_secs(20), "{ended_after:?}");
+    let outcome = status["last_run"]["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("aborted: homeserver not answering: "),
+        "{status}"
+    );
+    assert_eq!(status["health"], "degraded", "{status}");
+    let m = metrics(port);
+    assert_eq!(m["matrix_ldap_sync_homeserver_up"], 0.0, "{m:?}");
+    // At least this run (the daemon retries while Synapse stays paused).
+    assert!(
+        m["matrix_ldap_sync_runs_total{outcome=\"homeserver_unavailable\"}"] >= 1.0,
+        "{m:?}"
+    );
+    let systemd = notified(&socket, "homeserver not answering");
+    assert!(systemd.contains("STATUS="), "{systemd}");
+    assert!(systemd.contains(&site.synapse.url), "{systemd}");
+
+    site.synapse.resume();
+    let resumed = Instant::now();
+    wait_health(&mut daemon, port, 200, "\"status\":\"ok\"");
+    eprintln!(
+        "Synapse resumed: /health 200 after {:.1?}",
+        resumed.elapsed()
+    );
+    daemon.poll(Duration::from_secs(60), "the updates applied", |_| {
+        (site.in_department(&mxids, "RH") == mxids.len()).then_some(())
+    });
+    daemon.poll(Duration::from_secs(60), "a good run", |d| {
+        d.status().filter(|s| s["last_run"]["outcome"] == "ok")
+    });
+    assert_eq!(metrics(port)["matrix_ldap_sync_homeserver_up"], 1.0);
+}
+
+#[test]
+fn health_says_not_answering_during_a_run_stuck_on_a_paused_homeserver_until_its_deadline() {
+    // One request at a time and a breaker that never opens: the run would go on for as long
+    // as it has actions; the health must not wait for it to end, and the deadline ends it.
+    let (site, mut daemon, port, socket, mxids) = daemon_on_own_synapse(
+        "stuckhs",
+        12,
+        1,
+        "timeout_secs = 2\nbreaker_failures = 1000\nrun_deadline = \"15s\"",
+    );
+    site.move_agents(12, "DAF");
+    site.synapse.pause();
+    let paused = Instant::now();
+    daemon.signal("USR1");
+    let health = wait_health(&mut daemon, port, 503, "homeserver not answering");
+    let unhealthy_after = paused.elapsed();
+    let in_progress = daemon.status().unwrap();
+    eprintln!(
+        "stuck run: /health 503 after {unhealthy_after:.1?}, runs {}: {health}",
+        in_progress["runs"]
+    );
+    assert_eq!(in_progress["runs"], 1, "the run had ended: {in_progress}");
+    assert!(
+        unhealthy_after < Duration::from_secs(12),
+        "{unhealthy_after:?}"
+    );
+    let systemd = notified(&socket, "homeserver not answering");
+    assert!(systemd.contains("run in progress"), "{systemd}");
+
+    let status = daemon.wait_runs(2, Duration::from_secs(40));
+    let ended_after = paused.elapsed();
+    eprintln!(
+        "stuck run ended after {ended_after:.1?}: {}",
+        status["last_run"]["outcome"]
+    );
+    assert!(ended_after < Duration::from_secs(15 + 8), "{ended_after:?}");
+    let outcome = status["last_run"]["outcome"].as_str().unwrap();
+    assert!(outcome.contains("run deadline reached"), "{status}");
+    let (code, body) = get(port, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("homeserver not answering"), "{body}");
+
+    site.synapse.resume();
+    wait_health(&mut daemon, port, 200, "\"status\":\"ok\"");
+    daemon.poll(Duration::from_secs(90), "the updates applied", |_| {
+        (site.in_department(&mxids, "DAF") == mxids.len()).then_some(())
+    });
 }

@@ -168,12 +168,12 @@ fn a_departed_ou_written_another_way_still_matches() {
     });
     site.add_agent("moved", "Maud", "Fabre", "RH", None);
     site.add_agent("stays", "Sacha", "Roy", "RH", None);
-    site.sync_ok_with(&["--now", &at(T0)]);
+    site.sync_ok_at(T0);
 
     site.slapd.modify_ldif(&format!(
         "dn: uid=moved,{ou}\nchangetype: modrdn\nnewrdn: uid=moved\ndeleteoldrdn: 1\nnewsuperior: ou=Departed\\, 2026,{ou}\n"
     ));
-    let run = site.sync_ok_with(&["--now", &at(T0 + DAY)]);
+    let run = site.sync_ok_at(T0 + DAY);
     assert!(run.stdout.contains("1 applied"), "{}", run.stdout);
     assert!(flag(&user(&site, &site.mxid("maud.fabre")), "suspended"));
     assert!(!flag(&user(&site, &site.mxid("sacha.roy")), "suspended"));

@@ -31,6 +31,8 @@ fn client(synapse: &Synapse, token: &str) -> SynapseClient {
         timeout: Duration::from_secs(30),
         max_retries: 2,
         retry_refused_after: std::time::Duration::from_secs(86_400),
+        breaker_failures: 3,
+        run_deadline: std::time::Duration::from_secs(3600),
     };
     SynapseClient::new(&cfg).unwrap()
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use matrix_ldap_sync::config::HomeserverConfig;
 use matrix_ldap_sync::homeserver::{
-    Backoff, Homeserver, HomeserverError, SynapseClient, Upserted, UserChanges,
+    Backoff, Halt, Homeserver, HomeserverError, SynapseClient, Upserted, UserChanges,
 };
 use matrix_ldap_sync::secret::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,19 +116,31 @@ impl Stub {
     }
 
     fn config(&self, concurrency: usize, timeout: Duration, max_retries: u32) -> HomeserverConfig {
-        HomeserverConfig {
-            url: url::Url::parse(&format!("http://{}", self.addr)).unwrap(),
-            server_name: "example.org".into(),
-            access_token: Secret::new(TOKEN),
-            concurrency,
-            timeout,
-            max_retries,
-            retry_refused_after: std::time::Duration::from_secs(86_400),
-        }
+        config_at(self.addr, concurrency, timeout, max_retries)
     }
 
     fn client(&self, max_retries: u32) -> SynapseClient {
         client(&self.config(4, Duration::from_secs(5), max_retries))
+    }
+}
+
+/// The config of a client of the homeserver at `addr` (breaker_failures = 3).
+fn config_at(
+    addr: SocketAddr,
+    concurrency: usize,
+    timeout: Duration,
+    max_retries: u32,
+) -> HomeserverConfig {
+    HomeserverConfig {
+        url: url::Url::parse(&format!("http://{addr}")).unwrap(),
+        server_name: "example.org".into(),
+        access_token: Secret::new(TOKEN),
+        concurrency,
+        timeout,
+        max_retries,
+        retry_refused_after: std::time::Duration::from_secs(86_400),
+        breaker_failures: 3,
+        run_deadline: std::time::Duration::from_secs(3600),
     }
 }
 
@@ -616,17 +628,15 @@ async fn a_server_that_never_answers_times_out_within_the_configured_timeout() {
     assert!(elapsed < timeout * 3, "took {elapsed:?}");
     assert_eq!(stub.count(), 1);
 
-    // With retries, each attempt has its own timeout and the whole stays bounded.
+    // Retries allowed or not, a request that got no answer within the timeout is not sent
+    // again: a retry would only double the wait (the breaker judges across requests).
     let client = client(&stub.config(4, timeout, 2));
     let start = Instant::now();
     assert!(client.whoami().await.is_err());
     let elapsed = start.elapsed();
-    assert_eq!(stub.count(), 1 + 3);
-    assert!(elapsed >= timeout * 3, "{elapsed:?}");
-    assert!(
-        elapsed < timeout * 3 + Duration::from_secs(2),
-        "{elapsed:?}"
-    );
+    assert_eq!(stub.count(), 1 + 1);
+    assert_eq!(client.retries(), 0);
+    assert!(elapsed < timeout * 2, "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -642,6 +652,8 @@ async fn a_refused_connection_is_retried_then_reported() {
         timeout: Duration::from_secs(2),
         max_retries: 2,
         retry_refused_after: std::time::Duration::from_secs(86_400),
+        breaker_failures: 3,
+        run_deadline: std::time::Duration::from_secs(3600),
     };
     let client = client(&cfg);
     let err = client.whoami().await.unwrap_err();
@@ -676,7 +688,11 @@ async fn requests_in_flight_never_exceed_concurrency_even_while_retrying() {
     })
     .await;
     let concurrency = 3;
-    let client = Arc::new(client(&stub.config(concurrency, Duration::from_secs(5), 5)));
+    // The first 503s of different requests may come in a row: this test is not about the
+    // breaker.
+    let mut cfg = stub.config(concurrency, Duration::from_secs(5), 5);
+    cfg.breaker_failures = 1000;
+    let client = Arc::new(client(&cfg));
     let tasks: Vec<_> = (0..30)
         .map(|n| {
             let client = client.clone();
@@ -856,4 +872,201 @@ async fn a_429_holds_back_the_clients_other_requests_too() {
         1,
         "the others waited instead of being refused"
     );
+}
+
+// ---------------------------------------------------------------- breaker and halt
+
+const SERVER_ERROR: &str = r#"{"errcode":"M_UNKNOWN","error":"Internal server error"}"#;
+
+#[tokio::test]
+async fn different_requests_failing_in_a_row_open_the_breaker_one_retried_counts_once() {
+    let stub = Stub::start(|_, _| json(500, SERVER_ERROR)).await;
+    let client = stub.client(5); // breaker_failures = 3
+                                 // Two requests, each through all its retries: one count each.
+    for who in ["@a:example.org", "@b:example.org"] {
+        match client.get_user(who).await.unwrap_err() {
+            HomeserverError::Status { status: 500, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(stub.count(), 12);
+    // The third different request opens it: given up on its first failure, with one error
+    // naming the homeserver.
+    let err = client.get_user("@c:example.org").await.unwrap_err();
+    let text = err.to_string();
+    match &err {
+        HomeserverError::Halted {
+            halt: Halt::NotAnswering { failures: 3, .. },
+            unanswered: Some(request),
+        } => assert!(request.contains("@c:example.org"), "{request}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(text.starts_with("homeserver not answering: "), "{text}");
+    assert!(text.contains(&stub.addr.to_string()), "{text}");
+    assert_eq!(stub.count(), 13);
+    // Open: nothing more is sent.
+    match client.get_user("@d:example.org").await.unwrap_err() {
+        HomeserverError::Halted {
+            unanswered: None, ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stub.count(), 13);
+    // A new run closes it.
+    client.breaker().reset();
+    assert!(client.get_user("@e:example.org").await.is_err());
+    assert_eq!(stub.count(), 19);
+}
+
+#[tokio::test]
+async fn any_answer_below_500_starts_the_count_again() {
+    // `@ok…` users: 404 (a refusal, but an answer); everyone else: 503.
+    let stub = Stub::start(|_, seen| {
+        if seen.target.contains("ok") {
+            json(404, r#"{"errcode":"M_NOT_FOUND","error":"User not found"}"#)
+        } else {
+            json(503, SERVER_ERROR)
+        }
+    })
+    .await;
+    let client = stub.client(0);
+    for n in 0..5 {
+        assert!(matches!(
+            client.get_user(&format!("@bad{n}:example.org")).await,
+            Err(HomeserverError::Status { status: 503, .. })
+        ));
+        assert_eq!(
+            client
+                .get_user(&format!("@ok{n}:example.org"))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(client.breaker().halted(), None);
+    for n in 0..2 {
+        assert!(client
+            .get_user(&format!("@bad-again{n}:example.org"))
+            .await
+            .is_err());
+    }
+    assert!(matches!(
+        client.get_user("@bad-third:example.org").await,
+        Err(HomeserverError::Halted { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_stops_every_request_within_about_one_timeout() {
+    let stub = Stub::start(|_, _| Action::Hang).await;
+    let timeout = Duration::from_millis(800);
+    // The defaults that took minutes: five retries per request.
+    let client = Arc::new(client(&stub.config(4, timeout, 5)));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let changes = UserChanges {
+                    displayname: Some(format!("User {n}")),
+                    emails: None,
+                    external_ids: None,
+                };
+                client
+                    .upsert_user(&format!("@u{n}:example.org"), &changes)
+                    .await
+            })
+        })
+        .collect();
+    let mut halted = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap_err() {
+            HomeserverError::Halted { .. } => halted += 1,
+            HomeserverError::Transport { message, .. } => {
+                assert!(message.contains("timed out"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let took = start.elapsed();
+    eprintln!(
+        "20 updates, 4 in flight, 5 retries, {timeout:?} timeout, nothing answers: all given up in {took:?}, {} sent",
+        stub.count()
+    );
+    // Only the first wave went out; none was sent twice.
+    assert_eq!(stub.count(), 4);
+    assert!(halted >= 17, "{halted} halted");
+    assert!(
+        took < timeout * 2 + Duration::from_millis(500),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_halt_gives_up_a_request_waiting_for_its_answer_at_once() {
+    let stub = Stub::start(|_, _| Action::Hang).await;
+    let client = Arc::new(client(&stub.config(2, Duration::from_secs(20), 5)));
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.whoami().await })
+    };
+    while stub.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = Instant::now();
+    client.breaker().halt(Halt::Deadline {
+        after: Duration::from_secs(3600),
+    });
+    let err = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("the request was not given up")
+        .unwrap()
+        .unwrap_err();
+    eprintln!(
+        "halted a request waiting for its answer in {:?}",
+        asked.elapsed()
+    );
+    match &err {
+        HomeserverError::Halted {
+            halt: Halt::Deadline { .. },
+            unanswered: Some(_),
+        } => assert!(err.to_string().starts_with("run deadline reached"), "{err}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn nothing_listening_opens_the_breaker_in_seconds_even_one_request_at_a_time() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    // The default backoff (250 ms doubling), as a real run has it.
+    let client = SynapseClient::new(&config_at(addr, 1, Duration::from_secs(30), 5)).unwrap();
+    let start = Instant::now();
+    let mut errors = Vec::new();
+    for n in 0..5 {
+        errors.push(
+            client
+                .get_user(&format!("@u{n}:example.org"))
+                .await
+                .unwrap_err(),
+        );
+    }
+    let took = start.elapsed();
+    eprintln!("nothing listening, one request at a time: breaker open after {took:?}");
+    assert!(
+        matches!(errors[0], HomeserverError::Transport { .. }),
+        "{:?}",
+        errors[0]
+    );
+    assert!(
+        matches!(errors[1], HomeserverError::Transport { .. }),
+        "{:?}",
+        errors[1]
+    );
+    assert!(
+        errors[2..].iter().all(HomeserverError::is_halt),
+        "{errors:?}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
 }

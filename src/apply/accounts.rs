@@ -7,7 +7,7 @@ use super::journal;
 use super::{audit, Options, Outcome, StepError};
 use crate::clock::Clock;
 use crate::config::ReversibleStep;
-use crate::homeserver::{ExternalId, Homeserver, HomeserverError, Upserted, UserChanges};
+use crate::homeserver::{ExternalId, Halt, Homeserver, HomeserverError, Upserted, UserChanges};
 use crate::ledger::{AccountRecord, AccountStatus, Held, HeldAgent, Ledger, LedgerError, Origin};
 use crate::plan::{wanted_digest, Action, ActionKind};
 
@@ -23,7 +23,7 @@ pub(super) struct Runner<'a, H> {
 impl<H: Homeserver> Runner<'_, H> {
     pub(super) async fn run(&self, action: &Action) -> Result<Outcome, LedgerError> {
         if self.stop.load(Ordering::SeqCst) {
-            return Ok(Outcome::NotTried);
+            return self.not_sent(action);
         }
         let result = match action {
             Action::CreateAccount { .. } => self.create(action).await,
@@ -37,6 +37,9 @@ impl<H: Homeserver> Runner<'_, H> {
         match result {
             Ok(outcome) => Ok(outcome),
             Err(StepError::Homeserver(e)) if e.is_refusal() => self.refused(action, &e),
+            Err(StepError::Homeserver(HomeserverError::Halted { halt, unanswered })) => {
+                self.halted(action, &halt, unanswered)
+            }
             Err(StepError::Conflict(reason)) => self.conflict(action, reason),
             Err(StepError::Homeserver(e)) => {
                 if e.is_auth() {
@@ -57,6 +60,39 @@ impl<H: Homeserver> Runner<'_, H> {
             }
             Err(StepError::Ledger(e)) => Err(e),
         }
+    }
+
+    /// The action is not sent: its journal entry ends here.
+    pub(super) fn not_sent(&self, action: &Action) -> Result<Outcome, LedgerError> {
+        self.ledger
+            .clear_intent(&journal::account_intent(action, 0).key())?;
+        Ok(Outcome::NotTried)
+    }
+
+    /// The client stopped sending (the homeserver is not answering, or the deadline passed):
+    /// the action is left for the next run, and so are those after it. One sent without an
+    /// answer is in the audit trail (the homeserver may have done it; the next plan sees).
+    fn halted(
+        &self,
+        action: &Action,
+        halt: &Halt,
+        unanswered: Option<String>,
+    ) -> Result<Outcome, LedgerError> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(request) = unanswered {
+            let entry = audit(
+                self.clock,
+                action.mxid(),
+                action.id(),
+                action.kind().name(),
+                action.reason().into(),
+                &format!("interrupted: {request}; {halt}"),
+            );
+            self.ledger.record_audit(&entry)?;
+            // Sent without an answer: the journal keeps it, for the next run to resolve.
+            return Ok(Outcome::NotTried);
+        }
+        self.not_sent(action)
     }
 
     /// The homeserver refused this action for good: the agent is held (not asked again until
@@ -85,6 +121,8 @@ impl<H: Homeserver> Runner<'_, H> {
             &format!("refused: {error}"),
         );
         self.ledger.record_audit(&entry)?;
+        self.ledger
+            .clear_intent(&journal::account_intent(action, 0).key())?;
         Ok(Outcome::Refused(error.to_string()))
     }
 
@@ -103,6 +141,8 @@ impl<H: Homeserver> Runner<'_, H> {
                 reason: reason.clone(),
             },
         })?;
+        self.ledger
+            .clear_intent(&journal::account_intent(action, 0).key())?;
         Ok(Outcome::Conflict(reason))
     }
 

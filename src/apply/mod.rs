@@ -21,7 +21,7 @@ use futures::stream::{self, StreamExt};
 
 use crate::clock::Clock;
 use crate::config::DeparturesConfig;
-use crate::homeserver::{Homeserver, HomeserverError, Rooms};
+use crate::homeserver::{Halt, Homeserver, HomeserverError, Rooms};
 use crate::ledger::{AuditEntry, Ledger, LedgerError};
 use crate::plan::{Action, ActionKind, Plan};
 
@@ -37,7 +37,8 @@ pub enum Outcome {
     Refused(String),
     /// The account appeared on the homeserver after the plan was made: left alone.
     Conflict(String),
-    /// Not tried: an earlier failure showed every request would fail (e.g. a bad token).
+    /// Not tried: an earlier failure showed every request would fail (e.g. a bad token), the
+    /// homeserver stopped answering, or the run reached its deadline. The next run does it.
     NotTried,
 }
 
@@ -55,6 +56,9 @@ pub struct ApplyReport {
     pub not_tried: usize,
     /// Why the rest of the plan was not tried, if it was cut short.
     pub aborted: Option<String>,
+    /// Set when it was cut short because the homeserver client stopped sending: the breaker
+    /// opened (the homeserver is not answering) or the run reached its deadline.
+    pub halted: Option<Halt>,
     /// The room part of the plan (run after the accounts).
     pub rooms: rooms::RoomReport,
 }
@@ -131,20 +135,13 @@ pub async fn apply<H: Homeserver + Rooms>(
         let mut results = stream::iter(plan.actions.iter().filter(|a| a.kind() == kind))
             .map(|action| async move {
                 if observer.should_stop() {
-                    return (action, Ok(Outcome::NotTried));
+                    return (action, runner.not_sent(action));
                 }
                 (action, runner.run(action).await)
             })
             .buffer_unordered(options.concurrency.max(1));
         while let Some((action, outcome)) = results.next().await {
             let outcome = outcome?;
-            if matches!(
-                outcome,
-                Outcome::NotTried | Outcome::Refused(_) | Outcome::Conflict(_)
-            ) {
-                // Nothing was written: the intent ends here.
-                ledger.clear_intent(&journal::account_intent(action, 0).key())?;
-            }
             match &outcome {
                 Outcome::Done => report.applied += 1,
                 Outcome::Adopted => {
@@ -171,6 +168,9 @@ pub async fn apply<H: Homeserver + Rooms>(
                 }
                 Outcome::NotTried => {
                     report.not_tried += 1;
+                    if report.aborted.is_none() {
+                        report.note_halt(homeserver);
+                    }
                     if report.aborted.is_none() && observer.should_stop() {
                         report.aborted = Some("stopped: the daemon is shutting down".into());
                     }
@@ -201,9 +201,27 @@ pub async fn apply<H: Homeserver + Rooms>(
             &absent,
         )
         .await?;
+        report.note_halt(homeserver);
+    } else {
+        report.rooms.not_tried = plan.rooms.actions.len();
     }
     ledger.flush()?;
     Ok(report)
+}
+
+impl ApplyReport {
+    /// Every action left for the next run, accounts and rooms.
+    pub fn not_tried_total(&self) -> usize {
+        self.not_tried + self.rooms.not_tried
+    }
+
+    /// Takes in that the homeserver client stopped sending, if it did.
+    fn note_halt<H: Homeserver>(&mut self, homeserver: &H) {
+        if let Some(halt) = homeserver.breaker().halted() {
+            self.aborted.get_or_insert_with(|| halt.to_string());
+            self.halted.get_or_insert(halt);
+        }
+    }
 }
 
 /// Why one action stopped: the homeserver refused (the action fails, the run goes on) or the

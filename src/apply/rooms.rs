@@ -32,7 +32,8 @@ pub struct RoomReport {
     pub failed: Vec<(String, String, String, String)>,
     /// How long the join phase took, in milliseconds (for a joins/s figure).
     pub join_ms: u64,
-    /// Actions left out because their account was not made this run.
+    /// Actions left out because their account was not made this run, or because the
+    /// homeserver client stopped sending (not answering, deadline): for the next run.
     pub not_tried: usize,
 }
 
@@ -101,7 +102,7 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
                 }
                 match &server_name {
                     Some(Ok(name)) => r.link(room, parent, name, action).await,
-                    Some(Err(e)) => Err(Step::Failed(e.clone())),
+                    Some(Err(e)) => Err(e.clone().into()),
                     None => Ok(()),
                 }
             }
@@ -161,11 +162,11 @@ pub async fn apply_rooms<H: Homeserver + Rooms>(
         // One write per room: its outcome is each of its actions' outcome.
         let failure = match result {
             Ok(()) => None,
-            Err(Step::Failed(e)) => Some(e),
             Err(Step::Ledger(e)) => return Err(e),
+            Err(step) => Some(step),
         };
         for a in actions {
-            let outcome = failure.clone().map_or(Ok(()), |e| Err(Step::Failed(e)));
+            let outcome = failure.as_ref().map_or(Ok(()), |step| Err(step.repeat()));
             r.tally(a, outcome, &mut report)?;
         }
     }
@@ -208,23 +209,51 @@ fn journal_done(ledger: &Ledger, action: &RoomAction) -> Result<(), LedgerError>
     }
 }
 
-/// Why one room action stopped: the homeserver refused (the action fails, the run goes on)
-/// or the ledger could not record (the run stops).
+/// Why one room action stopped: the homeserver refused (the action fails, the run goes on),
+/// the client stopped sending (the action is left for the next run), or the ledger could not
+/// record (the run stops).
 #[derive(Debug)]
 enum Step {
     Failed(String),
+    /// The client is halted; the request that was sent and got no answer, if any.
+    Halted(Option<String>, String),
     Ledger(LedgerError),
+}
+
+impl Step {
+    /// The same outcome, for another action settled by the same request.
+    fn repeat(&self) -> Step {
+        match self {
+            Step::Failed(e) => Step::Failed(e.clone()),
+            Step::Halted(unanswered, halt) => Step::Halted(unanswered.clone(), halt.clone()),
+            Step::Ledger(e) => Step::Failed(e.to_string()),
+        }
+    }
 }
 
 impl From<HomeserverError> for Step {
     fn from(e: HomeserverError) -> Self {
-        Step::Failed(e.to_string())
+        match e {
+            HomeserverError::Halted { halt, unanswered } => {
+                Step::Halted(unanswered, halt.to_string())
+            }
+            e => Step::Failed(e.to_string()),
+        }
     }
 }
 
 impl From<LedgerError> for Step {
     fn from(e: LedgerError) -> Self {
         Step::Ledger(e)
+    }
+}
+
+/// The agent a room action is about, if it names one.
+fn action_id(action: &RoomAction) -> Option<&StableId> {
+    match action {
+        RoomAction::Join { id, .. } | RoomAction::SetPower { id, .. } => Some(id),
+        RoomAction::Kick { id, .. } => id.as_ref(),
+        _ => None,
     }
 }
 
@@ -272,18 +301,27 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
                 Ok(())
             }
             Err(Step::Ledger(e)) => Err(e),
+            Err(Step::Halted(unanswered, halt)) => {
+                report.not_tried += 1;
+                if let Some(request) = unanswered {
+                    let entry = self.audit(
+                        action.mxid().unwrap_or(action.room()),
+                        action_id(action),
+                        action.name(),
+                        action.reason(),
+                        &format!("interrupted: {request}; {halt}"),
+                    );
+                    self.ledger.record_audit(&entry)?;
+                }
+                Ok(())
+            }
             Err(Step::Failed(e)) => {
                 let who = action.mxid().unwrap_or("-");
                 tracing::warn!(room = action.room(), mxid = who, action = action.name(), error = %e, "room action failed");
-                let id = match action {
-                    RoomAction::Join { id, .. } | RoomAction::SetPower { id, .. } => Some(id),
-                    RoomAction::Kick { id, .. } => id.as_ref(),
-                    _ => None,
-                };
                 let subject = action.mxid().unwrap_or(action.room());
                 let entry = self.audit(
                     subject,
-                    id,
+                    action_id(action),
                     action.name(),
                     action.reason(),
                     &format!("error: {e}"),
@@ -300,8 +338,8 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
         }
     }
 
-    async fn server_name(&self) -> Result<String, String> {
-        let me = self.homeserver.whoami().await.map_err(|e| e.to_string())?;
+    async fn server_name(&self) -> Result<String, HomeserverError> {
+        let me = self.homeserver.whoami().await?;
         Ok(me.split_once(':').map(|(_, s)| s.to_string()).unwrap_or(me))
     }
 
@@ -338,7 +376,7 @@ impl<H: Homeserver + Rooms> Runner<'_, H> {
                 "{room} cannot be created: only a room named by an alias (`#name:server`) can"
             )));
         };
-        let server = self.server_name().await.map_err(Step::Failed)?;
+        let server = self.server_name().await?;
         if alias_server != server {
             return Err(Step::Failed(format!(
                 "{room} cannot be created here: its alias is on {alias_server}, this homeserver is {server}"

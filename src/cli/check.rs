@@ -2,11 +2,12 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, HomeserverConfig};
 use crate::directory::{Directory, Snapshot};
-use crate::homeserver::{Homeserver, SynapseClient};
+use crate::homeserver::{Homeserver, HomeserverError, SynapseClient};
 use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::{map_snapshot, LoginPath, Rules};
 use crate::pipeline::{agent_query, undeclared_login};
@@ -88,15 +89,19 @@ pub async fn run(config_path: &Path) -> ExitCode {
 
     if let Some(client) = report.step(
         "homeserver client",
-        SynapseClient::new(&config.homeserver),
+        SynapseClient::new(&for_check(&config.homeserver)),
         |_| config.homeserver.url.to_string(),
     ) {
-        report.step("homeserver token", client.whoami().await, |mxid| {
-            format!("token belongs to {mxid}")
-        });
-        report.step("homeserver admin API", client.check_admin().await, |v| {
-            format!("reachable, version {v}")
-        });
+        report.step(
+            "homeserver token",
+            client.whoami().await.map_err(said),
+            |mxid| format!("token belongs to {mxid}"),
+        );
+        report.step(
+            "homeserver admin API",
+            client.check_admin().await.map_err(said),
+            |v| format!("reachable, version {v}"),
+        );
     }
 
     if report.failures == 0 {
@@ -127,6 +132,31 @@ fn check_logins(report: &mut Report, rules: &Rules, snapshot: &Snapshot) {
     let desired = map_snapshot(snapshot, rules, SystemClock.now());
     for warning in login.warnings(desired.accounts.iter().map(|a| (a, a.localpart.as_str()))) {
         report.warn("login", &warning);
+    }
+}
+
+/// The longest `check` waits for one answer from the homeserver (less if `timeout_secs` is).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The homeserver settings for a diagnosis, which must answer soon: the first request that
+/// gets no answer opens the breaker, so the next steps say "not answering" at once instead of
+/// each going through its retries; and no answer is awaited longer than [`CHECK_TIMEOUT`].
+fn for_check(homeserver: &HomeserverConfig) -> HomeserverConfig {
+    HomeserverConfig {
+        timeout: homeserver.timeout.min(CHECK_TIMEOUT),
+        breaker_failures: 1,
+        ..homeserver.clone()
+    }
+}
+
+/// A homeserver error as a step reports it: a request the open breaker kept back says so.
+fn said(e: HomeserverError) -> String {
+    match e {
+        HomeserverError::Halted {
+            halt,
+            unanswered: None,
+        } => format!("not asked: {halt}"),
+        e => e.to_string(),
     }
 }
 

@@ -258,7 +258,7 @@ pub fn sync_text(result: &SyncResult) -> String {
         let _ = writeln!(
             out,
             "Stopped early, {} actions not tried: {why}",
-            r.not_tried
+            r.not_tried_total()
         );
     }
     if result.held_back > 0 {

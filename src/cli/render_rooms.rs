@@ -115,6 +115,7 @@ pub fn sync_json(r: &RoomReport) -> serde_json::Value {
         "adopted": r.adopted,
         "forgotten": r.forgotten,
         "join_ms": r.join_ms,
+        "not_tried": r.not_tried,
         "failed": r.failed.iter().map(|(room, mxid, kind, error)| serde_json::json!({"room": room, "mxid": mxid, "kind": kind, "error": error})).collect::<Vec<_>>(),
     })
 }

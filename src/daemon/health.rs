@@ -3,12 +3,16 @@
 use serde::Serialize;
 
 use super::metrics::RunOutcome;
+use crate::homeserver::Liveness;
 
 /// The daemon's health as of its last run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Health {
     /// The last run could not read the directory completely.
     pub directory_unreachable: Option<String>,
+    /// The homeserver is not answering: as the last run ended, or live while a run goes on
+    /// (and cleared live as soon as it answers again). Begins with "homeserver not answering".
+    pub homeserver_not_answering: Option<String>,
     /// The last run failed or stopped early for another reason.
     pub last_run_failed: Option<String>,
     /// The brake holds back a plan until an operator decides.
@@ -20,6 +24,9 @@ pub struct Health {
     /// What an admin should look at that does not make the daemon unhealthy: agents held
     /// back by a conflict or a refusal (each one agent's problem, not the service's).
     pub warnings: Vec<String>,
+    /// The last run reached its deadline after applying part of the plan: not a failure, the
+    /// next run goes on at once (a warning).
+    pub cut_short: Option<String>,
 }
 
 impl Health {
@@ -28,11 +35,15 @@ impl Health {
         let message = message.unwrap_or(outcome.name()).to_string();
         self.runs += 1;
         self.directory_unreachable = None;
+        self.homeserver_not_answering = None;
         self.last_run_failed = None;
         self.brake_engaged = None;
+        self.cut_short = None;
         match outcome {
             RunOutcome::Ok => self.last_success = Some(now),
             RunOutcome::DirectoryError => self.directory_unreachable = Some(message),
+            RunOutcome::HomeserverUnavailable => self.homeserver_not_answering = Some(message),
+            RunOutcome::Deadline => self.cut_short = Some(message),
             RunOutcome::Braked => self.brake_engaged = Some(message),
             RunOutcome::Partial
             | RunOutcome::Aborted
@@ -46,6 +57,9 @@ impl Health {
         let mut out = Vec::new();
         if let Some(e) = &self.directory_unreachable {
             out.push(format!("directory unreachable: {e}"));
+        }
+        if let Some(e) = &self.homeserver_not_answering {
+            out.push(e.clone());
         }
         if let Some(e) = &self.last_run_failed {
             out.push(format!("last run failed: {e}"));
@@ -69,6 +83,28 @@ impl Health {
         }
     }
 
+    /// Takes in what the homeserver client sees now; returns whether the homeserver went from
+    /// answering to not answering or back (a new detail of the same silence is kept, but is
+    /// not a change to announce). Nothing seen yet (a run that has asked nothing) changes
+    /// nothing.
+    pub fn homeserver(&mut self, live: &Liveness) -> bool {
+        let now = match live {
+            Liveness::NotAnswering(why) => Some(why.clone()),
+            Liveness::Answering => None,
+            Liveness::Unknown => return false,
+        };
+        let changed = self.homeserver_not_answering.is_some() != now.is_some();
+        self.homeserver_not_answering = now;
+        changed
+    }
+
+    /// Every warning: held agents, and a run cut short by its deadline.
+    pub fn all_warnings(&self) -> Vec<String> {
+        let mut out = self.warnings.clone();
+        out.extend(self.cut_short.iter().cloned());
+        out
+    }
+
     pub fn is_ok(&self) -> bool {
         self.reasons().is_empty()
     }
@@ -78,7 +114,7 @@ impl Health {
         serde_json::json!({
             "status": if self.is_ok() { "ok" } else { "degraded" },
             "reasons": self.reasons(),
-            "warnings": self.warnings,
+            "warnings": self.all_warnings(),
             "runs": self.runs,
             "last_success": self.last_success,
         })
@@ -86,6 +122,7 @@ impl Health {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -108,5 +145,44 @@ mod tests {
         assert_eq!(h.last_success, Some(13));
         assert_eq!(h.runs, 4);
         assert_eq!(h.to_json()["status"], "ok");
+    }
+
+    #[test]
+    fn a_homeserver_not_answering_degrades_live_and_recovers_live() {
+        let mut h = Health::default();
+        let why = "homeserver not answering: https://hs/: 3 requests in a row got no answer";
+        h.record(RunOutcome::HomeserverUnavailable, Some(why), 10);
+        assert_eq!(h.reasons(), vec![why.to_string()]);
+        assert_eq!(h.to_json()["status"], "degraded");
+        // The next run has asked nothing yet: still not answering.
+        assert!(!h.homeserver(&Liveness::Unknown));
+        assert!(!h.is_ok());
+        // It answers: healthy at once, before the run ends.
+        assert!(h.homeserver(&Liveness::Answering));
+        assert!(h.is_ok());
+        assert!(!h.homeserver(&Liveness::Answering));
+        // Silent again, live; a new detail of the same silence is shown, not announced.
+        assert!(h.homeserver(&Liveness::NotAnswering(why.into())));
+        assert_eq!(h.reasons(), vec![why.to_string()]);
+        assert!(!h.homeserver(&Liveness::NotAnswering(
+            "homeserver not answering: x".into()
+        )));
+        assert_eq!(h.reasons(), vec!["homeserver not answering: x".to_string()]);
+        h.record(RunOutcome::Ok, None, 20);
+        assert!(h.is_ok());
+    }
+
+    #[test]
+    fn a_run_cut_by_its_deadline_after_progress_is_a_warning() {
+        let mut h = Health::default();
+        h.held(0, 1);
+        h.record(RunOutcome::Deadline, Some("run deadline reached"), 10);
+        assert!(h.is_ok());
+        let json = h.to_json();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["warnings"].as_array().unwrap().len(), 2, "{json}");
+        assert_eq!(json["warnings"][1], "run deadline reached");
+        h.record(RunOutcome::Ok, None, 11);
+        assert!(h.all_warnings().len() == 1);
     }
 }

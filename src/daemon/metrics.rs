@@ -46,6 +46,10 @@ pub enum RunOutcome {
     /// The directory could not be read completely: nothing planned.
     DirectoryError,
     HomeserverError,
+    /// The homeserver did not answer (the breaker opened, or no answer at all): stopped.
+    HomeserverUnavailable,
+    /// The run reached its deadline after applying some of the plan; the next run goes on.
+    Deadline,
     LedgerError,
     /// The brake refused the plan.
     Braked,
@@ -59,6 +63,8 @@ impl RunOutcome {
             RunOutcome::Aborted => "aborted",
             RunOutcome::DirectoryError => "directory_error",
             RunOutcome::HomeserverError => "homeserver_error",
+            RunOutcome::HomeserverUnavailable => "homeserver_unavailable",
+            RunOutcome::Deadline => "deadline",
             RunOutcome::LedgerError => "ledger_error",
             RunOutcome::Braked => "braked",
         }
@@ -77,6 +83,7 @@ pub struct Metrics {
     last_complete_read: Gauge,
     brake_engaged: Gauge,
     directory_up: Gauge,
+    homeserver_up: Gauge,
     held_agents: Family<HeldLabel, Gauge>,
     intents_resolved: Family<FoundLabel, Counter>,
     shadow_accounts: Family<ShadowLabel, Gauge>,
@@ -91,7 +98,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("matrix_ldap_sync");
-        Metrics {
+        let metrics = Metrics {
             runs: register(&mut r, "runs", "Sync runs by outcome", Family::default()),
             run_duration: register(
                 &mut r,
@@ -148,6 +155,12 @@ impl Metrics {
                 "1 if the last run read the directory completely, 0 if it could not",
                 Gauge::default(),
             ),
+            homeserver_up: register(
+                &mut r,
+                "homeserver_up",
+                "0 while the homeserver is not answering (live during a run, and after a run it stopped), 1 otherwise",
+                Gauge::default(),
+            ),
             held_agents: register(
                 &mut r,
                 "held_agents",
@@ -167,7 +180,10 @@ impl Metrics {
                 Family::default(),
             ),
             registry: r,
-        }
+        };
+        // Not known to be silent before a run has asked it anything.
+        metrics.homeserver_up.set(1);
+        metrics
     }
 
     /// The shadow accounts of the last complete read: of agents present, and of departed
@@ -213,6 +229,10 @@ impl Metrics {
         self.run_duration.observe(seconds);
         self.directory_up
             .set(i64::from(outcome != RunOutcome::DirectoryError));
+    }
+
+    pub fn homeserver_up(&self, up: bool) {
+        self.homeserver_up.set(i64::from(up));
     }
 
     pub fn read_directory(&self, agents: usize, planned: usize) {
@@ -271,6 +291,7 @@ mod tests {
     fn text_has_every_family_with_labels() {
         let m = Metrics::new();
         m.run_finished(RunOutcome::Ok, 1.5);
+        m.run_finished(RunOutcome::HomeserverUnavailable, 30.0);
         m.run_finished(RunOutcome::DirectoryError, 0.1);
         m.action("create_account", "done");
         m.read_directory(36, 4);
@@ -279,12 +300,14 @@ mod tests {
         for line in [
             "matrix_ldap_sync_runs_total{outcome=\"ok\"} 1",
             "matrix_ldap_sync_runs_total{outcome=\"directory_error\"} 1",
-            "matrix_ldap_sync_run_duration_seconds_count 2",
+            "matrix_ldap_sync_run_duration_seconds_count 3",
             "matrix_ldap_sync_actions_total{kind=\"create_account\",result=\"done\"} 1",
             "matrix_ldap_sync_agents 36",
             "matrix_ldap_sync_last_success_timestamp_seconds 1700000000",
             "matrix_ldap_sync_brake_engaged 0",
             "matrix_ldap_sync_directory_up 0",
+            "matrix_ldap_sync_homeserver_up 1",
+            "matrix_ldap_sync_runs_total{outcome=\"homeserver_unavailable\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -13,8 +13,12 @@ use super::signals::Event;
 use super::status_file::{self, DaemonStatus};
 use super::{approval, notify, Loaded, Shared};
 use crate::clock::{format_time, Clock, SystemClock};
+use crate::homeserver::{Halt, Homeserver, HomeserverError, Liveness};
 use crate::ledger::{Held, Ledger, Origin};
 use crate::pipeline::{self, RunError, SyncResult};
+
+/// How often a run looks at whether the homeserver answers, for `/health` and systemd.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Signals that arrived during a run, handled once it is over.
 #[derive(Debug, Default)]
@@ -75,9 +79,12 @@ pub async fn supervised(
     );
     tokio::pin!(sync);
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+    liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result = loop {
         tokio::select! {
             result = &mut sync => break result,
+            _ = liveness.tick() => observe_homeserver(loaded, ledger, shared),
             Some(event) = events.recv() => match event {
                 Event::Reload => pending.reload = true,
                 Event::SyncNow => pending.sync_now = true,
@@ -103,12 +110,41 @@ pub async fn supervised(
             _ = tick(watchdog) => notify::watchdog(),
         }
     };
-    let succeeded = report(&result, began.elapsed(), ledger, shared);
+    let outcome = report(&result, began.elapsed(), loaded, ledger, shared);
+    if outcome == RunOutcome::Deadline {
+        // Cut short while making progress: the rest is for the next run, at once.
+        pending.sync_now = true;
+    }
     if deadline.is_some() {
         Ended::Stopped
     } else {
-        Ended::Finished(succeeded)
+        Ended::Finished(matches!(outcome, RunOutcome::Ok | RunOutcome::Deadline))
     }
+}
+
+/// During a run: tells `/health`, the metrics, `status.json` and systemd as soon as the
+/// homeserver stops answering, and as soon as it answers again.
+fn observe_homeserver(loaded: &Loaded, ledger: &Ledger, shared: &Shared) {
+    let live = loaded.homeserver.breaker().liveness();
+    let mut changed = false;
+    let health = shared.update_health(|h| changed = h.homeserver(&live));
+    if !changed {
+        return;
+    }
+    shared
+        .metrics
+        .homeserver_up(health.homeserver_not_answering.is_none());
+    match &health.homeserver_not_answering {
+        Some(why) => {
+            tracing::warn!("{why}");
+            notify::status(&format!("{why} (run in progress)"));
+        }
+        None => {
+            tracing::info!("the homeserver answers again");
+            notify::status("homeserver answering again (run in progress)");
+        }
+    }
+    write_status(ledger, shared, &health, SystemClock.now(), false);
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -122,7 +158,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 pub fn classify(result: &Result<SyncResult, RunError>) -> (RunOutcome, Option<String>) {
     match result {
         Ok(r) => match (&r.report.aborted, r.report.failed.len()) {
-            (Some(why), _) => (RunOutcome::Aborted, Some(why.clone())),
+            (Some(why), _) => {
+                let left = r.report.not_tried_total();
+                let applied = r.report.applied + r.report.rooms.applied;
+                let outcome = match &r.report.halted {
+                    Some(Halt::NotAnswering { .. }) => RunOutcome::HomeserverUnavailable,
+                    Some(Halt::Deadline { .. }) if applied > 0 => RunOutcome::Deadline,
+                    _ => RunOutcome::Aborted,
+                };
+                let message = if r.report.halted.is_some() {
+                    format!("{why}; {left} action(s) not tried, left for the next run")
+                } else {
+                    why.clone()
+                };
+                (outcome, Some(message))
+            }
             (None, 0) if r.held_back > 0 => (
                 RunOutcome::Braked,
                 Some(format!(
@@ -138,18 +188,27 @@ pub fn classify(result: &Result<SyncResult, RunError>) -> (RunOutcome, Option<St
             (None, n) => (RunOutcome::Partial, Some(format!("{n} action(s) failed"))),
         },
         Err(e @ RunError::Directory(_)) => (RunOutcome::DirectoryError, Some(e.to_string())),
+        Err(RunError::Homeserver(HomeserverError::Halted {
+            halt: halt @ Halt::NotAnswering { .. },
+            ..
+        })) => (RunOutcome::HomeserverUnavailable, Some(halt.to_string())),
+        Err(RunError::Homeserver(e @ HomeserverError::Transport { .. })) => (
+            RunOutcome::HomeserverUnavailable,
+            Some(format!("homeserver not answering: {e}")),
+        ),
         Err(e @ RunError::Homeserver(_)) => (RunOutcome::HomeserverError, Some(e.to_string())),
         Err(e @ RunError::Ledger(_)) => (RunOutcome::LedgerError, Some(e.to_string())),
     }
 }
 
-/// Tells everyone how the run went; returns whether it fully succeeded.
+/// Tells everyone how the run went; returns how it ended.
 fn report(
     result: &Result<SyncResult, RunError>,
     took: Duration,
+    loaded: &Loaded,
     ledger: &Ledger,
     shared: &Shared,
-) -> bool {
+) -> RunOutcome {
     let (outcome, problem) = classify(result);
     let now = SystemClock.now();
     shared.metrics.run_finished(outcome, took.as_secs_f64());
@@ -164,13 +223,22 @@ fn report(
     shared
         .metrics
         .shadows(shadows.iter().filter(|s| !s.departed).count(), open);
+    let live = loaded.homeserver.breaker().liveness();
     let health = shared.update_health(|h| {
         h.record(outcome, problem.as_deref(), now);
         h.held(conflicts, refused);
         if open > 0 {
             h.warnings.push(format!("SECURITY: {open} shadow account(s) of departed agents can still be used (see `status`)"));
         }
+        // A run that failed otherwise (a deadline, failed actions) may still have ended with
+        // the homeserver silent.
+        if h.homeserver_not_answering.is_none() && matches!(live, Liveness::NotAnswering(_)) {
+            h.homeserver(&live);
+        }
     });
+    shared
+        .metrics
+        .homeserver_up(health.homeserver_not_answering.is_none());
     let summary = match result {
         Ok(r) => {
             let rep = &r.report;
@@ -192,14 +260,18 @@ fn report(
                 seconds = took.as_secs_f64(),
                 "sync run finished"
             );
-            format!(
+            let summary = format!(
                 "{}: {} agents, {} planned, {} applied, {} failed",
                 outcome.name(),
                 r.preview.agents,
                 r.preview.plan.actions.len(),
                 rep.applied,
                 rep.failed.len()
-            )
+            );
+            match (&problem, &r.report.halted) {
+                (Some(why), Some(_)) => format!("{summary}; {why}"),
+                _ => summary,
+            }
         }
         Err(e) => {
             tracing::warn!(outcome = outcome.name(), error = %e, seconds = took.as_secs_f64(), "sync run failed");
@@ -213,7 +285,7 @@ fn report(
         shared.metrics.read_everything_at(now);
     }
     write_status(ledger, shared, &health, now, complete);
-    outcome == RunOutcome::Ok
+    outcome
 }
 
 /// How many agents the ledger holds back by a conflict and by a refusal.
@@ -252,7 +324,7 @@ pub fn write_status(ledger: &Ledger, shared: &Shared, health: &Health, now: i64,
         runs: health.runs,
         health: if health.is_ok() { "ok" } else { "degraded" }.into(),
         reasons: health.reasons(),
-        warnings: health.warnings.clone(),
+        warnings: health.all_warnings(),
         held: ledger
             .held_agents()
             .unwrap_or_default()

@@ -5,10 +5,12 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub mod breaker;
 pub mod retry;
 pub mod rooms;
 pub mod synapse;
 
+pub use breaker::{Breaker, Halt, Liveness};
 pub use retry::Backoff;
 pub use rooms::{NewRoom, RoomState, Rooms};
 pub use synapse::SynapseClient;
@@ -67,7 +69,7 @@ pub enum Upserted {
 }
 
 /// A homeserver request that failed for good (after the retries the client allows).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HomeserverError {
     /// The homeserver answered with an error status.
     #[error("{method} {endpoint}: HTTP {status}{}: {message}", errcode.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
@@ -95,6 +97,15 @@ pub enum HomeserverError {
     /// The client could not be set up from its config (never a network problem).
     #[error("homeserver client: {message}")]
     Config { message: String },
+    /// The client stopped sending (see [`Halt`]): the request was not sent, or its answer
+    /// or retry was no longer awaited. One message for every request it stops.
+    #[error("{halt}")]
+    Halted {
+        halt: Halt,
+        /// When the request had been sent and got no answer: what happened to it (the
+        /// homeserver may have done it; the next run finds out).
+        unanswered: Option<String>,
+    },
 }
 
 impl HomeserverError {
@@ -104,6 +115,11 @@ impl HomeserverError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, HomeserverError::Status { status, .. }
             if (400..500).contains(status) && !matches!(status, 401 | 403 | 408 | 429))
+    }
+
+    /// True when the client stopped sending: the breaker opened or the run's deadline passed.
+    pub fn is_halt(&self) -> bool {
+        matches!(self, HomeserverError::Halted { .. })
     }
 
     /// True for an HTTP 401/403: the token is wrong or not an admin's.
@@ -121,6 +137,10 @@ impl HomeserverError {
 /// The operations the sync needs from a homeserver. Implementations bound their own
 /// concurrency and retry 429s / 5xx / transport errors before returning an error.
 pub trait Homeserver: Send + Sync {
+    /// The client's circuit breaker: a run resets it when it starts, halts it at its deadline,
+    /// and reads why the client stopped.
+    fn breaker(&self) -> &Breaker;
+
     /// The mxid the access token belongs to (`GET /_matrix/client/v3/account/whoami`).
     fn whoami(&self) -> impl Future<Output = Result<String, HomeserverError>> + Send;
 

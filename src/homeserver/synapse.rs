@@ -12,7 +12,14 @@
 //! user, so they would be refused too).
 //!
 //! Retries are bounded by `max_retries` (so a request is sent at most `max_retries + 1`
-//! times). Only requests that are safe to repeat are sent: GET, PUT, and the few POSTs whose
+//! times), and by time: a request that has been failing (no answer, 5xx) for `timeout` is not
+//! sent again — retries ride out a blip, and a homeserver silent for longer is an outage, for
+//! the [`Breaker`] to judge across requests. So a request that timed out is not retried: a
+//! retry would only double the wait on a homeserver that does not answer, and the load on one
+//! that is overloaded; the next run does it. The breaker opens when a few different requests
+//! fail in a row: requests waiting for an answer or a retry then give up, and new ones fail at
+//! once with [`HomeserverError::Halted`], unsent. Only requests that are safe to repeat are
+//! sent: GET, PUT, and the few POSTs whose
 //! repetition is harmless (joining a member, kicking, making the daemon room admin, creating a
 //! room with an alias — a repeat finds the alias taken and the room is resolved instead;
 //! see `rooms.rs`). One consequence: a PUT that created an account but whose answer was
@@ -30,6 +37,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use url::Url;
 
+use super::breaker::{Breaker, Halt, Ticket};
 use super::retry::{self, Backoff, Verdict};
 use super::{ExternalId, Homeserver, HomeserverError, RemoteUser, Upserted, UserChanges};
 use crate::config::HomeserverConfig;
@@ -69,6 +77,7 @@ pub struct SynapseClient {
     /// Set by a 429: no request of this client starts before then. Synapse rate-limits per
     /// user, so when one request is told to wait, all of the daemon's requests are.
     paused_until: Mutex<Option<Instant>>,
+    breaker: Breaker,
 }
 
 /// The methods the client may send: idempotent ones only, since any request may be retried.
@@ -154,6 +163,7 @@ impl SynapseClient {
             page_size: DEFAULT_PAGE_SIZE,
             retries: AtomicU64::new(0),
             paused_until: Mutex::new(None),
+            breaker: Breaker::new(cfg.url.as_str(), cfg.breaker_failures),
         })
     }
 
@@ -225,13 +235,39 @@ impl SynapseClient {
 
     /// Sends `req`, retrying as the module documentation says. Returns a 2xx answer, or the
     /// final error: [`HomeserverError::Status`] for any other status, `Transport` when no
-    /// answer came.
+    /// answer came, `Halted` when the client stopped sending.
     async fn send(&self, req: &Request<'_>) -> Result<Reply, HomeserverError> {
         let mut retry = 0u32;
+        let mut ticket = Ticket::default();
+        // When this request's first failed attempt since an answer began.
+        let mut failing_since: Option<Instant> = None;
         loop {
+            let began = Instant::now();
             let outcome = self.attempt(req).await;
+            let failure = match &outcome {
+                Attempt::Halted { .. } => return self.finish(req, outcome, retry),
+                Attempt::Answer { status, .. } if *status < 500 => {
+                    self.breaker.answered();
+                    failing_since = None;
+                    None
+                }
+                Attempt::Answer { status, .. } => Some(format!("HTTP {status}")),
+                Attempt::NoAnswer(what) => Some(what.clone()),
+            };
+            if let Some(what) = &failure {
+                failing_since.get_or_insert(began);
+                let failed = format!("{} {}: {what}", req.method.as_str(), req.endpoint);
+                if let Some(halt) = self.breaker.failed(&mut ticket, &failed) {
+                    return Err(HomeserverError::Halted {
+                        halt,
+                        unanswered: Some(failed),
+                    });
+                }
+            }
+            let out_of_time = failing_since.is_some_and(|since| since.elapsed() >= self.timeout);
             let verdict = match &outcome {
                 Attempt::Answer { status, .. } if (200..300).contains(status) => Verdict::Final,
+                _ if out_of_time => Verdict::Final,
                 Attempt::Answer {
                     status,
                     body,
@@ -247,6 +283,7 @@ impl SynapseClient {
                 Attempt::NoAnswer(what) => {
                     retry::for_transport(&self.backoff, what, retry, self.max_retries)
                 }
+                Attempt::Halted { .. } => Verdict::Final,
             };
             match verdict {
                 Verdict::Retry { wait, reason } => {
@@ -263,7 +300,17 @@ impl SynapseClient {
                         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                         "homeserver request failed: {reason}; retrying"
                     );
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        halt = self.breaker.until_halted() => {
+                            return Err(HomeserverError::Halted {
+                                halt,
+                                unanswered: failure.map(|what| {
+                                    format!("{} {}: {what}", req.method.as_str(), req.endpoint)
+                                }),
+                            });
+                        }
+                    }
                 }
                 Verdict::Final => return self.finish(req, outcome, retry),
             }
@@ -304,11 +351,26 @@ impl SynapseClient {
         }
     }
 
-    /// One attempt, holding a concurrency permit from sending until the body is read.
+    /// One attempt, holding a concurrency permit from sending until the body is read; given
+    /// up as soon as the client is halted.
     async fn attempt(&self, req: &Request<'_>) -> Attempt {
-        let Some(_permit) = self.permit().await else {
+        let permit = tokio::select! {
+            biased;
+            halt = self.breaker.until_halted() => return Attempt::Halted { halt, sent: false },
+            permit = self.permit() => permit,
+        };
+        let Some(_permit) = permit else {
             return Attempt::NoAnswer("the client is shutting down".to_string());
         };
+        tokio::select! {
+            biased;
+            answer = self.exchange(req) => answer,
+            halt = self.breaker.until_halted() => Attempt::Halted { halt, sent: true },
+        }
+    }
+
+    /// Sends `req` and reads the whole answer.
+    async fn exchange(&self, req: &Request<'_>) -> Attempt {
         let builder = match req.method {
             Method::Get => self.http.get(req.url.clone()),
             Method::Put => self.http.put(req.url.clone()),
@@ -378,6 +440,10 @@ impl SynapseClient {
                 endpoint,
                 message: format!("{what}{after}"),
             }),
+            Attempt::Halted { halt, sent } => Err(HomeserverError::Halted {
+                halt,
+                unanswered: sent.then(|| format!("{method} {endpoint}: sent, answer not awaited")),
+            }),
         }
     }
 
@@ -422,6 +488,8 @@ enum Attempt {
     },
     /// No (complete) answer; why, for the log and the error.
     NoAnswer(String),
+    /// The client was halted before the request was sent, or while it awaited the answer.
+    Halted { halt: Halt, sent: bool },
 }
 
 /// An error with its sources, e.g. "error sending request: connection refused".
@@ -600,6 +668,10 @@ fn upsert_body(changes: &UserChanges) -> serde_json::Value {
 }
 
 impl Homeserver for SynapseClient {
+    fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
     async fn whoami(&self) -> Result<String, HomeserverError> {
         let path = "/_matrix/client/v3/account/whoami";
         let req = self.request(Method::Get, path.into(), path, &[], None);
@@ -833,6 +905,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_retries: 1,
             retry_refused_after: std::time::Duration::from_secs(86_400),
+            breaker_failures: 3,
+            run_deadline: Duration::from_secs(3600),
         };
         let client = SynapseClient::new(&cfg).unwrap();
         let debug = format!("{client:?}");
@@ -850,6 +924,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_retries: 1,
             retry_refused_after: std::time::Duration::from_secs(86_400),
+            breaker_failures: 3,
+            run_deadline: Duration::from_secs(3600),
         };
         let err = SynapseClient::new(&cfg).unwrap_err();
         assert!(matches!(err, HomeserverError::Config { .. }), "{err:?}");
@@ -866,6 +942,8 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_retries: 0,
             retry_refused_after: std::time::Duration::from_secs(86_400),
+            breaker_failures: 3,
+            run_deadline: Duration::from_secs(3600),
         };
         let client = SynapseClient::new(&cfg).unwrap();
         let (endpoint, path) = SynapseClient::user_path("@a:example.org");

@@ -92,7 +92,8 @@ impl Site {
         Site::on_servers(slapd, Synapse::shared(), name)
     }
 
-    /// A site on a Synapse of the test binary's own (e.g. one with a login module).
+    /// A site on `slapd` and `synapse`: a Synapse of the test binary's own (one with a login
+    /// module, one to pause or stop).
     pub fn on_servers(slapd: &'static Slapd, synapse: &'static Synapse, name: &str) -> Site {
         let site = Site {
             slapd,
@@ -101,6 +102,23 @@ impl Site {
         };
         site.configure(&Settings::default());
         site
+    }
+
+    /// Adds agents `a0` … `a<n-1>` (given name `Agent`, surname `N<i>`, in `DSI`) in one
+    /// ldapadd; returns their mxids.
+    pub fn add_agents(&self, n: usize) -> std::collections::BTreeSet<String> {
+        let mut ldif = String::new();
+        let mut mxids = std::collections::BTreeSet::new();
+        for i in 0..n {
+            ldif.push_str(&format!(
+                "dn: uid=a{i},{ou}\nobjectClass: inetOrgPerson\nuid: a{i}\ncn: Agent {i}\ngivenName: Agent\nsn: N{i} {tag}\nou: DSI\n\n",
+                ou = self.ou,
+                tag = self.tag
+            ));
+            mxids.insert(self.mxid(&format!("agent.n{i}")));
+        }
+        self.slapd.add_ldif(&ldif);
+        mxids
     }
 
     /// (Re)writes config.toml, the mapping and the secret files.
@@ -143,6 +161,20 @@ impl Site {
         self.add_agent_with(uid, given, sn, dept, mail, "");
     }
 
+    /// Moves agents `a0` … `a<n-1>` (see [`Site::add_agents`]) to department `ou`, in one
+    /// ldapmodify: one display-name update each.
+    pub fn move_agents(&self, n: usize, ou: &str) {
+        let ldif: String = (0..n)
+            .map(|i| {
+                format!(
+                    "dn: uid=a{i},{}\nchangetype: modify\nreplace: ou\nou: {ou}\n\n",
+                    self.ou
+                )
+            })
+            .collect();
+        self.slapd.modify_ldif(&ldif);
+    }
+
     /// Replaces (or with no values, deletes) an attribute of agent `uid`.
     pub fn set_attr(&self, uid: &str, attr: &str, values: &[&str]) {
         let mut ldif = format!(
@@ -161,6 +193,7 @@ impl Daemon {
         Daemon::on(Synapse::shared())
     }
 
+    /// A daemon corner on `synapse`.
     pub fn on(synapse: &'static Synapse) -> Daemon {
         Daemon {
             synapse,
@@ -258,6 +291,23 @@ file = "mapping.toml"
             directory_extra = settings.directory_extra,
         );
         std::fs::write(self.config(), config).unwrap();
+    }
+
+    /// How many of `mxids` have ` [<ou>]` at the end of their display name on the homeserver.
+    pub fn in_department<'a>(
+        &self,
+        mxids: impl IntoIterator<Item = &'a String>,
+        ou: &str,
+    ) -> usize {
+        mxids
+            .into_iter()
+            .filter(|m| {
+                self.synapse
+                    .get_user(m)
+                    .and_then(|u| u["displayname"].as_str().map(str::to_string))
+                    .is_some_and(|name| name.ends_with(&format!(" [{ou}]")))
+            })
+            .count()
     }
 
     pub fn config(&self) -> PathBuf {

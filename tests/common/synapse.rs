@@ -179,6 +179,31 @@ impl Synapse {
         Err(last_error)
     }
 
+    /// Freezes Synapse (SIGSTOP): connections are accepted and never answered. Only on an
+    /// instance of a test's own ([`Synapse::start`]), never the shared one.
+    pub fn pause(&self) {
+        self.server.pause();
+    }
+
+    /// Unfreezes a paused Synapse (SIGCONT).
+    pub fn resume(&self) {
+        self.server.signal("CONT");
+    }
+
+    /// Stops Synapse: nothing listens on its port until [`Synapse::start_again`]. Only on an
+    /// instance of a test's own.
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    /// Starts a stopped Synapse again, on the same port with the same data.
+    pub fn start_again(&self) {
+        let health = format!("{}/health", self.url);
+        self.server
+            .restart(START_TIMEOUT, move || http().get(&health).call().is_ok())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// A request with the admin token: returns (status, JSON body or Null). Never panics on
     /// an HTTP status; panics on a transport error.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
