@@ -172,7 +172,12 @@ pub async fn preview_reading<H: Homeserver + Rooms>(
         tokio::try_join!(complete_read::read_and_map(config, rules, now), reading)?;
     let ledger = ledger.get().await?;
     let state = State {
-        view: ledger_view::complete_view(ledger, profiles, &mapped.desired)?,
+        view: ledger_view::complete_view(
+            ledger,
+            profiles,
+            &mapped.desired,
+            &config.homeserver.server_name,
+        )?,
         managed: ledger.account_count()?,
         last_good: ledger.last_good()?,
     };

@@ -7,9 +7,35 @@
 mod common;
 
 use common::accounts::emails;
+use std::sync::OnceLock;
+
 use common::site::{Settings, Site};
-use common::Synapse;
+use common::{Slapd, Synapse};
 use serde_json::{json, Value};
+
+/// A Synapse of this binary's own where an application service holds the localparts
+/// `reserved-…` exclusively: Synapse refuses to register them (400 `M_EXCLUSIVE`), which the
+/// daemon cannot know before it asks (what it can know, it checks while planning).
+fn synapse_with_a_bridge() -> &'static Synapse {
+    static SYNAPSE: OnceLock<(Synapse, tempfile::TempDir)> = OnceLock::new();
+    let (synapse, _) = SYNAPSE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let registration = dir.path().join("bridge.yaml");
+        std::fs::write(
+            &registration,
+            "id: bridge\nurl: null\nas_token: held-agents-as\nhs_token: held-agents-hs\n\
+             sender_localpart: bridge-bot\nnamespaces:\n  users:\n    - exclusive: true\n      \
+             regex: \"@reserved-.*\"\n  aliases: []\n  rooms: []\n",
+        )
+        .unwrap();
+        let config = format!(
+            "app_service_config_files: [\"{}\"]\n",
+            registration.display()
+        );
+        (Synapse::start_with(&config), dir)
+    });
+    synapse
+}
 
 /// Registers `localpart` by hand, with a password and a personal e-mail, as a user would.
 fn register_by_hand(synapse: &Synapse, localpart: &str, email: &str) -> String {
@@ -190,9 +216,9 @@ fn next_free_gives_the_agent_another_localpart_and_leaves_the_other_account_alon
 
 #[test]
 fn an_agent_the_homeserver_refuses_is_held_and_the_run_and_its_watermark_go_on() {
-    let site = Site::new("refused");
-    // Synapse keeps all-digit localparts for guests: such an agent is refused on creation.
-    let numeric = format!("{}", 900_000_000 + std::process::id());
+    let site = Site::on_servers(Slapd::shared(), synapse_with_a_bridge(), "refused");
+    // A bridge holds `reserved-…`: such an agent is refused on creation.
+    let reserved = format!("reserved-{}", site.tag);
     site.configure(&Settings {
         localpart: Some("{employeeNumber|localpart}".into()),
         mapping_extra: "\n[[rooms]]\nroom = \"#everyone-TAG:SERVER\"\neveryone = true\ncreate = { name = \"Everyone\" }\n"
@@ -215,9 +241,9 @@ fn an_agent_the_homeserver_refuses_is_held_and_the_run_and_its_watermark_go_on()
         "Chiffre",
         "DSI",
         Some("bruno.chiffre@example.org"),
-        &format!("employeeNumber: {numeric}\n"),
+        &format!("employeeNumber: {reserved}\n"),
     );
-    let refused_mxid = format!("@{numeric}:{}", site.synapse.server_name);
+    let refused_mxid = format!("@{reserved}:{}", site.synapse.server_name);
 
     let run = site.run(&["sync", "--json"]);
     assert_eq!(
@@ -257,7 +283,7 @@ fn an_agent_the_homeserver_refuses_is_held_and_the_run_and_its_watermark_go_on()
         status["held"][0]["error"]
             .as_str()
             .unwrap()
-            .contains("M_INVALID_USERNAME"),
+            .contains("M_EXCLUSIVE"),
         "{status}"
     );
     assert_eq!(status["last_run"]["outcome"], "ok", "{status}");
@@ -288,9 +314,9 @@ fn an_agent_the_homeserver_refuses_is_held_and_the_run_and_its_watermark_go_on()
     assert_eq!(summary["read"]["kind"], "changes", "{summary}");
 
     // Fixed in the directory: tried again at once, and no longer held.
-    site.set_attr("digits", "employeeNumber", &[&format!("b{numeric}")]);
+    site.set_attr("digits", "employeeNumber", &[&format!("b{reserved}")]);
     site.sync_ok();
-    let fixed = format!("@b{numeric}:{}", site.synapse.server_name);
+    let fixed = format!("@b{reserved}:{}", site.synapse.server_name);
     assert!(site.synapse.get_user(&fixed).is_some());
     let status = status_json(&site);
     assert!(status["held"].as_array().unwrap().is_empty(), "{status}");

@@ -286,6 +286,16 @@ fn illegal_logins_and_homonyms_are_warned_about_and_create_nothing() {
     let (_, plan) = site.plan_json();
     let warnings = plan["warnings"].to_string();
     assert!(warnings.contains("belong to several agents"), "{warnings}");
+    // `zoë.ørsted-…` is not made `zoe.orsted-…`, where no login of hers lands: she is skipped.
+    let skipped = plan["skipped"].to_string();
+    assert!(
+        skipped.contains(&format!("uid={zoe},{}", site.ou))
+            && skipped.contains("is not one Synapse takes for a new user"),
+        "{skipped}"
+    );
+    assert!(synapse()
+        .users_named(&format!("zoe.orsted-{}", site.tag))
+        .is_empty());
     assert!(
         warnings.contains(&format!("→ @{jmartin}, not @{jmartin}2")),
         "{warnings}"

@@ -293,6 +293,10 @@ fn planned(out: &mut String, id: &StableId, mxid: Option<&str>, preview: &Previe
             c.mxid, c.reason
         );
     }
+    for s in plan.skipped.iter().filter(|s| s.id.as_ref() == Some(id)) {
+        any = true;
+        let _ = writeln!(out, "  Plan: skipped: {}", s.reason);
+    }
     for s in plan.shadows.iter().filter(|s| &s.id == id) {
         any = true;
         let _ = writeln!(

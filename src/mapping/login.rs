@@ -26,6 +26,10 @@ use super::{AgentState, DesiredAccount};
 use crate::directory::Entry;
 use crate::homeserver::ExternalId;
 
+/// What synapse-ldap3 asks Synapse to register is the login lowercased, so a login that is
+/// not a localpart Synapse takes cannot log in at all.
+pub use super::limits::is_synapse_localpart;
+
 /// The `[login]` section, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoginRules {
@@ -343,18 +347,6 @@ impl LoginRules {
             }
         }
     }
-}
-
-/// A localpart Synapse accepts for a new user: `a-z`, `0-9` and `._=-/+`, not empty. What
-/// synapse-ldap3 asks it to register is the login lowercased, so a login outside this set
-/// cannot log in at all.
-pub fn is_synapse_localpart(localpart: &str) -> bool {
-    !localpart.is_empty()
-        && localpart.chars().all(|c| {
-            c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || matches!(c, '.' | '_' | '=' | '-' | '/' | '+')
-        })
 }
 
 fn is_attribute_name(name: &str) -> bool {

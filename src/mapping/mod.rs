@@ -2,6 +2,7 @@
 //! should exist and what their profiles should say. Pure: no LDAP, no homeserver, no ledger.
 
 mod departure;
+pub mod limits;
 pub mod login;
 mod normalize;
 pub mod rooms;
@@ -24,7 +25,9 @@ use crate::homeserver::ExternalId;
 pub struct DesiredAccount {
     pub id: StableId,
     pub dn: String,
-    /// The localpart this agent would get if new; an existing account keeps its own.
+    /// The localpart this agent would get if new; an existing account keeps its own. As the
+    /// rule gives it: the plan checks it against what Synapse takes and cuts it to the length
+    /// a user id on the server can hold (see [`crate::plan::localpart_base`]).
     pub localpart: String,
     pub display_name: String,
     /// Sorted, without duplicates.
@@ -304,36 +307,44 @@ fn map_entry(
     let missing = |what: &str, MissingAttribute(attr): MissingAttribute| {
         format!("{what}: attribute `{attr}` is missing")
     };
-    let localpart_text = rules
-        .localpart
-        .render(entry)
-        .map_err(|m| missing("localpart", m))?;
-    let localpart = to_localpart(&localpart_text);
-    if localpart.is_empty() {
-        return Err(format!(
-            "localpart: `{localpart_text}` (from `{}`) has no character allowed in a Matrix user id",
-            rules.localpart
-        ));
-    }
-    let display_name = rules
-        .display_name
-        .render(entry)
-        .map_err(|m| missing("display name", m))?;
+    let localpart_text = limits::nfc(
+        rules
+            .localpart
+            .render(entry)
+            .map_err(|m| missing("localpart", m))?,
+    );
+    // Under synapse-ldap3 a login lands on the localpart that is the login lowercased: the
+    // rule's text is taken as it is, never made legal by rewriting it (a localpart Synapse
+    // refuses is a skip in the plan, where an agent who already has an account keeps it).
+    let localpart = match all.login.path {
+        LoginPath::Ldap3 { .. } => localpart_text,
+        _ => to_localpart(&localpart_text),
+    };
+    let display_name = display_name(
+        entry,
+        rules
+            .display_name
+            .render(entry)
+            .map_err(|m| missing("display name", m))?,
+        warnings,
+    );
     let mut emails = Vec::new();
     for template in &rules.emails {
         for address in template
             .render_all(entry)
             .map_err(|m| missing("e-mail", m))?
         {
-            if normalize::looks_like_email(&address) {
-                emails.push(address.to_lowercase());
-            } else {
-                let note = format!(
-                    "{}: `{address}` is not an e-mail address, left out",
-                    entry.dn
-                );
-                tracing::warn!("{note}");
-                warnings.push(note);
+            let sent = limits::nfc(address.to_lowercase());
+            match limits::email_problem(&sent) {
+                None => emails.push(sent),
+                Some(why) => {
+                    let note = format!(
+                        "{}: `{address}` is not an e-mail address ({why}), left out",
+                        entry.dn
+                    );
+                    tracing::warn!("{note}");
+                    warnings.push(note);
+                }
             }
         }
     }
@@ -354,6 +365,24 @@ fn map_entry(
             .map(str::to_string),
         external_ids: all.login.external_ids(entry),
     })
+}
+
+/// The display name as the homeserver takes it: NFC, and cut to its limit with a warning
+/// naming the DN (the cut name is what the ledger records, so the next run sees no change).
+fn display_name(entry: &Entry, rendered: String, warnings: &mut Vec<String>) -> String {
+    let name = limits::nfc(rendered);
+    let Some(cut) = limits::cut_display_name(&name) else {
+        return name;
+    };
+    let note = format!(
+        "{}: display name of {} characters cut to {} (the homeserver refuses longer ones)",
+        entry.dn,
+        name.chars().count(),
+        limits::DISPLAY_NAME_MAX_CHARS
+    );
+    tracing::warn!("{note}");
+    warnings.push(note);
+    cut
 }
 
 #[cfg(test)]
@@ -455,24 +484,112 @@ emails = ["{mail?}"]
             &rules(),
             0,
         );
+        // A localpart Synapse refuses (here empty) is the plan's to skip, for a new agent
+        // only: an agent who has an account keeps it, and its updates.
         assert_eq!(
             d.accounts
                 .iter()
                 .map(|a| a.localpart.as_str())
                 .collect::<Vec<_>>(),
-            vec!["jean.martin", "zoe.faure"]
+            vec!["jean.martin", "", "zoe.faure"]
         );
-        assert_eq!(d.skipped.len(), 2);
+        assert_eq!(d.skipped.len(), 1);
         assert_eq!(d.skipped[0].dn, "uid=b,ou=people,dc=example,dc=org");
         assert!(
             d.skipped[0].reason.contains("`sn` is missing"),
             "{}",
             d.skipped[0].reason
         );
+    }
+
+    #[test]
+    fn what_the_homeserver_would_refuse_is_made_acceptable_with_a_warning_naming_the_dn() {
+        let long_ou = "Direction ".repeat(32); // 320 characters
+        let d = map_snapshot(
+            &snapshot(vec![
+                entry(
+                    "a",
+                    &[
+                        ("givenName", "Ele\u{301}onore"),
+                        ("sn", "Dupre\u{301}"),
+                        ("ou", &long_ou),
+                        ("mail", "Ele\u{301}onore@Example.org"),
+                        ("mail", "eleonore dupre@example.org"),
+                        ("mail", "a@b@example.org"),
+                    ],
+                ),
+                entry(
+                    "b",
+                    &[("givenName", "Jean"), ("sn", "Martin"), ("ou", "DSI")],
+                ),
+            ]),
+            &rules(),
+            0,
+        );
+        let [a, b] = &d.accounts[..] else {
+            panic!("{:?}", d.accounts)
+        };
+        assert_eq!(b.display_name, "Jean Martin [DSI]");
+        assert_eq!(a.display_name.chars().count(), 256, "{}", a.display_name);
         assert!(
-            d.skipped[1].reason.contains("no character allowed"),
-            "{}",
-            d.skipped[1].reason
+            a.display_name
+                .starts_with("Eléonore Dupré [Direction Direction"),
+            "NFC: {}",
+            a.display_name
+        );
+        assert!(a.display_name.ends_with("Direction…"), "{}", a.display_name);
+        // Lowercased and composed: `e\u{301}` was sent as one `é`.
+        assert_eq!(a.emails, ["eléonore@example.org"]);
+        assert!(a.emails[0].contains('\u{e9}'));
+        let dn = "uid=a,ou=people,dc=example,dc=org";
+        assert_eq!(
+            d.warnings,
+            [
+                format!("{dn}: display name of 337 characters cut to 256 (the homeserver refuses longer ones)"),
+                format!("{dn}: `eleonore dupre@example.org` is not an e-mail address (it holds spaces or control characters), left out"),
+                format!("{dn}: `a@b@example.org` is not an e-mail address (more than one `@`), left out"),
+            ]
+        );
+    }
+
+    #[test]
+    fn under_synapse_ldap3_the_localpart_is_the_rule_s_text_never_rewritten() {
+        let text = |login: &str| {
+            format!(
+                r#"
+[agent]
+filter = "(objectClass=inetOrgPerson)"
+id_attribute = "entryUUID"
+id_format = "text"
+{login}
+[account]
+localpart = "{{uid|lower}}"
+display_name = "{{cn}}"
+"#
+            )
+        };
+        let agents = vec![
+            entry("a", &[("uid", "Zoe\u{308}.Orsted"), ("cn", "Zoë")]),
+            entry("b", &[("uid", "j+martin"), ("cn", "Jean")]),
+            entry("c", &[("uid", "cdurand"), ("cn", "Catherine")]),
+        ];
+        let localparts = |login: &str| {
+            let rules = Rules::parse(Path::new("m.toml"), &text(login)).unwrap();
+            let d = map_snapshot(&snapshot(agents.clone()), &rules, 0);
+            d.accounts
+                .iter()
+                .map(|a| a.localpart.clone())
+                .collect::<Vec<_>>()
+        };
+        // The login lowercased, as synapse-ldap3 asks for it (NFC); the plan skips `zoë…`.
+        assert_eq!(
+            localparts("[login]\npath = \"ldap3\"\nattribute = \"uid\"\n"),
+            ["zoë.orsted", "j+martin", "cdurand"]
+        );
+        // Elsewhere the text is made a localpart.
+        assert_eq!(
+            localparts("[login]\npath = \"none\"\n"),
+            ["zoe.orsted", "jmartin", "cdurand"]
         );
     }
 

@@ -125,7 +125,12 @@ pub(super) async fn read_changes_and_map(
         .filter(|want| !view.accounts.contains_key(&want.id))
         .map(|want| want.localpart.as_str())
         .collect::<Vec<_>>();
-    super::ledger_view::add_localpart_holders(ledger, &mut view, new_agents)?;
+    super::ledger_view::add_localpart_holders(
+        ledger,
+        &mut view,
+        new_agents,
+        &config.homeserver.server_name,
+    )?;
     // The directory may name ids that were never agents (AD lists every user changed in the
     // domain, OpenLDAP every entry its session log holds): only managed ones are gone.
     gone.retain(|id| view.accounts.contains_key(id));

@@ -8,13 +8,16 @@ use std::collections::{BTreeMap, HashSet};
 use crate::directory::StableId;
 use crate::ledger::{Ledger, LedgerError, LedgerView, Profile, ProfileFields, Profiles, Stage};
 use crate::mapping::{AgentState, Desired, DesiredAccount};
+use crate::plan::localpart_base;
 
 /// The view a plan of `desired` (a complete read) needs, from every account's `profiles`.
-/// One merge of the two id-ordered lists.
+/// One merge of the two id-ordered lists. `server_name`: where new agents get accounts (it
+/// bounds the length of their localparts).
 pub(super) fn complete_view(
     ledger: &Ledger,
     profiles: Profiles,
     desired: &Desired,
+    server_name: &str,
 ) -> Result<LedgerView, LedgerError> {
     let wants = desired.accounts_by_id();
     let skipped = desired.skipped_ids();
@@ -30,7 +33,7 @@ pub(super) fn complete_view(
     for id in to_read {
         ledger.add_record(&mut view, id.0.as_bytes())?;
     }
-    add_localpart_holders(ledger, &mut view, new_agents)?;
+    add_localpart_holders(ledger, &mut view, new_agents, server_name)?;
     Ok(view)
 }
 
@@ -116,16 +119,20 @@ fn is_in_step(profile: &Profile, want: &DesiredAccount) -> bool {
 }
 
 /// Adds to `view` the holders of the localparts agents without an account (wanting
-/// `new_agents`) may be offered, so that localparts are allocated as from a view of every
-/// record.
+/// `new_agents`) may be offered on `server_name`, so that localparts are allocated as from a
+/// view of every record. An agent whose localpart is too long is offered its cut form
+/// ([`localpart_base`]); one whose localpart Synapse refuses is offered none.
 pub(super) fn add_localpart_holders<'a>(
     ledger: &Ledger,
     view: &mut LedgerView,
     new_agents: impl IntoIterator<Item = &'a str>,
+    server_name: &str,
 ) -> Result<(), LedgerError> {
     let mut new_by_localpart: BTreeMap<&str, usize> = BTreeMap::new();
-    for localpart in new_agents {
-        *new_by_localpart.entry(localpart).or_default() += 1;
+    for wanted in new_agents {
+        if let Ok(base) = localpart_base(wanted, server_name) {
+            *new_by_localpart.entry(base.text).or_default() += 1;
+        }
     }
     let read_before = view.accounts.len();
     for (base, new_agents) in new_by_localpart {
@@ -287,7 +294,8 @@ mod tests {
             retry_refused_after: 86_400,
         };
         let everything = plan::plan(&desired, &ledger.view().unwrap(), &policy);
-        let view = complete_view(&ledger, ledger.profiles().unwrap(), &desired).unwrap();
+        let view =
+            complete_view(&ledger, ledger.profiles().unwrap(), &desired, "example.org").unwrap();
         assert_eq!(plan::plan(&desired, &view, &policy), everything);
         assert!(everything.has_changes());
         assert_eq!(everything.unchanged, 6, "{everything:#?}");
@@ -301,6 +309,49 @@ mod tests {
         );
         let in_step: Vec<&str> = view.in_step.iter().map(|(id, _)| id.0.as_str()).collect();
         assert_eq!(in_step, ["long-gone"]);
+    }
+
+    #[test]
+    fn a_new_agent_whose_localpart_is_cut_is_offered_past_the_holder_of_the_cut_one() {
+        // On example.org a localpart holds 242 bytes; a longer one is cut to 239.
+        let cut = "l".repeat(239);
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let held = record("held", &cut, AccountStatus::Active);
+        let audit = AuditEntry {
+            at: 1,
+            mxid: held.mxid.clone(),
+            id: held.id.clone(),
+            action: "create".into(),
+            reason: "test".into(),
+            result: "ok".into(),
+        };
+        ledger.record_account(&held, &audit).unwrap();
+        let desired = Desired {
+            accounts: vec![
+                want("held", &cut),
+                want("new", &"l".repeat(300)),
+                want("refused", "12345"),
+            ],
+            ..Desired::default()
+        };
+        let policy = Policy {
+            server_name: "example.org".into(),
+            now: 1_500,
+            grace: 1_000,
+            step: ReversibleStep::Suspend,
+            protected: vec![],
+            adopt: crate::mapping::Adopt::Matching,
+            on_conflict: crate::mapping::OnConflict::Skip,
+            retry_refused_after: 86_400,
+        };
+        let view =
+            complete_view(&ledger, ledger.profiles().unwrap(), &desired, "example.org").unwrap();
+        let p = plan::plan(&desired, &view, &policy);
+        assert_eq!(p, plan::plan(&desired, &ledger.view().unwrap(), &policy));
+        let created: Vec<&str> = p.actions.iter().map(|a| a.mxid()).collect();
+        assert_eq!(created, [format!("@{cut}2:example.org")]);
+        assert_eq!(p.skipped.len(), 1, "{:?}", p.skipped);
     }
 
     #[test]
@@ -372,7 +423,8 @@ mod tests {
     fn in_step_accounts_are_not_decoded() {
         let (_dir, ledger, mut desired) = world();
         desired.accounts.retain(|a| !a.id.0.starts_with("new-"));
-        let view = complete_view(&ledger, ledger.profiles().unwrap(), &desired).unwrap();
+        let view =
+            complete_view(&ledger, ledger.profiles().unwrap(), &desired, "example.org").unwrap();
         let in_step: Vec<(&str, &str)> = view
             .in_step
             .iter()

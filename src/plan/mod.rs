@@ -10,6 +10,7 @@ pub mod shadows;
 
 pub use actions::{Action, ActionKind, Change};
 pub use existing::{Conflict, ExistingAccount, HomeserverAccounts, Lookup};
+pub use localparts::{localpart_base, Base};
 
 use std::collections::BTreeMap;
 
@@ -98,6 +99,8 @@ pub struct Plan {
     pub protected: Vec<Protected>,
     /// Agents that already left and never had an account: none is created.
     pub not_created: Vec<SkippedAgent>,
+    /// Agents the mapping could not map, and new agents whose localpart Synapse would refuse
+    /// (see [`localpart_base`]): nothing is done for them.
     pub skipped: Vec<SkippedAgent>,
     /// Agents whose mxid is held by an account the daemon may not take over: nothing is done
     /// for them.
@@ -220,7 +223,7 @@ fn plan_accounts(
         warnings: desired.warnings.clone(),
         ..Plan::default()
     };
-    let mut allocator = LocalpartAllocator::new(ledger);
+    let mut allocator = LocalpartAllocator::new(ledger, &policy.server_name);
     let lifecycle = Lifecycle::new(policy);
     let Paired { wanted, gone } = pair_up(desired, ledger);
     for (want, known) in wanted {
@@ -451,9 +454,21 @@ fn plan_new(plan: &mut Plan, allocator: &mut LocalpartAllocator, new: &New, want
         });
         return;
     }
+    let base = match localpart_base(&want.localpart, &policy.server_name) {
+        Ok(base) => base,
+        Err(reason) => {
+            tracing::warn!(dn = %want.dn, %reason, "agent skipped");
+            plan.skipped.push(SkippedAgent {
+                id: Some(want.id.clone()),
+                dn: want.dn.clone(),
+                reason,
+            });
+            return;
+        }
+    };
     let mut held_by_others: Vec<String> = Vec::new();
     let (localpart, mut note, adopt, resumed) = loop {
-        let (localpart, note) = allocator.allocate(want);
+        let (localpart, note) = allocator.allocate(want, base.text);
         let mxid = format!("@{localpart}:{}", policy.server_name);
         let Lookup::Present(account) = existing.get(&mxid) else {
             break (localpart, note, None, false);
@@ -495,6 +510,17 @@ fn plan_new(plan: &mut Plan, allocator: &mut LocalpartAllocator, new: &New, want
         });
     }
     let mut reason = format!("new agent {}", want.dn);
+    if base.cut {
+        let cut = format!(
+            "the localpart {} is too long for a user id on {} (255 bytes): cut to {} characters",
+            localparts::shown(&want.localpart),
+            policy.server_name,
+            base.text.len()
+        );
+        plan.warnings.push(format!("{}: {cut}", want.dn));
+        reason.push_str("; ");
+        reason.push_str(&cut);
+    }
     if let Some(note) = note {
         reason.push_str("; ");
         reason.push_str(&note);
