@@ -9,6 +9,7 @@
 //! audit entry are written in one transaction, so a crash leaves either all or none.
 
 mod incremental;
+pub mod leftovers;
 pub mod memberships;
 mod profiles;
 mod records;
@@ -40,8 +41,11 @@ pub enum LedgerError {
     /// Another process (normally the running daemon) holds the ledger's lock.
     #[error("the ledger at {path} is in use by another matrix-ldap-sync (the daemon?)")]
     Locked { path: PathBuf },
-    #[error("the ledger at {path} is damaged ({reason}): stop the daemon, move the folder away (keep it for a post-mortem) and run `sync` to rebuild it: existing accounts are adopted (see docs/systemd.md, \"Crashes and recovering the ledger\")")]
+    #[error("the ledger at {path} is damaged ({reason}): stop the daemon and run `matrix-ldap-sync repair --dry-run`, then `repair`: it moves aside only what sled left half-written and keeps the accounts, the audit trail and the grace clocks; only if that does not bring it back, rebuild it as docs/systemd.md, \"Crashes and recovering the ledger\", explains")]
     Damaged { path: PathBuf, reason: String },
+    /// Moving a half-written leftover aside failed.
+    #[error("cannot repair the ledger at {path}: {reason}")]
+    Repair { path: PathBuf, reason: String },
     #[error("the ledger at {path} has schema version {found}, this build knows only up to {SCHEMA_VERSION}: use a newer matrix-ldap-sync, or move the folder away and rebuild it")]
     NewerSchema { path: PathBuf, found: u32 },
     #[error("the ledger is damaged: {0}")]
@@ -125,9 +129,36 @@ impl Ledger {
         }
     }
 
-    /// Opens (or creates) the ledger in `dir`.
+    /// Opens (or creates) the ledger in `dir`. A store sled finds damaged is opened again once
+    /// after its half-written leftovers, if any, are moved aside (see [`leftovers`]), with a
+    /// warning naming each.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
         let path = dir.join("ledger");
+        match Ledger::open_store(&path) {
+            Err(LedgerError::Damaged { path, reason }) => {
+                let moved = leftovers::set_aside(&path, &leftovers::stamp_now())?;
+                if moved.is_empty() {
+                    return Err(LedgerError::Damaged { path, reason });
+                }
+                for m in &moved {
+                    tracing::warn!(
+                        file = %m.leftover.path.display(),
+                        moved_to = %m.to.display(),
+                        "the ledger at {} did not open ({reason}): moved aside {}, a snapshot sled left half-written ({}); opening it again",
+                        path.display(),
+                        m.leftover.name(),
+                        m.leftover.why
+                    );
+                }
+                Ledger::open_store(&path)
+            }
+            opened => opened,
+        }
+    }
+
+    /// Opens (or creates) the sled store at `path`.
+    fn open_store(path: &Path) -> Result<Ledger, LedgerError> {
+        let path = path.to_path_buf();
         let existed = path.join("db").exists();
         let db = sled::Config::new()
             .path(&path)
