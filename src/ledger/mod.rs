@@ -109,7 +109,12 @@ pub struct LedgerView {
 impl Ledger {
     /// True if `dir` holds a ledger.
     pub fn exists(dir: &Path) -> bool {
-        dir.join("ledger").exists()
+        Ledger::store_path(dir).exists()
+    }
+
+    /// The sled folder of the ledger in the state directory `dir`.
+    pub fn store_path(dir: &Path) -> PathBuf {
+        dir.join("ledger")
     }
 
     /// [`Ledger::open`] for a ledger this process has just closed (tests, the bench). sled's
@@ -133,7 +138,7 @@ impl Ledger {
     /// after its half-written leftovers, if any, are moved aside (see [`leftovers`]), with a
     /// warning naming each.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
-        let path = dir.join("ledger");
+        let path = Ledger::store_path(dir);
         match Ledger::open_store(&path) {
             Err(LedgerError::Damaged { path, reason }) => {
                 let moved = leftovers::set_aside(&path, &leftovers::stamp_now())?;
