@@ -222,6 +222,36 @@ fn a_half_written_snapshot_is_set_aside_with_the_trail_and_grace_clocks_intact()
     assert_eq!(grace_clocks(&site), clocks);
 }
 
+#[test]
+fn a_ledger_damaged_beyond_a_leftover_is_left_as_it_is_and_the_rebuild_named() {
+    let site = site_with_agents("noise", 2);
+    site.sync_ok();
+    let db = store(&site).join("db");
+    let noise: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&db, &noise).unwrap();
+    let repair = site.run(&["repair"]);
+    assert_eq!(repair.code, 1, "{}\n{}", repair.stdout, repair.stderr);
+    assert!(
+        repair.stdout.contains("No half-written leftover found."),
+        "{}",
+        repair.stdout
+    );
+    assert!(
+        repair.stdout.contains("still does not open")
+            && repair.stdout.contains("Crashes and recovering the ledger"),
+        "{}",
+        repair.stdout
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        noise,
+        "repair changed the damaged store"
+    );
+    assert!(quarantined(&site).is_empty());
+}
+
 /// How a tortured command ended.
 #[derive(Debug, Default)]
 struct Tally {

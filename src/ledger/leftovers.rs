@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::LedgerError;
+use super::{lock, LedgerError};
 
 /// sled's snapshot trailer: the uncompressed length (8 bytes) then a CRC-32 (4 bytes, LE).
 const TRAILER: usize = 12;
@@ -94,10 +94,15 @@ fn set_aside_within(
     stamp: &str,
     patience: std::time::Duration,
 ) -> Result<Vec<SetAside>, LedgerError> {
-    let _lock = StoreLock::take(store, patience)?;
     let io = |e: io::Error| LedgerError::Repair {
         path: store.to_path_buf(),
         reason: e.to_string(),
+    };
+    // sled's own lock: no other process is opening the store (and so writing a snapshot).
+    let Some(_lock) = lock::exclusive(&store.join("db"), patience).map_err(io)? else {
+        return Err(LedgerError::Locked {
+            path: store.to_path_buf(),
+        });
     };
     let found = find(store).map_err(io)?;
     if found.is_empty() {
@@ -165,36 +170,6 @@ fn free_name(dir: &Path, name: &str) -> PathBuf {
         .map(|n| dir.join(format!("{name}.{n}")))
         .find(|p| !p.exists())
         .unwrap_or(first)
-}
-
-/// The exclusive lock sled itself takes on `<store>/db` (flock), held while leftovers are
-/// moved. Released when dropped (the file is closed).
-struct StoreLock(#[allow(dead_code)] File);
-
-impl StoreLock {
-    /// Takes it, waiting up to `patience`; held longer, another process has the ledger.
-    fn take(store: &Path, patience: std::time::Duration) -> Result<StoreLock, LedgerError> {
-        use fs2::FileExt;
-        let db = store.join("db");
-        let file = File::open(&db).map_err(|e| LedgerError::Repair {
-            path: store.to_path_buf(),
-            reason: format!("cannot open {}: {e}", db.display()),
-        })?;
-        let deadline = std::time::Instant::now() + patience;
-        loop {
-            match file.try_lock_exclusive() {
-                Ok(()) => return Ok(StoreLock(file)),
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(_) => {
-                    return Err(LedgerError::Locked {
-                        path: store.to_path_buf(),
-                    })
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

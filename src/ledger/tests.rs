@@ -473,3 +473,39 @@ fn a_store_damaged_otherwise_is_reported_with_the_repair_advice_and_left_alone()
     assert!(bad.exists());
     assert!(!store.join(leftovers::QUARANTINE).exists());
 }
+
+#[test]
+fn a_creation_that_died_leaves_no_ledger_and_the_next_one_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a process killed while creating leaves: sled's files, no schema, not yet renamed.
+    {
+        let db = sled::open(dir.path().join("ledger.new")).unwrap();
+        db.open_tree("meta").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(!Ledger::exists(dir.path()));
+    let ledger = Ledger::reopen(dir.path()).unwrap();
+    assert_eq!(ledger.account_count().unwrap(), 0);
+    assert!(!dir.path().join("ledger.new").exists());
+    assert_eq!(
+        ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
+        SCHEMA_VERSION.to_be_bytes()
+    );
+}
+
+#[test]
+fn an_empty_ledger_folder_is_created_into_and_one_with_other_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ledger")).unwrap();
+    assert!(Ledger::open(dir.path()).is_ok());
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("ledger")).unwrap();
+    std::fs::write(other.path().join("ledger/notes.txt"), b"mine").unwrap();
+    let err = Ledger::open(other.path()).err().unwrap().to_string();
+    assert!(
+        err.contains("cannot create the ledger") && err.contains("move it away"),
+        "{err}"
+    );
+    assert!(other.path().join("ledger/notes.txt").exists());
+}
