@@ -252,6 +252,44 @@ fn a_ledger_damaged_beyond_a_leftover_is_left_as_it_is_and_the_rebuild_named() {
     assert!(quarantined(&site).is_empty());
 }
 
+#[test]
+fn a_first_sync_killed_while_it_creates_the_ledger_leaves_none_or_a_whole_one() {
+    // The directory refuses the read: the sync creates the ledger, records the failed run and
+    // touches nothing else. Killed anywhere in that, it leaves no ledger or one that opens
+    // (earlier builds left one that "exists but reads as empty" after one kill in four).
+    let site = site_with_agents("creation", 5);
+    site.configure(&limited(&site));
+    let state = site.dir.path().join("state");
+    let mut rng = fastrand::Rng::with_seed(env_or("LEDGER_TORTURE_SEED", 7) as u64);
+    let (mut none, mut whole) = (0, 0);
+    for round in 0..env_or("LEDGER_CREATION_RUNS", 30) {
+        let _ = std::fs::remove_dir_all(&state);
+        let delay = Duration::from_millis(rng.u64(..300));
+        let (status, _) = run_and_signal(&site, &["sync"], delay, "KILL");
+        let check = site.run(&["status"]);
+        let context = format!("round {round}: sync killed after {delay:?} ({status})");
+        if check.stderr.contains("no ledger") {
+            none += 1;
+        } else {
+            assert_eq!(
+                check.code,
+                0,
+                "{context}: {}\n{}",
+                check.stderr,
+                ls(&store(&site))
+            );
+            whole += 1;
+        }
+    }
+    println!(
+        "first syncs killed while creating: {none} left no ledger, {whole} a whole one, 0 damaged"
+    );
+    assert!(
+        whole > 0,
+        "no kill came after the creation: the test proves nothing"
+    );
+}
+
 /// How a tortured command ended.
 #[derive(Debug, Default)]
 struct Tally {
