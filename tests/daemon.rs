@@ -679,7 +679,11 @@ fn a_damaged_ledger_is_named_with_its_recovery() {
     for args in [&["status"][..], &["run"][..]] {
         let run = site.run(args);
         assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
-        for needle in ["is damaged", "move the folder away"] {
+        for needle in [
+            "is damaged",
+            "repair --dry-run",
+            "Crashes and recovering the ledger",
+        ] {
             assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
         }
     }

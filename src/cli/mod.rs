@@ -2,10 +2,12 @@
 
 mod check;
 mod explain;
+mod interrupt;
 mod now;
 mod progress;
 mod render;
 mod render_rooms;
+mod repair;
 mod status;
 
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::mapping::Rules;
 use crate::pipeline::{self, LedgerCell, RunError, State};
 
+pub use interrupt::{EXIT_SIGINT, EXIT_SIGTERM};
 pub use now::TEST_NOW_VAR;
 
 /// Exit code of `plan` when changes are pending.
@@ -46,7 +49,8 @@ pub const EXIT_BRAKE_ENGAGED: u8 = 3;
         matrix-ldap-sync sync --allow-mass-changes    # apply departures the brake held back, once\n  \
         matrix-ldap-sync run                          # daemon: sync every daemon.interval_secs\n  \
         matrix-ldap-sync explain jean.martin          # what the daemon knows and would do about one person\n  \
-        matrix-ldap-sync history --user @jean.martin:example.org"
+        matrix-ldap-sync history --user @jean.martin:example.org\n  \
+        matrix-ldap-sync repair --dry-run             # a ledger that does not open: what sled left half-written"
 )]
 pub struct Cli {
     /// The config file.
@@ -135,6 +139,15 @@ enum Command {
         /// A login (localpart or the rules' login attribute), an mxid, a DN or an e-mail.
         who: String,
     },
+    /// A ledger that does not open ("damaged"): move aside what sled left half-written when a
+    /// process ended while it opened the store (into the ledger's `quarantine/` folder, never
+    /// deleted), then open it and show what it holds. Stop the daemon first. Exit 0: the
+    /// ledger opens; 1: it still does not.
+    Repair {
+        /// Only say what would be moved.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,7 +181,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    // The daemon answers signals itself; any other command is stopped and its ledger closed.
+    let daemon = matches!(cli.command, Command::Run);
+    let outcome = runtime.block_on(async {
+        match daemon {
+            true => run(cli).await,
+            false => interrupt::or_interrupted(run(cli)).await,
+        }
+    });
     // The command is done: idle worker threads are not worth waiting for.
     runtime.shutdown_background();
     match outcome {
@@ -203,6 +223,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Status { json } => status(&load()?, json),
         Command::History { user, limit, json } => history(&load()?, user.as_deref(), limit, json),
         Command::Explain { who } => explain::run(&load()?, &who, clock.now()).await,
+        Command::Repair { dry_run } => repair::run(&load()?, dry_run),
     }
 }
 
@@ -288,8 +309,9 @@ async fn sync(
     };
     // The process ends here and the system takes its memory back at once: freeing a large
     // directory's accounts one by one would only delay the exit (~40 ms per 100,000), and so
-    // would closing the ledger, whose every write the run flushed (sled's drop walks every
-    // page it has cached).
+    // would closing the ledger (sled's drop walks every page it has cached). Safe: the run
+    // waited for the ledger's opening (the only time sled writes a snapshot) and flushed
+    // every write; an exit now is one between writes, which sled's log is made for.
     std::mem::forget(result);
     std::mem::forget(ledger);
     Ok(code)

@@ -19,6 +19,7 @@ pub(super) fn refusal(command: &Command) -> Option<String> {
         Command::Run => "run",
         Command::Check => "check",
         Command::History { .. } => "history",
+        Command::Repair { .. } => "repair",
     };
     let what = match command {
         Command::History { .. } => "`history` shows what happened, when it happened".to_string(),

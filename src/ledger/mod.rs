@@ -8,8 +8,11 @@
 //! of the records (see [`profiles`]). An applied action's account record, its profile and its
 //! audit entry are written in one transaction, so a crash leaves either all or none.
 
+mod creation;
 mod incremental;
 pub mod journal;
+pub mod leftovers;
+mod lock;
 pub mod memberships;
 mod profiles;
 mod records;
@@ -45,8 +48,13 @@ pub enum LedgerError {
     /// Another process (normally the running daemon) holds the ledger's lock.
     #[error("the ledger at {path} is in use by another matrix-ldap-sync (the daemon?)")]
     Locked { path: PathBuf },
-    #[error("the ledger at {path} is damaged ({reason}): stop the daemon, move the folder away (keep it for a post-mortem) and run `sync` to rebuild it: existing accounts are adopted (see docs/systemd.md, \"Crashes and recovering the ledger\")")]
+    #[error("the ledger at {path} is damaged ({reason}): stop the daemon and run `matrix-ldap-sync repair --dry-run`, then `repair`: it moves aside only what sled left half-written and keeps the accounts, the audit trail and the grace clocks; only if that does not bring it back, rebuild it as docs/systemd.md, \"Crashes and recovering the ledger\", explains")]
     Damaged { path: PathBuf, reason: String },
+    #[error("cannot create the ledger at {path}: {reason}")]
+    Create { path: PathBuf, reason: String },
+    /// Moving a half-written leftover aside failed.
+    #[error("cannot repair the ledger at {path}: {reason}")]
+    Repair { path: PathBuf, reason: String },
     #[error("the ledger at {path} has schema version {found}, this build knows only up to {SCHEMA_VERSION}: use a newer matrix-ldap-sync, or move the folder away and rebuild it")]
     NewerSchema { path: PathBuf, found: u32 },
     #[error("the ledger is damaged: {0}")]
@@ -109,7 +117,12 @@ pub struct LedgerView {
 impl Ledger {
     /// True if `dir` holds a ledger.
     pub fn exists(dir: &Path) -> bool {
-        dir.join("ledger").exists()
+        Ledger::store_path(dir).exists()
+    }
+
+    /// The sled folder of the ledger in the state directory `dir`.
+    pub fn store_path(dir: &Path) -> PathBuf {
+        dir.join("ledger")
     }
 
     /// [`Ledger::open`] for a ledger this process has just closed (tests, the bench). sled's
@@ -129,28 +142,79 @@ impl Ledger {
         }
     }
 
-    /// Opens (or creates) the ledger in `dir`.
+    /// Opens (or creates) the ledger in `dir`. A store sled finds damaged is opened again once
+    /// after its half-written leftovers, if any, are moved aside (see [`leftovers`]), with a
+    /// warning naming each.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
-        let path = dir.join("ledger");
-        let existed = path.join("db").exists();
+        let path = Ledger::store_path(dir);
+        let opened = match path.join("db").exists() {
+            true => Ledger::open_store(&path),
+            false => {
+                creation::create(dir, &path, |db| {
+                    let meta = db.open_tree("meta")?;
+                    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    meta.insert(ACCOUNT_COUNT_KEY, &0u64.to_be_bytes())?;
+                    Ok(())
+                })?;
+                // The creation's sled threads let go of the store's lock a moment after it
+                // closed (see `reopen`).
+                Ledger::open_store_within(&path, std::time::Duration::from_secs(2))
+            }
+        };
+        match opened {
+            Err(LedgerError::Damaged { path, reason }) => {
+                let moved = leftovers::set_aside(&path, &leftovers::stamp_now())?;
+                if moved.is_empty() {
+                    return Err(LedgerError::Damaged { path, reason });
+                }
+                for m in &moved {
+                    tracing::warn!(
+                        file = %m.leftover.path.display(),
+                        moved_to = %m.to.display(),
+                        "the ledger at {} did not open ({reason}): moved aside {}, a snapshot sled left half-written ({}); opening it again",
+                        path.display(),
+                        m.leftover.name(),
+                        m.leftover.why
+                    );
+                }
+                Ledger::open_store(&path)
+            }
+            opened => opened,
+        }
+    }
+
+    /// [`Ledger::open_store`], waiting up to `patience` for a lock this process let go of.
+    fn open_store_within(
+        path: &Path,
+        patience: std::time::Duration,
+    ) -> Result<Ledger, LedgerError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match Ledger::open_store(path) {
+                Err(LedgerError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// Opens the sled store at `path`, made by [`creation::create`].
+    fn open_store(path: &Path) -> Result<Ledger, LedgerError> {
+        let path = path.to_path_buf();
         let db = sled::Config::new()
             .path(&path)
             .open()
             .map_err(|source| open_error(&path, source))?;
         let meta = db.open_tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
-            // sled can read a damaged file as an empty store: a ledger that existed has a
-            // schema version (flushed at creation), so its absence means damage.
-            None if existed => {
+            // sled can read a damaged file as an empty store: a ledger has a schema version
+            // (flushed before its folder got its name), so its absence means damage.
+            None => {
                 return Err(LedgerError::Damaged {
                     path,
                     reason: "it exists but reads as empty (no schema version)".into(),
                 })
-            }
-            None => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-                meta.insert(ACCOUNT_COUNT_KEY, &0u64.to_be_bytes())?;
-                db.flush()?;
             }
             Some(raw) => {
                 let bytes: [u8; 4] = raw

@@ -387,3 +387,146 @@ fn a_record_written_before_external_ids_existed_still_reads() {
     let back: AccountRecord = serde_json::from_str(&serde_json::to_string(&sso).unwrap()).unwrap();
     assert_eq!(back, sso);
 }
+
+/// The newest snapshot sled wrote in the ledger folder, by its LSN.
+fn newest_snapshot_lsn(store: &std::path::Path) -> u64 {
+    std::fs::read_dir(store)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let lsn = name.strip_prefix("snap.")?;
+            u64::from_str_radix(lsn, 16).ok()
+        })
+        .max()
+        .expect("sled wrote a snapshot when it opened the store")
+}
+
+/// A ledger with accounts (one departing), audit entries and runs, opened twice (so sled wrote
+/// a snapshot) and written again after it; closed.
+fn lived_in_ledger(dir: &std::path::Path) {
+    for round in 0..2 {
+        let ledger = Ledger::reopen(dir).unwrap();
+        let id = format!("a{round}");
+        ledger
+            .record_account(
+                &departing(&id, &format!("anne{round}")),
+                &audit(&format!("@anne{round}:example.org"), "suspend"),
+            )
+            .unwrap();
+        ledger
+            .record_run(&RunRecord {
+                outcome: "ok".into(),
+                ..RunRecord::default()
+            })
+            .unwrap();
+        ledger.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_half_written_snapshot_left_by_an_exit_is_set_aside_and_everything_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    lived_in_ledger(dir.path());
+    let before = {
+        let ledger = Ledger::reopen(dir.path()).unwrap();
+        (ledger.view().unwrap(), ledger.audit_trail(None).unwrap())
+    };
+    assert_eq!(before.1.len(), 2);
+
+    // What an exit while sled opened the store leaves: the next snapshot created, never
+    // written. sled alone reads it as the newest snapshot and refuses the store.
+    let store = dir.path().join("ledger");
+    let newest = newest_snapshot_lsn(&store);
+    let leftover = store.join(format!("snap.{:016X}.generating", newest + 1));
+    std::fs::write(&leftover, b"").unwrap();
+    let refused = loop {
+        match Ledger::open_store(&store) {
+            Err(LedgerError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => break other,
+        }
+    };
+    match refused {
+        Err(LedgerError::Damaged { reason, .. }) => {
+            assert!(reason.contains("Read corrupted data"), "{reason}")
+        }
+        other => panic!(
+            "sled opened a store with a half-written snapshot: {:?}",
+            other.err()
+        ),
+    }
+
+    // The ledger opens: the leftover kept in quarantine/, every record as it was.
+    let ledger = Ledger::reopen(dir.path()).unwrap();
+    assert!(!leftover.exists());
+    let kept: Vec<_> = std::fs::read_dir(store.join(leftovers::QUARANTINE))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].ends_with(&format!("snap.{:016X}.generating", newest + 1)));
+    assert_eq!(ledger.view().unwrap(), before.0);
+    assert_eq!(ledger.audit_trail(None).unwrap(), before.1);
+    assert_eq!(ledger.view().unwrap().accounts.len(), 2);
+}
+
+#[test]
+fn a_store_damaged_otherwise_is_reported_with_the_repair_advice_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    lived_in_ledger(dir.path());
+    let store = dir.path().join("ledger");
+    // A complete-looking snapshot name whose bytes are garbage: not a leftover of sled's.
+    let newest = newest_snapshot_lsn(&store);
+    let bad = store.join(format!("snap.{:016X}", newest + 1));
+    std::fs::write(&bad, b"not a snapshot at all").unwrap();
+    let err = loop {
+        match Ledger::open(dir.path()) {
+            Err(LedgerError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => break other.err().unwrap(),
+        }
+    };
+    let text = err.to_string();
+    assert!(matches!(err, LedgerError::Damaged { .. }), "{text}");
+    assert!(text.contains("repair --dry-run"), "{text}");
+    assert!(bad.exists());
+    assert!(!store.join(leftovers::QUARANTINE).exists());
+}
+
+#[test]
+fn a_creation_that_died_leaves_no_ledger_and_the_next_one_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a process killed while creating leaves: sled's files, no schema, not yet renamed.
+    {
+        let db = sled::open(dir.path().join("ledger.new")).unwrap();
+        db.open_tree("meta").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(!Ledger::exists(dir.path()));
+    let ledger = Ledger::reopen(dir.path()).unwrap();
+    assert_eq!(ledger.account_count().unwrap(), 0);
+    assert!(!dir.path().join("ledger.new").exists());
+    assert_eq!(
+        ledger.meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
+        SCHEMA_VERSION.to_be_bytes()
+    );
+}
+
+#[test]
+fn an_empty_ledger_folder_is_created_into_and_one_with_other_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ledger")).unwrap();
+    assert!(Ledger::open(dir.path()).is_ok());
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("ledger")).unwrap();
+    std::fs::write(other.path().join("ledger/notes.txt"), b"mine").unwrap();
+    let err = Ledger::open(other.path()).err().unwrap().to_string();
+    assert!(
+        err.contains("cannot create the ledger") && err.contains("move it away"),
+        "{err}"
+    );
+    assert!(other.path().join("ledger/notes.txt").exists());
+}
