@@ -339,14 +339,26 @@ fn approve_for_daemon(config: &Config) -> Result<ExitCode, String> {
     if held == 0 {
         return Err("the daemon holds the ledger and its last run held nothing back: there is nothing to approve".into());
     }
+    if status.last_run.as_ref().is_some_and(|r| r.needs_migration) {
+        return Err(format!(
+            "the daemon's last run was held because the agents' ids changed ({}): no approval can accept that, \
+             every agent would get a second account. Stop the daemon, run `migrate-ids` (a dry run), then \
+             `migrate-ids --apply`, and start it again",
+            status.last_run.as_ref().and_then(|r| r.brake.as_deref()).unwrap_or("the id attribute changed")
+        ));
+    }
     let approval = approval::Approval {
         approved_at: SystemClock.now(),
         max_departures: held,
     };
     approval::write(&config.state_dir, &approval)
         .map_err(|e| format!("cannot write the approval: {e}"))?;
+    let what = match status.last_run.as_ref().is_some_and(|r| r.held_everything) {
+        true => "action(s) of a plan under the new scope",
+        false => "departure(s)",
+    };
     println!(
-        "The daemon (pid {}) holds the ledger. Approved: its next run may apply up to {held} departure(s) past the brake \
+        "The daemon (pid {}) holds the ledger. Approved: its next run may apply up to {held} {what} past the brake \
          (more than that and the brake holds again). Run it now with: kill -USR1 {}",
         status.pid, status.pid
     );
