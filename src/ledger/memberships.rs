@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
+use super::rekey::Writes;
 use super::{decode, encode, AuditEntry, Ledger, LedgerError};
 use crate::directory::StableId;
 use crate::mapping::rooms::Mode;
@@ -172,6 +173,41 @@ impl Ledger {
         audit: &AuditEntry,
     ) -> Result<(), LedgerError> {
         self.write_with_audit(POWERS, &pair_key(room, id), None, audit)
+    }
+
+    /// The memberships and power levels of the agents in `map` (old id → new id), under their
+    /// new ids: the writes to `room_members` and to `room_powers`, for [`Ledger::rekey`].
+    pub(super) fn rekeyed_memberships(
+        &self,
+        map: &BTreeMap<StableId, StableId>,
+    ) -> Result<((sled::Tree, Writes), (sled::Tree, Writes)), LedgerError> {
+        let members = self.room_tree(MEMBERS)?;
+        let mut member_writes = Writes::default();
+        for item in members.iter() {
+            let (key, value) = item?;
+            let mut record: MembershipRecord = decode(&value)?;
+            if let Some(to) = map.get(&record.id) {
+                record.id = to.clone();
+                member_writes.remove.push(key.to_vec());
+                member_writes
+                    .insert
+                    .push((pair_key(&record.room, to), encode(&record)?));
+            }
+        }
+        let powers = self.room_tree(POWERS)?;
+        let mut power_writes = Writes::default();
+        for item in powers.iter() {
+            let (key, value) = item?;
+            let mut record: PowerRecord = decode(&value)?;
+            if let Some(to) = map.get(&record.id) {
+                record.id = to.clone();
+                power_writes.remove.push(key.to_vec());
+                power_writes
+                    .insert
+                    .push((pair_key(&record.room, to), encode(&record)?));
+            }
+        }
+        Ok(((members, member_writes), (powers, power_writes)))
     }
 
     /// Sets (or with `None` removes) `key` in the tree `name` and appends `audit`, atomically.

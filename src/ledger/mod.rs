@@ -13,11 +13,13 @@ pub mod journal;
 pub mod memberships;
 mod profiles;
 mod records;
+mod rekey;
 
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
 pub use profiles::{Profile, ProfileFields, Profiles, Stage};
 pub use records::{AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord};
+pub use rekey::{Rekey, RekeyError, Rekeyed};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
