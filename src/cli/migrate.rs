@@ -1,0 +1,203 @@
+//! `migrate-ids`: shows how the ledger's accounts match the agents under a new id attribute
+//! (a dry run), and with `--apply` re-keys the ledger (see [`crate::migrate`]).
+
+use std::fmt::Write;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::directory::IdFormat;
+use crate::ledger::Rekeyed;
+use crate::mapping::Rules;
+use crate::migrate::{self, by_text, matcher::By, Migration, OldIds};
+
+/// What the command line asked for.
+pub struct Options {
+    pub from_attribute: Option<String>,
+    pub from_format: Option<IdFormat>,
+    pub apply: bool,
+    pub allow_unmatched: bool,
+    pub json: bool,
+}
+
+pub async fn run(config: &Config, clock: &dyn Clock, options: Options) -> Result<ExitCode, String> {
+    let rules = Rules::load(&config.mapping_file).map_err(|e| e.to_string())?;
+    let ledger = super::open_existing(config)?;
+    let last = ledger.last_good().map_err(|e| e.to_string())?;
+    let from = OldIds::choose(
+        options.from_attribute.as_deref(),
+        options.from_format,
+        last.as_ref(),
+    )?;
+    let now = clock.now();
+    let migration = migrate::prepare(config, &rules, &ledger, from, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let refusal = migration.refusal(options.allow_unmatched);
+    let applied = match (&refusal, options.apply) {
+        (Some(why), true) => {
+            print_migration(&migration, None, Some(why), options.json);
+            return Err(format!("nothing re-keyed: {why}"));
+        }
+        (None, true) => {
+            let done = migrate::apply(&ledger, &migration, now).map_err(|e| e.to_string())?;
+            tracing::info!(
+                accounts = done.accounts,
+                memberships = done.memberships,
+                from = %migration.from.describe(),
+                "ledger re-keyed"
+            );
+            Some(done)
+        }
+        (_, false) => None,
+    };
+    print_migration(
+        &migration,
+        applied.as_ref(),
+        refusal.as_deref(),
+        options.json,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_migration(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<&str>, json: bool) {
+    if json {
+        println!("{}", migration_json(m, applied, refusal));
+    } else {
+        print!("{}", migration_text(m, applied, refusal));
+    }
+}
+
+pub fn migration_text(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<&str>) -> String {
+    let old = &m.from.attribute;
+    let new = migrate::describe(&m.to.id_attribute, m.to.id_format);
+    let mut out = String::new();
+    if applied.is_none() {
+        out.push_str("Dry run: nothing is written (`migrate-ids --apply` writes it).\n");
+    }
+    let _ = writeln!(
+        out,
+        "Ledger keys from {} → agents' ids now from {new}",
+        m.from.describe()
+    );
+    let _ = writeln!(
+        out,
+        "Directory {}: {} agents; ledger: {} managed accounts\n",
+        m.server, m.agents, m.managed
+    );
+    let matched = &m.matching.matched;
+    let _ = writeln!(
+        out,
+        "Matched ({}): {} by {old}, {} by DN, {} by e-mail, {} already keyed by the new id",
+        matched.len(),
+        m.count(By::OldId),
+        m.count(By::Dn),
+        m.count(By::Email),
+        m.count(By::SameId)
+    );
+    for x in matched {
+        let _ = writeln!(
+            out,
+            "  {}  {} → {}  (by {}: {})",
+            x.mxid,
+            x.from,
+            x.to,
+            by_text(x.by, old),
+            x.via
+        );
+    }
+    out.push('\n');
+    section(
+        &mut out,
+        "Ambiguous (none of these is re-keyed)",
+        &m.matching.ambiguous,
+        |a| a.reason.clone(),
+    );
+    section(
+        &mut out,
+        "Unmatched accounts (they keep their old ids; a complete `sync` takes them for gone)",
+        &m.matching.unmatched,
+        |u| {
+            let state = if u.deactivated { " [deactivated]" } else { "" };
+            format!("{}{state}: {}", u.mxid, u.reason)
+        },
+    );
+    section(
+        &mut out,
+        "New agents (no managed account is theirs: `sync` creates their accounts)",
+        &m.matching.new_agents,
+        |a| format!("{}  {}", a.dn, a.id),
+    );
+    section(
+        &mut out,
+        &format!("Entries without a usable {new} (no account can be theirs)"),
+        &m.without_id,
+        |s| format!("{}: {}", s.dn, s.reason),
+    );
+    let rekeys = m.matching.rekeys().count();
+    match (applied, refusal) {
+        (Some(done), _) => {
+            let _ = writeln!(
+                out,
+                "Re-keyed {} account(s), {} room membership(s), {} power level(s), {} held agent(s), {} scheduled departure(s), \
+                 {} journal intent(s); the new scope is the last good run's. The next `sync` reads everything and plans \
+                 against the new ids.",
+                done.accounts, done.memberships, done.powers, done.held, done.scheduled, done.intents
+            );
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "`--apply` is refused: {why}.");
+        }
+        (None, None) => {
+            let _ = writeln!(
+                out,
+                "`--apply` would re-key {rekeys} account(s) and record the new scope as the last good run's."
+            );
+        }
+    }
+    out
+}
+
+fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{title} ({})", items.len());
+    for item in items {
+        let _ = writeln!(out, "  {}", line(item));
+    }
+    out.push('\n');
+}
+
+pub fn migration_json(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<&str>) -> String {
+    json!({
+        "from": {"attribute": m.from.attribute, "format": m.from.format},
+        "to": {"attribute": m.to.id_attribute, "format": m.to.id_format},
+        "server": m.server,
+        "agents": m.agents,
+        "managed": m.managed,
+        "counts": {
+            "matched": m.matching.matched.len(),
+            "rekeyed": m.matching.rekeys().count(),
+            "by_old_id": m.count(By::OldId),
+            "by_dn": m.count(By::Dn),
+            "by_email": m.count(By::Email),
+            "same_id": m.count(By::SameId),
+            "ambiguous": m.matching.ambiguous.len(),
+            "unmatched": m.matching.unmatched.len(),
+            "unmatched_active": m.unmatched_active(),
+            "new_agents": m.matching.new_agents.len(),
+            "without_id": m.without_id.len(),
+        },
+        "matched": m.matching.matched,
+        "ambiguous": m.matching.ambiguous,
+        "unmatched": m.matching.unmatched,
+        "new_agents": m.matching.new_agents,
+        "without_id": m.without_id.iter().map(|s| json!({"dn": s.dn, "reason": s.reason})).collect::<Vec<_>>(),
+        "applied": applied,
+        "refused": refusal,
+    })
+    .to_string()
+}
