@@ -38,7 +38,7 @@ pub async fn run(config: &Config, clock: &dyn Clock, options: Options) -> Result
     let refusal = migration.refusal(options.allow_unmatched);
     let applied = match (&refusal, options.apply) {
         (Some(why), true) => {
-            print_migration(&migration, None, Some(why), options.json);
+            print_migration(&migration, Done::Refused(why), options.json);
             return Err(format!("nothing re-keyed: {why}"));
         }
         (None, true) => {
@@ -53,29 +53,42 @@ pub async fn run(config: &Config, clock: &dyn Clock, options: Options) -> Result
         }
         (_, false) => None,
     };
-    print_migration(
-        &migration,
-        applied.as_ref(),
-        refusal.as_deref(),
-        options.json,
-    );
+    let done = match &applied {
+        Some(rekeyed) => Done::Applied(rekeyed),
+        None => Done::DryRun(refusal.as_deref()),
+    };
+    print_migration(&migration, done, options.json);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_migration(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<&str>, json: bool) {
+/// What became of the migration.
+#[derive(Clone, Copy)]
+enum Done<'a> {
+    /// Nothing written; `--apply` would be refused for this reason, if any.
+    DryRun(Option<&'a str>),
+    /// `--apply` was refused: nothing written.
+    Refused(&'a str),
+    Applied(&'a Rekeyed),
+}
+
+fn print_migration(m: &Migration, done: Done, json: bool) {
     if json {
-        println!("{}", migration_json(m, applied, refusal));
+        println!("{}", migration_json(m, done));
     } else {
-        print!("{}", migration_text(m, applied, refusal));
+        print!("{}", migration_text(m, done));
     }
 }
 
-pub fn migration_text(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<&str>) -> String {
+fn migration_text(m: &Migration, done: Done) -> String {
     let old = &m.from.attribute;
     let new = migrate::describe(&m.to.id_attribute, m.to.id_format);
     let mut out = String::new();
-    if applied.is_none() {
-        out.push_str("Dry run: nothing is written (`migrate-ids --apply` writes it).\n");
+    match done {
+        Done::DryRun(_) => {
+            out.push_str("Dry run: nothing is written (`migrate-ids --apply` writes it).\n")
+        }
+        Done::Refused(_) => out.push_str("Refused: nothing is written.\n"),
+        Done::Applied(_) => {}
     }
     let _ = writeln!(
         out,
@@ -111,13 +124,15 @@ pub fn migration_text(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<
     out.push('\n');
     section(
         &mut out,
-        "Ambiguous (none of these is re-keyed)",
+        "Ambiguous",
+        "none of these is re-keyed",
         &m.matching.ambiguous,
         |a| a.reason.clone(),
     );
     section(
         &mut out,
-        "Unmatched accounts (they keep their old ids; a complete `sync` takes them for gone)",
+        "Unmatched accounts",
+        "they keep their old ids; a complete `sync` takes them for gone",
         &m.matching.unmatched,
         |u| {
             let state = if u.deactivated { " [deactivated]" } else { "" };
@@ -126,19 +141,21 @@ pub fn migration_text(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<
     );
     section(
         &mut out,
-        "New agents (no managed account is theirs: `sync` creates their accounts)",
+        "New agents",
+        "no managed account is theirs: `sync` creates their accounts",
         &m.matching.new_agents,
         |a| format!("{}  {}", a.dn, a.id),
     );
     section(
         &mut out,
-        &format!("Entries without a usable {new} (no account can be theirs)"),
+        &format!("Entries without a usable {new}"),
+        "no account can be theirs",
         &m.without_id,
         |s| format!("{}: {}", s.dn, s.reason),
     );
     let rekeys = m.matching.rekeys().count();
-    match (applied, refusal) {
-        (Some(done), _) => {
+    match done {
+        Done::Applied(done) => {
             let _ = writeln!(
                 out,
                 "Re-keyed {} account(s), {} room membership(s), {} power level(s), {} held agent(s), {} scheduled departure(s), \
@@ -147,10 +164,13 @@ pub fn migration_text(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<
                 done.accounts, done.memberships, done.powers, done.held, done.scheduled, done.intents
             );
         }
-        (None, Some(why)) => {
+        Done::Refused(why) => {
             let _ = writeln!(out, "`--apply` is refused: {why}.");
         }
-        (None, None) => {
+        Done::DryRun(Some(why)) => {
+            let _ = writeln!(out, "`--apply` would be refused: {why}.");
+        }
+        Done::DryRun(None) => {
             let _ = writeln!(
                 out,
                 "`--apply` would re-key {rekeys} account(s) and record the new scope as the last good run's."
@@ -160,18 +180,23 @@ pub fn migration_text(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<
     out
 }
 
-fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
+fn section<T>(out: &mut String, title: &str, note: &str, items: &[T], line: impl Fn(&T) -> String) {
     if items.is_empty() {
         return;
     }
-    let _ = writeln!(out, "{title} ({})", items.len());
+    let _ = writeln!(out, "{title} ({}): {note}", items.len());
     for item in items {
         let _ = writeln!(out, "  {}", line(item));
     }
     out.push('\n');
 }
 
-pub fn migration_json(m: &Migration, applied: Option<&Rekeyed>, refusal: Option<&str>) -> String {
+fn migration_json(m: &Migration, done: Done) -> String {
+    let (applied, refusal) = match done {
+        Done::Applied(rekeyed) => (Some(rekeyed), None),
+        Done::Refused(why) | Done::DryRun(Some(why)) => (None, Some(why)),
+        Done::DryRun(None) => (None, None),
+    };
     json!({
         "from": {"attribute": m.from.attribute, "format": m.from.format},
         "to": {"attribute": m.to.id_attribute, "format": m.to.id_format},
