@@ -111,14 +111,18 @@ fn migration_text(m: &Migration, done: Done) -> String {
         m.count(By::SameId)
     );
     for x in matched {
+        // The old id and the same id are the key shown already; a DN or an e-mail is not.
+        let via = match x.by {
+            By::Dn | By::Email => format!(": {}", x.via),
+            By::OldId | By::SameId => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {}  {} → {}  (by {}: {})",
+            "  {}  {} → {}  (by {}{via})",
             x.mxid,
             x.from,
             x.to,
-            by_text(x.by, old),
-            x.via
+            by_text(x.by, old)
         );
     }
     out.push('\n');

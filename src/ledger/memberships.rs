@@ -180,34 +180,41 @@ impl Ledger {
     pub(super) fn rekeyed_memberships(
         &self,
         map: &BTreeMap<StableId, StableId>,
-    ) -> Result<((sled::Tree, Writes), (sled::Tree, Writes)), LedgerError> {
-        let members = self.room_tree(MEMBERS)?;
-        let mut member_writes = Writes::default();
-        for item in members.iter() {
+    ) -> Result<[(sled::Tree, Writes); 2], LedgerError> {
+        fn member(r: &mut MembershipRecord) -> (&String, &mut StableId) {
+            (&r.room, &mut r.id)
+        }
+        fn power(r: &mut PowerRecord) -> (&String, &mut StableId) {
+            (&r.room, &mut r.id)
+        }
+        Ok([
+            self.rekeyed_pairs(MEMBERS, map, member)?,
+            self.rekeyed_pairs(POWERS, map, power)?,
+        ])
+    }
+
+    /// The records of the tree `name` (keyed by room and id) of the agents in `map`, under
+    /// their new ids; `parts` gives a record's room and id.
+    fn rekeyed_pairs<R: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        map: &BTreeMap<StableId, StableId>,
+        parts: fn(&mut R) -> (&String, &mut StableId),
+    ) -> Result<(sled::Tree, Writes), LedgerError> {
+        let tree = self.room_tree(name)?;
+        let mut writes = Writes::default();
+        for item in tree.iter() {
             let (key, value) = item?;
-            let mut record: MembershipRecord = decode(&value)?;
-            if let Some(to) = map.get(&record.id) {
-                record.id = to.clone();
-                member_writes.remove.push(key.to_vec());
-                member_writes
-                    .insert
-                    .push((pair_key(&record.room, to), encode(&record)?));
+            let mut record: R = decode(&value)?;
+            let (room, id) = parts(&mut record);
+            if let Some(to) = map.get(id) {
+                *id = to.clone();
+                let new_key = pair_key(room, to);
+                writes.remove.push(key.to_vec());
+                writes.insert.push((new_key, encode(&record)?));
             }
         }
-        let powers = self.room_tree(POWERS)?;
-        let mut power_writes = Writes::default();
-        for item in powers.iter() {
-            let (key, value) = item?;
-            let mut record: PowerRecord = decode(&value)?;
-            if let Some(to) = map.get(&record.id) {
-                record.id = to.clone();
-                power_writes.remove.push(key.to_vec());
-                power_writes
-                    .insert
-                    .push((pair_key(&record.room, to), encode(&record)?));
-            }
-        }
-        Ok(((members, member_writes), (powers, power_writes)))
+        Ok((tree, writes))
     }
 
     /// Sets (or with `None` removes) `key` in the tree `name` and appends `audit`, atomically.

@@ -126,7 +126,7 @@ impl Ledger {
         done.held = held.len();
         trees.push((self.held.clone(), held));
 
-        let (members, powers) = self.rekeyed_memberships(&map)?;
+        let [members, powers] = self.rekeyed_memberships(&map)?;
         done.memberships = members.1.len();
         done.powers = powers.1.len();
         trees.extend([members, powers]);
