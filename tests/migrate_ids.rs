@@ -141,6 +141,15 @@ fn a_new_id_attribute_creates_nothing_and_migrate_ids_rekeys_every_account() {
         applied.stdout
     );
 
+    // Run again (as after a crash between its steps), it finds every account keyed already.
+    let again = json(&site.run(&["migrate-ids", "--json"]).stdout);
+    assert_eq!(
+        (&again["counts"]["same_id"], &again["counts"]["rekeyed"]),
+        (&Value::from(AGENTS), &Value::from(0)),
+        "{}",
+        again["counts"]
+    );
+
     // Under the new ids: nothing to create, nothing gone, nothing written.
     let (code, plan) = site.plan_json();
     assert_eq!(code, 0, "{plan}");

@@ -144,8 +144,9 @@ enum Command {
     /// After the mapping's id attribute changed: match each managed account (keyed by its old
     /// id) to its agent — by the old id attribute's value when the entry still has it, else by
     /// DN, else by e-mail — and list what matches and what does not. Writes nothing unless
-    /// `--apply`: then every account gets its agent's new id in the ledger, in one write, and
-    /// the next `sync` plans against the new ids. Stop the daemon first.
+    /// `--apply`: then every account gets its agent's new id in the ledger (crash-safe: run it
+    /// again if it was killed), and the next `sync` plans against the new ids. Stop the daemon
+    /// first.
     /// Exit 0: done (dry run or applied); 1: an error, or `--apply` refused.
     MigrateIds {
         /// The id attribute the ledger's keys come from (default: the last good run's).

@@ -298,3 +298,40 @@ pub fn history_text(entries: &[AuditEntry]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_brake_line_says_what_was_held_and_what_releases_it() {
+        let run = |held_everything, needs_migration| RunRecord {
+            held_back: 600,
+            held_everything,
+            needs_migration,
+            ..RunRecord::default()
+        };
+        let cases = [
+            (
+                run(false, false),
+                "600 departure(s) held back",
+                "`sync --allow-mass-changes`",
+            ),
+            (
+                run(true, false),
+                "the whole plan (600 action(s))",
+                "accept the new scope",
+            ),
+            (
+                run(true, true),
+                "the whole plan (600 action(s))",
+                "`migrate-ids`",
+            ),
+        ];
+        for (record, held, remedy) in cases {
+            let text = brake_text(&record, "why");
+            assert!(text.contains(held) && text.contains(remedy), "{text}");
+        }
+        assert!(!brake_text(&run(true, true), "why").contains("--allow-mass-changes"));
+    }
+}

@@ -1,14 +1,21 @@
 //! Re-keying the ledger from one stable id to another (`migrate-ids`): after the mapping's id
 //! attribute changed, each managed account is given its agent's new id, in every tree that
-//! holds stable ids, in one transaction — all of it or nothing, whatever the moment the
-//! process dies.
+//! holds stable ids.
 //!
 //! Trees with stable ids as keys: `accounts` (and the id inside the record), `profiles`,
 //! `departing`, `scheduled`, `held` (and the id inside); as values: `localparts`; inside keys
 //! and records: `room_members`, `room_powers` (room, NUL, id); inside records: the journal's
-//! `intents`. With them the same transaction records the new scope as the last good run,
-//! forgets the sync point (the next run reads everything, under the new ids), appends one audit
-//! entry per account and a run entry.
+//! `intents`. With them go one audit entry per account; the last write records the new scope
+//! as the last good run, with a run entry.
+//!
+//! Crash-safe in steps: each account moves whole (every tree) in one transaction, a few
+//! thousand accounts at a time (one transaction for 100,000 accounts took 1.5 GB). A process
+//! that dies between two steps leaves some accounts under their new ids and the others under
+//! their old ones, and the last good run's scope still the old one: the brake holds every run
+//! (the scope changed), and `migrate-ids` run again matches the moved accounts by their (new)
+//! id and moves the rest. The sync point is forgotten in the first step, so that no run builds
+//! on a read made under the old ids. Ids that trade places or follow each other (a new id that
+//! is another account's old one) move in one transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +28,9 @@ use super::{
     decode, encode, AuditEntry, HeldAgent, LastGood, Ledger, LedgerError, RunRecord, LAST_GOOD_KEY,
 };
 use crate::directory::StableId;
+
+/// Accounts moved per transaction.
+const STEP: usize = 2_000;
 
 /// One account's new key, with the audit entry that says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +53,12 @@ pub enum RekeyError {
     },
 }
 
+impl From<sled::Error> for RekeyError {
+    fn from(e: sled::Error) -> Self {
+        RekeyError::Ledger(LedgerError::Storage(e))
+    }
+}
+
 /// What a re-key changed, by tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Rekeyed {
@@ -54,29 +70,51 @@ pub struct Rekeyed {
     pub intents: usize,
 }
 
-/// The writes to one tree: removals first, then insertions (a key one account leaves may be
-/// the one another takes).
-#[derive(Debug, Default)]
-pub(super) struct Writes {
-    pub(super) remove: Vec<Vec<u8>>,
-    pub(super) insert: Vec<(Vec<u8>, Vec<u8>)>,
+/// The trees a re-key writes (their order in [`Ledger::rekey_trees`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Accounts,
+    Localparts,
+    Profiles,
+    Departing,
+    Scheduled,
+    Held,
+    Members,
+    Powers,
+    Intents,
+    Meta,
 }
 
-impl Writes {
-    fn moved(&mut self, from: &StableId, to: &StableId, value: Vec<u8>) {
-        self.remove.push(from.0.as_bytes().to_vec());
-        self.insert.push((to.0.as_bytes().to_vec(), value));
-    }
+/// One write of a re-key: `value` `None` removes `key`.
+#[derive(Debug)]
+pub(super) struct Write {
+    pub(super) part: Part,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+}
 
-    fn len(&self) -> usize {
-        self.insert.len()
-    }
+/// The writes that move each account (by its old id): removals and insertions.
+pub(super) type Moves = BTreeMap<StableId, Vec<Write>>;
+
+/// Records `value` moved from `from`'s key to `to`'s in `part`, for the account `from`.
+fn moved(moves: &mut Moves, part: Part, from: &StableId, to: &StableId, value: Vec<u8>) {
+    let writes = moves.entry(from.clone()).or_default();
+    writes.push(Write {
+        part,
+        key: from.0.as_bytes().to_vec(),
+        value: None,
+    });
+    writes.push(Write {
+        part,
+        key: to.0.as_bytes().to_vec(),
+        value: Some(value),
+    });
 }
 
 impl Ledger {
-    /// Gives each account of `rekeys` its new key everywhere, records `last_good` (the scope
-    /// the new ids come from), forgets the sync point and appends the audit entries and `run`,
-    /// in one transaction. Refuses (writing nothing) an id that is not a managed account's, an
+    /// Gives each account of `rekeys` its new key everywhere, appends the audit entries, and
+    /// last records `last_good` (the scope the new ids come from) and `run` (see the module
+    /// doc for the steps). Refuses (writing nothing) an id that is not a managed account's, an
     /// id given twice, or a new id that is another account's which keeps it.
     pub fn rekey(
         &self,
@@ -84,81 +122,64 @@ impl Ledger {
         last_good: &LastGood,
         run: &RunRecord,
     ) -> Result<Rekeyed, RekeyError> {
+        self.rekey_in_steps(rekeys, last_good, run, STEP)
+    }
+
+    fn rekey_in_steps(
+        &self,
+        rekeys: &[Rekey],
+        last_good: &LastGood,
+        run: &RunRecord,
+        step: usize,
+    ) -> Result<Rekeyed, RekeyError> {
         let map = self.checked(rekeys)?;
-        let mut trees: Vec<(sled::Tree, Writes)> = Vec::new();
-        let mut done = Rekeyed::default();
-
-        let mut accounts = Writes::default();
-        let mut localparts = Writes::default();
-        let mut profiles = Writes::default();
-        for (from, to) in &map {
-            let Some(raw) = self.accounts.get(from.0.as_bytes())? else {
-                continue;
-            };
-            let mut record: super::AccountRecord = decode(&raw)?;
-            record.id = to.clone();
-            accounts.moved(from, to, encode(&record)?);
-            localparts.insert.push((
-                record.localpart.as_bytes().to_vec(),
-                to.0.as_bytes().to_vec(),
-            ));
-            if let Some(profile) = self.profiles.get(from.0.as_bytes())? {
-                profiles.moved(from, to, profile.to_vec());
-            }
-        }
-        done.accounts = accounts.len();
-        trees.push((self.accounts.clone(), accounts));
-        trees.push((self.localparts.clone(), localparts));
-        trees.push((self.profiles.clone(), profiles));
-        trees.push((self.departing.clone(), moved_keys(&self.departing, &map)?));
-        let scheduled = moved_keys(&self.scheduled, &map)?;
-        done.scheduled = scheduled.len();
-        trees.push((self.scheduled.clone(), scheduled));
-
-        let mut held = Writes::default();
-        for (from, to) in &map {
-            if let Some(raw) = self.held.get(from.0.as_bytes())? {
-                let mut agent: HeldAgent = decode(&raw)?;
-                agent.id = to.clone();
-                held.moved(from, to, encode(&agent)?);
-            }
-        }
-        done.held = held.len();
-        trees.push((self.held.clone(), held));
-
-        let [members, powers] = self.rekeyed_memberships(&map)?;
-        done.memberships = members.1.len();
-        done.powers = powers.1.len();
-        trees.extend([members, powers]);
-
-        let intents = self.rekeyed_intents(&map)?;
-        done.intents = intents.len();
-        trees.push((self.intents.clone(), intents));
-
-        let mut meta = Writes::default();
-        meta.remove.push(SYNC_POINT_KEY.to_vec());
-        meta.insert
-            .push((LAST_GOOD_KEY.to_vec(), encode(last_good)?));
-        trees.push((self.meta.clone(), meta));
-
-        let audit = rekeys
+        let (moves, done) = self.moves(&map)?;
+        let audit: BTreeMap<&StableId, Vec<u8>> = rekeys
             .iter()
-            .map(|r| encode(&r.audit))
-            .collect::<Result<Vec<_>, _>>()?;
-        let run = encode(run)?;
-        self.write_rekeyed(trees, &audit, &run)?;
-        self.flush()?;
+            .map(|r| Ok((&r.from, encode(&r.audit)?)))
+            .collect::<Result<_, LedgerError>>()?;
+        // A new id that is another account's old one: both in the same transaction.
+        let chained = map.values().any(|to| map.contains_key(to));
+        let froms: Vec<&StableId> = map.keys().collect();
+        let steps: Vec<&[&StableId]> = match (froms.is_empty(), chained) {
+            (true, _) => vec![&[]],
+            (false, true) => vec![froms.as_slice()],
+            (false, false) => froms.chunks(step.max(1)).collect(),
+        };
+        let trees = self.rekey_trees()?;
+        let (last_good, run) = (encode(last_good)?, encode(run)?);
+        for (i, accounts) in steps.iter().enumerate() {
+            let mut writes: Vec<&Write> = accounts
+                .iter()
+                .flat_map(|from| moves.get(*from).into_iter().flatten())
+                .collect();
+            let forget_point = Write {
+                part: Part::Meta,
+                key: SYNC_POINT_KEY.to_vec(),
+                value: None,
+            };
+            let record_scope = Write {
+                part: Part::Meta,
+                key: LAST_GOOD_KEY.to_vec(),
+                value: Some(last_good.clone()),
+            };
+            let last = i + 1 == steps.len();
+            if i == 0 {
+                writes.push(&forget_point);
+            }
+            if last {
+                writes.push(&record_scope);
+            }
+            let entries: Vec<&[u8]> = accounts
+                .iter()
+                .filter_map(|from| audit.get(*from).map(Vec::as_slice))
+                .collect();
+            self.write_step(&trees, &writes, &entries, last.then_some(run.as_slice()))?;
+            self.flush()?;
+        }
         Ok(done)
     }
-}
 
-impl From<sled::Error> for RekeyError {
-    fn from(e: sled::Error) -> Self {
-        RekeyError::Ledger(LedgerError::Storage(e))
-    }
-}
-
-impl Ledger {
     /// `rekeys` as a map, once checked against the ledger (see [`Ledger::rekey`]).
     fn checked(&self, rekeys: &[Rekey]) -> Result<BTreeMap<StableId, StableId>, RekeyError> {
         let refuse = |r: &Rekey, why: String| RekeyError::Refused {
@@ -202,53 +223,122 @@ impl Ledger {
         Ok(map)
     }
 
-    /// The journal's unfinished intents about the agents of `map`, with their new ids (keys by
-    /// mxid or room: unchanged).
-    fn rekeyed_intents(&self, map: &BTreeMap<StableId, StableId>) -> Result<Writes, LedgerError> {
-        let mut writes = Writes::default();
+    /// The writes that move each account of `map`, and what they change.
+    fn moves(&self, map: &BTreeMap<StableId, StableId>) -> Result<(Moves, Rekeyed), LedgerError> {
+        let mut moves = Moves::new();
+        let mut done = Rekeyed::default();
+        for (from, to) in map {
+            let key = from.0.as_bytes();
+            let Some(raw) = self.accounts.get(key)? else {
+                continue;
+            };
+            let mut record: super::AccountRecord = decode(&raw)?;
+            record.id = to.clone();
+            moved(&mut moves, Part::Accounts, from, to, encode(&record)?);
+            moves.entry(from.clone()).or_default().push(Write {
+                part: Part::Localparts,
+                key: record.localpart.as_bytes().to_vec(),
+                value: Some(to.0.as_bytes().to_vec()),
+            });
+            done.accounts += 1;
+            if let Some(profile) = self.profiles.get(key)? {
+                moved(&mut moves, Part::Profiles, from, to, profile.to_vec());
+            }
+            if let Some(value) = self.departing.get(key)? {
+                moved(&mut moves, Part::Departing, from, to, value.to_vec());
+            }
+            if let Some(value) = self.scheduled.get(key)? {
+                moved(&mut moves, Part::Scheduled, from, to, value.to_vec());
+                done.scheduled += 1;
+            }
+            if let Some(raw) = self.held.get(key)? {
+                let mut agent: HeldAgent = decode(&raw)?;
+                agent.id = to.clone();
+                moved(&mut moves, Part::Held, from, to, encode(&agent)?);
+                done.held += 1;
+            }
+        }
+        (done.memberships, done.powers) = self.rekeyed_memberships(map, &mut moves)?;
+        done.intents = self.rekeyed_intents(map, &mut moves)?;
+        Ok((moves, done))
+    }
+
+    /// The journal's unfinished intents about the agents of `map`, rewritten with their new
+    /// ids (keyed by mxid or room: the keys stay); returns how many.
+    fn rekeyed_intents(
+        &self,
+        map: &BTreeMap<StableId, StableId>,
+        moves: &mut Moves,
+    ) -> Result<usize, LedgerError> {
+        let mut count = 0;
         for (key, mut intent) in self.intents()? {
             let id = match &mut intent {
                 Intent::Account { id, .. } => Some(id),
                 Intent::Room { id, .. } => id.as_mut(),
             };
-            if let Some(id) = id {
-                if let Some(to) = map.get(id) {
-                    *id = to.clone();
-                    writes.insert.push((key, encode(&intent)?));
-                }
-            }
+            let Some(id) = id else { continue };
+            let Some(to) = map.get(id) else { continue };
+            let from = std::mem::replace(id, to.clone());
+            moves.entry(from).or_default().push(Write {
+                part: Part::Intents,
+                key,
+                value: Some(encode(&intent)?),
+            });
+            count += 1;
         }
-        Ok(writes)
+        Ok(count)
     }
 
-    /// Applies `trees`' writes, appends `audit` and `run`, in one transaction.
-    fn write_rekeyed(
+    /// The trees of [`Part`], in its order, then `audit` and `runs`.
+    fn rekey_trees(&self) -> Result<Vec<sled::Tree>, LedgerError> {
+        let [members, powers] = self.membership_trees()?;
+        Ok(vec![
+            self.accounts.clone(),
+            self.localparts.clone(),
+            self.profiles.clone(),
+            self.departing.clone(),
+            self.scheduled.clone(),
+            self.held.clone(),
+            members,
+            powers,
+            self.intents.clone(),
+            self.meta.clone(),
+            self.audit.clone(),
+            self.runs.clone(),
+        ])
+    }
+
+    /// Applies `writes` (removals first: a key one account leaves may be the one another
+    /// takes), appends `audit` and `run`, in one transaction over `trees`.
+    fn write_step(
         &self,
-        trees: Vec<(sled::Tree, Writes)>,
-        audit: &[Vec<u8>],
-        run: &[u8],
+        trees: &[sled::Tree],
+        writes: &[&Write],
+        audit: &[&[u8]],
+        run: Option<&[u8]>,
     ) -> Result<(), LedgerError> {
-        let (mut all, writes): (Vec<sled::Tree>, Vec<Writes>) = trees.into_iter().unzip();
-        all.push(self.audit.clone());
-        all.push(self.runs.clone());
-        let result: Result<(), TransactionError<()>> = all.as_slice().transaction(|views| {
-            let [views @ .., trail, runs] = views.as_slice() else {
+        let result: Result<(), TransactionError<()>> = trees.transaction(|views| {
+            let [parts @ .., trail, runs] = views.as_slice() else {
                 return Err(ConflictableTransactionError::Abort(()));
             };
-            for (view, writes) in views.iter().zip(&writes) {
-                for key in &writes.remove {
-                    view.remove(key.as_slice())?;
-                }
-                for (key, value) in &writes.insert {
-                    view.insert(key.as_slice(), value.as_slice())?;
+            let view = |part: Part| parts.get(part as usize);
+            for write in writes.iter().filter(|w| w.value.is_none()) {
+                let tree = view(write.part).ok_or(ConflictableTransactionError::Abort(()))?;
+                tree.remove(write.key.as_slice())?;
+            }
+            for write in writes {
+                if let (Some(tree), Some(value)) = (view(write.part), &write.value) {
+                    tree.insert(write.key.as_slice(), value.as_slice())?;
                 }
             }
             for entry in audit {
                 let seq = trail.generate_id()?;
-                trail.insert(&seq.to_be_bytes(), entry.as_slice())?;
+                trail.insert(&seq.to_be_bytes(), *entry)?;
             }
-            let seq = runs.generate_id()?;
-            runs.insert(&seq.to_be_bytes(), run)?;
+            if let Some(run) = run {
+                let seq = runs.generate_id()?;
+                runs.insert(&seq.to_be_bytes(), run)?;
+            }
             Ok(())
         });
         match result {
@@ -259,20 +349,6 @@ impl Ledger {
             Err(TransactionError::Storage(e)) => Err(LedgerError::Storage(e)),
         }
     }
-}
-
-/// The entries of `tree` (keyed by stable id) of the accounts in `map`, under their new ids.
-fn moved_keys(
-    tree: &sled::Tree,
-    map: &BTreeMap<StableId, StableId>,
-) -> Result<Writes, LedgerError> {
-    let mut writes = Writes::default();
-    for (from, to) in map {
-        if let Some(value) = tree.get(from.0.as_bytes())? {
-            writes.moved(from, to, value.to_vec());
-        }
-    }
-    Ok(writes)
 }
 
 #[cfg(test)]

@@ -347,3 +347,58 @@ fn an_inconsistent_rekey_is_refused_and_writes_nothing() {
     assert_eq!(ledger.audit_trail(None).unwrap().len(), trail);
     assert!(ledger.sync_point().unwrap().is_some());
 }
+
+#[test]
+fn small_steps_end_in_the_same_ledger_as_one() {
+    let (one, steps) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rekeys = [
+        rekey("u-a", "ann"),
+        rekey("u-b", "bob"),
+        rekey("u-c", "cid"),
+    ];
+    let whole = populated(one.path());
+    whole
+        .rekey(&rekeys, &new_scope(), &migration_run())
+        .unwrap();
+    let stepped = populated(steps.path());
+    let runs_before = stepped.runs.len();
+    let done = stepped
+        .rekey_in_steps(&rekeys, &new_scope(), &migration_run(), 1)
+        .unwrap();
+    assert_eq!(done.accounts, 3);
+    assert_eq!(stepped.view().unwrap(), whole.view().unwrap());
+    assert_eq!(stepped.profiles().unwrap(), whole.profiles().unwrap());
+    assert_eq!(stepped.scheduled().unwrap(), whole.scheduled().unwrap());
+    assert_eq!(stepped.intents().unwrap(), whole.intents().unwrap());
+    assert_eq!(stepped.last_good().unwrap(), Some(new_scope()));
+    assert_eq!(stepped.sync_point().unwrap(), None);
+    // One run entry, written with the last step.
+    assert_eq!(stepped.runs.len(), runs_before + 1);
+    let actions = |l: &Ledger| -> Vec<(String, String)> {
+        l.audit_trail(None)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.id.0))
+            .collect()
+    };
+    assert_eq!(actions(&stepped), actions(&whole));
+}
+
+#[test]
+fn chained_ids_move_together_whatever_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = populated(dir.path());
+    // u-a takes u-b's id, which takes a new one: one transaction, or u-b's record is lost.
+    ledger
+        .rekey_in_steps(
+            &[rekey("u-a", "u-b"), rekey("u-b", "bob")],
+            &new_scope(),
+            &migration_run(),
+            1,
+        )
+        .unwrap();
+    let view = ledger.view().unwrap();
+    assert_eq!(view.accounts[&id("u-b")].mxid, "@ann:x");
+    assert_eq!(view.accounts[&id("bob")].mxid, "@bob:x");
+    assert!(!view.accounts.contains_key(&id("u-a")));
+}
