@@ -1,13 +1,16 @@
 //! The brake: refuses the departures of a plan that looks like an accident — too many at
-//! once, a directory that suddenly returns far fewer agents (or none), or a changed scope
-//! (agent filter, bases, id attribute) — until an operator approves with
-//! `sync --allow-mass-changes` or changes the limits. Everything else in the plan still runs.
+//! once, a directory that suddenly returns far fewer agents (or none) — until an operator
+//! approves with `sync --allow-mass-changes` or changes the limits; everything else in the plan
+//! still runs. A changed scope (agent filter, bases, id attribute) holds the whole plan, not
+//! only its departures: under another id attribute every agent looks new, and its creations
+//! would duplicate every account. A new filter or bases can be accepted with
+//! `sync --allow-mass-changes`; a new id attribute only by re-keying the ledger (`migrate-ids`).
 
 use sha2::{Digest, Sha256};
 
 use crate::config::{BrakeConfig, Config};
 use crate::directory::DnKey;
-use crate::ledger::LastGood;
+use crate::ledger::{LastGood, Scope};
 use crate::mapping::Rules;
 use crate::plan::Plan;
 
@@ -21,13 +24,14 @@ pub struct Context {
     /// The read returned every agent (not only the changes since the last read): only then do
     /// the number of agents and the scope say anything.
     pub complete: bool,
-    /// This run's scope fingerprint (see [`scope`]).
-    pub scope: String,
+    /// This run's scope (see [`scope`]).
+    pub scope: Scope,
     pub last_good: Option<LastGood>,
 }
 
-/// Why the brake holds a plan's departures back: at least one [`Reason`]. Shown (and kept in
-/// the run journal) as its reasons' texts joined by `; `.
+/// Why the brake holds a plan's departures (or, when the scope changed, the whole plan) back:
+/// at least one [`Reason`]. Shown (and kept in the run journal) as its reasons' texts joined
+/// by `; `.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub reasons: Vec<Reason>,
@@ -60,8 +64,90 @@ pub enum Reason {
         last: usize,
         max: f64,
     },
-    /// The agent filter, base DNs or id attribute changed since the last good run.
-    ScopeChanged,
+    /// The agent filter, base DNs or id attribute changed since the last good run: the whole
+    /// plan is held.
+    ScopeChanged(ScopeChange),
+}
+
+/// What changed in the scope since the last good run: (then, now) of each part that did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeChange {
+    pub filter: Option<(String, String)>,
+    pub bases: Option<(Vec<String>, Vec<String>)>,
+    /// The id attribute, with its format when that changed too.
+    pub id: Option<(String, String)>,
+}
+
+impl ScopeChange {
+    /// Which parts of `now` differ from `then`; with only the digest of the last good run's
+    /// scope (an older ledger), an unknown change (no part named).
+    fn between(last: &LastGood, now: &Scope) -> Option<ScopeChange> {
+        let Some(then) = &last.spec else {
+            return (last.scope != now.digest()).then(ScopeChange::default);
+        };
+        let differs = |a: &str, b: &str| (a != b).then(|| (a.to_string(), b.to_string()));
+        let change = ScopeChange {
+            filter: differs(&then.filter, &now.filter),
+            bases: (then.bases != now.bases).then(|| (then.bases.clone(), now.bases.clone())),
+            id: (!then.same_ids(now)).then(|| match then.id_format == now.id_format {
+                true => (then.id_attribute.clone(), now.id_attribute.clone()),
+                false => (id_text(then), id_text(now)),
+            }),
+        };
+        (change != ScopeChange::default()).then_some(change)
+    }
+
+    /// Which part changed is not known (the last good run kept only a digest of its scope).
+    pub fn is_unknown(&self) -> bool {
+        *self == ScopeChange::default()
+    }
+
+    /// The agents' stable ids may have changed: every agent would look new, so only
+    /// re-keying the ledger (`migrate-ids`) can accept it, never `--allow-mass-changes`.
+    pub fn changes_ids(&self) -> bool {
+        self.id.is_some() || self.is_unknown()
+    }
+}
+
+fn id_text(scope: &Scope) -> String {
+    let format = match scope.id_format {
+        crate::directory::IdFormat::Text => "text",
+        crate::directory::IdFormat::Guid => "guid",
+    };
+    format!("{} ({format})", scope.id_attribute)
+}
+
+impl std::fmt::Display for ScopeChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_unknown() {
+            return f.write_str(
+                "the agent filter, base DNs or id attribute changed since the last good run",
+            );
+        }
+        let mut parts = Vec::new();
+        if let Some((then, now)) = &self.filter {
+            parts.push(format!("the agent filter (`{then}` → `{now}`)"));
+        }
+        if let Some((then, now)) = &self.bases {
+            parts.push(format!(
+                "the base DNs ({} → {})",
+                then.join("; "),
+                now.join("; ")
+            ));
+        }
+        if let Some((then, now)) = &self.id {
+            parts.push(format!("the id attribute (`{then}` → `{now}`)"));
+        }
+        match parts.split_last() {
+            Some((last, [])) => write!(f, "{last} changed since the last good run"),
+            Some((last, rest)) => write!(
+                f,
+                "{} and {last} changed since the last good run",
+                rest.join(", ")
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What the brake counts, each against limits of its own.
@@ -125,9 +211,7 @@ impl std::fmt::Display for Reason {
                 f,
                 "the directory returned {agents} agents, {percent:.1}% fewer than the {last} of the last good run (brake.max_shrink_percent = {max})"
             ),
-            Reason::ScopeChanged => f.write_str(
-                "the agent filter, base DNs or id attribute changed since the last good run",
-            ),
+            Reason::ScopeChanged(change) => write!(f, "{change}"),
         }
     }
 }
@@ -144,11 +228,55 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// The brake's verdict on `plan`: `None` lets its departures through.
+impl Verdict {
+    /// The scope changed: the whole plan is held, not only its departures.
+    pub fn scope_change(&self) -> Option<&ScopeChange> {
+        self.reasons.iter().find_map(|r| match r {
+            Reason::ScopeChanged(change) => Some(change),
+            _ => None,
+        })
+    }
+
+    pub fn holds_everything(&self) -> bool {
+        self.scope_change().is_some()
+    }
+
+    /// Only `migrate-ids` can release the plan: the agents' ids may have changed.
+    pub fn needs_migration(&self) -> bool {
+        self.scope_change().is_some_and(ScopeChange::changes_ids)
+    }
+
+    /// How many of `plan`'s actions it holds back (what an operator's approval must cover).
+    pub fn held(&self, plan: &Plan) -> usize {
+        match self.holds_everything() {
+            true => plan.actions.len() + plan.rooms.actions.len(),
+            false => plan.departures(),
+        }
+    }
+
+    /// What an operator can do about it, in a sentence.
+    pub fn remedy(&self) -> &'static str {
+        match (self.holds_everything(), self.needs_migration()) {
+            (true, true) => "nothing is applied until `migrate-ids` re-keys the ledger from the old ids to the new ones \
+                 (run it for a dry run, then with `--apply`); `sync --allow-mass-changes` cannot accept new ids: \
+                 every agent would look new and get a second account",
+            (true, false) => "nothing is applied until `sync --allow-mass-changes` accepts the new scope (after reviewing `plan`), \
+                 or `migrate-ids --apply` re-keys the ledger",
+            (false, _) => "review them with `plan`, then run `sync --allow-mass-changes` to apply them once, or change the limits",
+        }
+    }
+}
+
+/// The brake's verdict on `plan`: `None` lets it through.
 pub fn check(plan: &Plan, context: &Context, limits: &BrakeConfig) -> Option<Verdict> {
     let departures = plan.account_departures();
     let removals = plan.rooms.removals();
-    if departures + removals == 0 {
+    let scope_changed = context.complete
+        && context
+            .last_good
+            .as_ref()
+            .is_some_and(|last| ScopeChange::between(last, &context.scope).is_some());
+    if departures + removals == 0 && !(scope_changed && plan.has_changes()) {
         return None;
     }
     let mut reasons = Vec::new();
@@ -203,24 +331,34 @@ fn directory_reasons(context: &Context, limits: &BrakeConfig) -> Vec<Reason> {
                 max: limits.max_shrink_percent,
             });
         }
-        if last.scope != context.scope {
-            reasons.push(Reason::ScopeChanged);
+        if let Some(change) = ScopeChange::between(last, &context.scope) {
+            reasons.push(Reason::ScopeChanged(change));
         }
     }
     reasons
 }
 
-/// Takes the departures (and room removals) out of `plan`; returns how many.
-pub fn hold_back(plan: &mut Plan) -> usize {
-    let before = plan.departures();
-    plan.actions.retain(|a| !a.kind().is_departure());
-    plan.rooms.actions.retain(|a| !a.is_destructive());
-    before
+/// Takes what `verdict` holds out of `plan`: the departures and room removals, or with a
+/// changed scope everything (the ledger-only parts too: DN moves, memberships forgotten, rooms
+/// adopted); returns how many actions.
+pub fn hold_back(plan: &mut Plan, verdict: &Verdict) -> usize {
+    let held = verdict.held(plan);
+    if verdict.holds_everything() {
+        plan.actions.clear();
+        plan.moves.clear();
+        plan.rooms.actions.clear();
+        plan.rooms.forget.clear();
+        plan.rooms.adopt.clear();
+    } else {
+        plan.actions.retain(|a| !a.kind().is_departure());
+        plan.rooms.actions.retain(|a| !a.is_destructive());
+    }
+    held
 }
 
-/// A fingerprint of what defines who the agents are. Bases count by DN, not by spelling
-/// (`OU=People, DC=x` is `ou=people,dc=x`).
-pub fn scope(config: &Config, rules: &Rules) -> String {
+/// What defines who the agents are. Bases count by DN, not by spelling (`OU=People, DC=x` is
+/// `ou=people,dc=x`).
+pub fn scope(config: &Config, rules: &Rules) -> Scope {
     let mut bases: Vec<String> = config
         .directory
         .base_dns
@@ -228,13 +366,12 @@ pub fn scope(config: &Config, rules: &Rules) -> String {
         .map(|b| DnKey::lenient(b).as_str().to_string())
         .collect();
     bases.sort();
-    let text = format!(
-        "filter={}\nbases={}\nid={}",
-        rules.agent.filter,
-        bases.join(";"),
-        rules.agent.id_attribute.to_lowercase()
-    );
-    digest(&text)
+    Scope {
+        filter: rules.agent.filter.clone(),
+        bases,
+        id_attribute: rules.agent.id_attribute.clone(),
+        id_format: rules.agent.id_format,
+    }
 }
 
 /// A short hex digest of `text`, to notice that something changed.
@@ -250,7 +387,7 @@ pub fn digest(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::ReversibleStep;
-    use crate::directory::StableId;
+    use crate::directory::{IdFormat, StableId};
     use crate::plan::memberships::RoomAction;
     use crate::plan::Action;
 
@@ -310,17 +447,56 @@ mod tests {
         plan_of(departures, 0, others)
     }
 
+    fn scope_of(filter: &str, bases: &[&str], id: &str, format: IdFormat) -> Scope {
+        Scope {
+            filter: filter.into(),
+            bases: bases.iter().map(|b| b.to_string()).collect(),
+            id_attribute: id.into(),
+            id_format: format,
+        }
+    }
+
+    fn usual() -> Scope {
+        scope_of(
+            "(objectClass=inetOrgPerson)",
+            &["ou=people,dc=x"],
+            "entryUUID",
+            IdFormat::Text,
+        )
+    }
+
     fn context(managed: usize, agents: usize, last: Option<usize>) -> Context {
         Context {
             managed,
             agents,
             complete: true,
-            scope: "s1".into(),
+            scope: usual(),
             last_good: last.map(|agents| LastGood {
                 agents,
-                scope: "s1".into(),
+                scope: usual().digest(),
                 at: 0,
+                spec: Some(usual()),
             }),
+        }
+    }
+
+    /// [`context`] whose last good run kept only the digest of its scope (an older ledger),
+    /// not this run's.
+    fn legacy_context(managed: usize, agents: usize, last: usize) -> Context {
+        let mut ctx = context(managed, agents, Some(last));
+        ctx.last_good = ctx.last_good.map(|l| LastGood {
+            scope: "0123456789abcdef01234567".into(),
+            spec: None,
+            ..l
+        });
+        ctx
+    }
+
+    /// [`context`] now under `scope`.
+    fn changed(managed: usize, agents: usize, last: usize, scope: Scope) -> Context {
+        Context {
+            scope,
+            ..context(managed, agents, Some(last))
         }
     }
 
@@ -387,8 +563,7 @@ mod tests {
     #[test]
     fn the_verdict_lists_typed_reasons_shown_as_one_line() {
         let limits = BrakeConfig::default();
-        let mut ctx = context(20, 0, Some(20));
-        ctx.scope = "s2".into();
+        let ctx = legacy_context(20, 0, 20);
         let verdict = check(&plan_of(20, 30, 0), &ctx, &limits).unwrap();
         assert_eq!(
             verdict.reasons,
@@ -408,7 +583,7 @@ mod tests {
                     max: 10.0
                 },
                 Reason::NoAgents,
-                Reason::ScopeChanged,
+                Reason::ScopeChanged(ScopeChange::default()),
             ]
         );
         assert_eq!(
@@ -436,8 +611,7 @@ mod tests {
     #[test]
     fn a_filter_that_matches_nothing_engages_the_brake_whatever_the_size() {
         let limits = BrakeConfig::default();
-        let mut ctx = context(4, 0, Some(4));
-        ctx.scope = "s2".into();
+        let ctx = legacy_context(4, 0, 4);
         let verdict = text(&check(&plan_with(4, 0), &ctx, &limits));
         assert!(verdict.contains("no agents at all"), "{verdict}");
         assert!(
@@ -447,15 +621,100 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_scope_engages_the_brake_when_anything_would_depart() {
+    fn a_changed_scope_holds_the_whole_plan_even_without_departures() {
         let limits = BrakeConfig::default();
-        let mut ctx = context(100, 100, Some(100));
-        ctx.scope = "s2".into();
-        assert!(text(&check(&plan_with(1, 0), &ctx, &limits))
-            .contains("changed since the last good run"));
-        assert!(text(&check(&plan_of(0, 1, 0), &ctx, &limits))
-            .contains("changed since the last good run"));
-        assert_eq!(check(&plan_with(0, 5), &ctx, &limits), None);
+        let mut wider = usual();
+        wider.filter = "(|(objectClass=inetOrgPerson)(objectClass=person))".into();
+        let ctx = changed(100, 100, 100, wider);
+        for plan in [plan_with(1, 0), plan_of(0, 1, 0), plan_with(0, 5)] {
+            let verdict = check(&plan, &ctx, &limits).unwrap();
+            assert!(verdict.holds_everything(), "{verdict}");
+            assert!(!verdict.needs_migration(), "{verdict}");
+            assert_eq!(
+                verdict.held(&plan),
+                plan.actions.len() + plan.rooms.actions.len()
+            );
+            assert_eq!(
+                verdict.to_string(),
+                "the agent filter (`(objectClass=inetOrgPerson)` → \
+                 `(|(objectClass=inetOrgPerson)(objectClass=person))`) changed since the last good run"
+            );
+        }
+        // A plan with nothing to do under the new scope is let through (and the scope with it).
+        assert_eq!(check(&Plan::default(), &ctx, &limits), None);
+        // Within the same scope, creations alone never engage it.
+        assert_eq!(
+            check(&plan_with(0, 5), &context(100, 100, Some(100)), &limits),
+            None
+        );
+    }
+
+    #[test]
+    fn new_ids_can_be_released_only_by_a_migration() {
+        let limits = BrakeConfig::default();
+        let cases = [
+            (
+                scope_of("(objectClass=inetOrgPerson)", &["ou=people,dc=x"], "uid", IdFormat::Text),
+                "the id attribute (`entryUUID` → `uid`) changed since the last good run",
+            ),
+            (
+                scope_of("(objectClass=inetOrgPerson)", &["ou=people,dc=x"], "entryUUID", IdFormat::Guid),
+                "the id attribute (`entryUUID (text)` → `entryUUID (guid)`) changed since the last good run",
+            ),
+            (
+                scope_of("(uid=*)", &["ou=people,dc=x", "ou=staff,dc=x"], "uid", IdFormat::Text),
+                "the agent filter (`(objectClass=inetOrgPerson)` → `(uid=*)`), \
+                 the base DNs (ou=people,dc=x → ou=people,dc=x; ou=staff,dc=x) and \
+                 the id attribute (`entryUUID` → `uid`) changed since the last good run",
+            ),
+        ];
+        for (scope, expected) in cases {
+            let verdict =
+                check(&plan_with(0, 300), &changed(300, 300, 300, scope), &limits).unwrap();
+            assert!(
+                verdict.holds_everything() && verdict.needs_migration(),
+                "{verdict}"
+            );
+            assert_eq!(verdict.to_string(), expected);
+            assert!(
+                verdict.remedy().contains("`migrate-ids`"),
+                "{}",
+                verdict.remedy()
+            );
+        }
+        // The same attribute in another case is the same ids.
+        let mut same = usual();
+        same.id_attribute = "ENTRYUUID".into();
+        assert_eq!(
+            check(&plan_with(0, 3), &changed(300, 300, 300, same), &limits),
+            None
+        );
+        // A ledger that kept only a digest cannot tell which part changed: it may be the ids.
+        let legacy = check(&plan_with(0, 3), &legacy_context(300, 300, 300), &limits).unwrap();
+        assert!(legacy.needs_migration(), "{legacy}");
+        // Bases only: an operator may accept it.
+        let mut more = usual();
+        more.bases.push("ou=staff,dc=x".into());
+        let verdict = check(&plan_with(0, 3), &changed(300, 300, 300, more), &limits).unwrap();
+        assert!(verdict.holds_everything() && !verdict.needs_migration());
+        assert!(verdict
+            .remedy()
+            .contains("`sync --allow-mass-changes` accepts the new scope"));
+    }
+
+    #[test]
+    fn a_legacy_digest_of_the_same_scope_is_no_change() {
+        // The digest ledgers have always stored for this scope.
+        let digest =
+            super::digest("filter=(objectClass=inetOrgPerson)\nbases=ou=people,dc=x\nid=entryuuid");
+        assert_eq!(usual().digest(), digest);
+        let mut ctx = context(300, 300, Some(300));
+        ctx.last_good = ctx.last_good.map(|l| LastGood {
+            spec: None,
+            scope: digest,
+            ..l
+        });
+        assert_eq!(check(&plan_with(0, 3), &ctx, &BrakeConfig::default()), None);
     }
 
     #[test]
@@ -474,9 +733,29 @@ mod tests {
     #[test]
     fn hold_back_keeps_everything_but_departures_and_removals() {
         let mut plan = plan_of(3, 4, 2);
-        let held = hold_back(&mut plan);
+        let verdict = Verdict {
+            reasons: vec![Reason::NoAgents],
+        };
+        let held = hold_back(&mut plan, &verdict);
         assert_eq!((held, plan.actions.len()), (7, 2));
         assert_eq!(plan.departures(), 0);
         assert!(plan.rooms.actions.is_empty());
+    }
+
+    #[test]
+    fn hold_back_of_a_changed_scope_keeps_nothing() {
+        let mut plan = plan_of(3, 4, 2);
+        plan.moves.push(crate::plan::Move {
+            id: StableId("m".into()),
+            mxid: "@m:x".into(),
+            from_dn: "uid=m,ou=a".into(),
+            to_dn: "uid=m,ou=b".into(),
+        });
+        let verdict = Verdict {
+            reasons: vec![Reason::ScopeChanged(ScopeChange::default())],
+        };
+        let held = hold_back(&mut plan, &verdict);
+        assert_eq!(held, 9);
+        assert_eq!(plan, Plan::default());
     }
 }

@@ -16,6 +16,7 @@ pub mod directory;
 pub mod homeserver;
 pub mod ledger;
 pub mod mapping;
+pub mod migrate;
 pub mod pipeline;
 pub mod plan;
 pub mod secret;

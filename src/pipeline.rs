@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::directory::{AgentQuery, DirectoryError};
 use crate::homeserver::{Halt, Homeserver, HomeserverError, Rooms, SynapseClient};
 use crate::ledger::{
-    FinishedRun, Held, HeldAgent, LastGood, Ledger, LedgerError, LedgerView, RunRecord, SyncPoint,
+    FinishedRun, Held, HeldAgent, LastGood, Ledger, LedgerError, LedgerView, RunRecord, Scope,
+    SyncPoint,
 };
 use crate::mapping::{Desired, Rules};
 use crate::plan::{self, Plan, Policy};
@@ -83,7 +84,7 @@ pub struct Preview {
     pub read: Read,
     /// The unfinished writes of an interrupted run, resolved before planning (`sync` only).
     pub journal: Resolution,
-    scope: String,
+    scope: Scope,
 }
 
 /// A finished `sync`.
@@ -91,8 +92,12 @@ pub struct Preview {
 pub struct SyncResult {
     pub preview: Preview,
     pub report: ApplyReport,
-    /// Departures the brake held back (not applied).
+    /// Actions the brake held back (not applied): departures, or the whole plan when the
+    /// scope changed.
     pub held_back: usize,
+    /// An operator allowed mass changes, but the brake's verdict cannot be overridden (the
+    /// agents' ids changed: see [`brake::Verdict::needs_migration`]).
+    pub override_refused: bool,
 }
 
 /// The search the rules ask for.
@@ -351,8 +356,9 @@ async fn find_shadows<H: Homeserver>(
 /// How a `sync` run goes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncOptions {
-    /// An operator allowed up to this many departures past the brake (`usize::MAX`: any
-    /// number).
+    /// An operator allowed up to this many actions past the brake (`usize::MAX`: any
+    /// number): departures, or a changed scope's whole plan (but never new ids, see
+    /// [`brake::Verdict::needs_migration`]).
     pub allowed_departures: Option<usize>,
     /// Read only what changed since the last complete read when possible (see
     /// [`usable_point`]); otherwise read everything.
@@ -360,7 +366,8 @@ pub struct SyncOptions {
 }
 
 /// Plans and applies, then records the run in the ledger (a failed run too, with its reason).
-/// With the brake engaged, departures are held back unless the operator allowed them.
+/// With the brake engaged, what it holds (departures, or with a changed scope everything) is
+/// held back unless the operator allowed it.
 ///
 /// The homeserver client starts the run with a closed breaker (whatever an earlier run saw),
 /// and is halted at `homeserver.run_deadline`: no request is sent after it, those in flight
@@ -416,16 +423,18 @@ async fn sync_run<H: Homeserver + Rooms>(
     };
     let ledger = cell.get().await?;
     let mut plan = preview.plan.clone();
-    let allowed = options
-        .allowed_departures
-        .is_some_and(|max| preview.plan.departures() <= max);
-    let held_back = match (&preview.brake, allowed) {
+    let verdict = preview.brake.as_ref();
+    let override_refused = options.allowed_departures.is_some()
+        && verdict.is_some_and(brake::Verdict::needs_migration);
+    let allowed = !override_refused
+        && options
+            .allowed_departures
+            .zip(verdict)
+            .is_some_and(|(max, why)| why.held(&preview.plan) <= max);
+    let held_back = match (verdict, allowed) {
         (Some(why), false) => {
-            let held = brake::hold_back(&mut plan);
-            tracing::warn!(
-                held_back = held,
-                "brake engaged: {why}; departures held back until `sync --allow-mass-changes`"
-            );
+            let held = brake::hold_back(&mut plan, why);
+            tracing::warn!(held_back = held, "brake engaged: {why}; {}", why.remedy());
             held
         }
         (Some(why), true) => {
@@ -434,12 +443,16 @@ async fn sync_run<H: Homeserver + Rooms>(
         }
         (None, _) => 0,
     };
+    let held_everything = held_back > 0 && verdict.is_some_and(brake::Verdict::holds_everything);
     let apply_options = apply::Options {
         concurrency: config.homeserver.concurrency,
         departures: config.departures.clone(),
     };
     // Before applying: an account that appears meanwhile is held as a conflict by the apply.
-    record_conflicts(ledger, &preview, clock.now())?;
+    // A plan held whole was made under another scope: its conflicts are not recorded either.
+    if !held_everything {
+        record_conflicts(ledger, &preview, clock.now())?;
+    }
     let report = apply::apply(&plan, homeserver, ledger, clock, &apply_options, observer).await?;
     if preview.read.is_complete() {
         record_shadows(ledger, &preview.plan, &report)?;
@@ -473,6 +486,8 @@ async fn sync_run<H: Homeserver + Rooms>(
             .filter(|_| held_back > 0)
             .map(ToString::to_string),
         held_back,
+        held_everything,
+        needs_migration: held_everything && verdict.is_some_and(brake::Verdict::needs_migration),
         incremental: !preview.read.is_complete(),
     };
     tracing::info!(
@@ -487,8 +502,9 @@ async fn sync_run<H: Homeserver + Rooms>(
     );
     let last_good = (held_back == 0 && preview.read.is_complete()).then(|| LastGood {
         agents: preview.agents,
-        scope: preview.scope.clone(),
+        scope: preview.scope.digest(),
         at: started_at,
+        spec: Some(preview.scope.clone()),
     });
     // The next incremental read starts where this one ended only if every change it read is
     // applied; otherwise the same changes are read again.
@@ -507,6 +523,7 @@ async fn sync_run<H: Homeserver + Rooms>(
         preview,
         report,
         held_back,
+        override_refused,
     })
 }
 

@@ -414,8 +414,9 @@ fn a_filter_that_matches_nobody_never_suspends_anyone() {
         run.stdout
     );
     assert!(
-        run.stdout
-            .contains("agent filter, base DNs or id attribute changed"),
+        run.stdout.contains("the agent filter (`")
+            && run.stdout.contains("changed since the last good run")
+            && run.stdout.contains("4 action(s) held back, the whole plan"),
         "{}",
         run.stdout
     );

@@ -250,12 +250,9 @@ fn describe(
 /// What the plan holds for this person: account actions, room actions, deadlines, protection.
 fn planned(out: &mut String, id: &StableId, mxid: Option<&str>, preview: &Preview) {
     let plan = &preview.plan;
-    let held = |departure: bool| {
-        if departure && preview.brake.is_some() {
-            " [held back by the brake]"
-        } else {
-            ""
-        }
+    let held = |departure: bool| match &preview.brake {
+        Some(why) if departure || why.holds_everything() => " [held back by the brake]",
+        _ => "",
     };
     let mut any = false;
     for a in plan.actions.iter().filter(|a| a.id() == id) {

@@ -1,8 +1,10 @@
-//! The command line: `check`, `plan`, `sync`, `run`, `status`, `history`, `explain`.
+//! The command line: `check`, `plan`, `sync`, `run`, `status`, `history`, `explain`,
+//! `migrate-ids`.
 
 mod check;
 mod explain;
 mod interrupt;
+mod migrate;
 mod now;
 mod progress;
 mod render;
@@ -27,7 +29,8 @@ pub use now::TEST_NOW_VAR;
 
 /// Exit code of `plan` when changes are pending.
 pub const EXIT_CHANGES_PENDING: u8 = 2;
-/// Exit code of `sync` when the brake held departures back.
+/// Exit code of `sync` when the brake held departures (or, the scope having changed, the whole
+/// plan) back.
 pub const EXIT_BRAKE_ENGAGED: u8 = 3;
 
 #[derive(Parser, Debug)]
@@ -49,6 +52,7 @@ pub const EXIT_BRAKE_ENGAGED: u8 = 3;
         matrix-ldap-sync sync --allow-mass-changes    # apply departures the brake held back, once\n  \
         matrix-ldap-sync run                          # daemon: sync every daemon.interval_secs\n  \
         matrix-ldap-sync explain jean.martin          # what the daemon knows and would do about one person\n  \
+        matrix-ldap-sync migrate-ids                  # after changing the id attribute: how accounts match agents\n  \
         matrix-ldap-sync history --user @jean.martin:example.org\n  \
         matrix-ldap-sync repair --dry-run             # a ledger that does not open: what sled left half-written"
 )]
@@ -93,13 +97,15 @@ enum Command {
         json: bool,
     },
     /// Read the directory and apply the changes once, then print a summary.
-    /// Exit 0: done; 1: an error or a failed action; 3: the brake held departures back.
+    /// Exit 0: done; 1: an error or a failed action; 3: the brake held departures (or, the
+    /// scope having changed, everything) back.
     Sync {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
-        /// Apply departures even though the brake would hold them back (after reviewing `plan`).
-        /// Applies to this run only.
+        /// Apply departures even though the brake would hold them back (after reviewing `plan`),
+        /// or the whole plan of a changed agent filter or base DNs (accepting the new scope).
+        /// Applies to this run only. A changed id attribute needs `migrate-ids` instead.
         #[arg(long)]
         allow_mass_changes: bool,
         /// Read only what changed in the directory since the last complete read (as the daemon
@@ -148,6 +154,38 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// After the mapping's id attribute changed: match each managed account (keyed by its old
+    /// id) to its agent — by the old id attribute's value when the entry still has it, else by
+    /// DN, else by e-mail — and list what matches and what does not. Writes nothing unless
+    /// `--apply`: then every account gets its agent's new id in the ledger (crash-safe: run it
+    /// again if it was killed), and the next `sync` plans against the new ids. Stop the daemon
+    /// first.
+    /// Exit 0: done (dry run or applied); 1: an error, or `--apply` refused.
+    MigrateIds {
+        /// The id attribute the ledger's keys come from (default: the last good run's).
+        #[arg(long, value_name = "ATTRIBUTE")]
+        from_attribute: Option<String>,
+        /// Its format (default: the last good run's, `guid` for objectGUID, else `text`).
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        from_format: Option<IdFormatArg>,
+        /// Re-key the ledger (without it: a dry run).
+        #[arg(long)]
+        apply: bool,
+        /// With `--apply`: re-key the accounts that match even though some match no agent or
+        /// ambiguously (those keep their old ids).
+        #[arg(long)]
+        allow_unmatched: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How an id attribute is encoded (the mapping's `id_format`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum IdFormatArg {
+    Text,
+    Guid,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +262,25 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::History { user, limit, json } => history(&load()?, user.as_deref(), limit, json),
         Command::Explain { who } => explain::run(&load()?, &who, clock.now()).await,
         Command::Repair { dry_run } => repair::run(&load()?, dry_run),
+        Command::MigrateIds {
+            from_attribute,
+            from_format,
+            apply,
+            allow_unmatched,
+            json,
+        } => {
+            let options = migrate::Options {
+                from_attribute,
+                from_format: from_format.map(|f| match f {
+                    IdFormatArg::Text => crate::directory::IdFormat::Text,
+                    IdFormatArg::Guid => crate::directory::IdFormat::Guid,
+                }),
+                apply,
+                allow_unmatched,
+                json,
+            };
+            migrate::run(&load()?, clock.as_ref(), options).await
+        }
     }
 }
 
@@ -362,14 +419,26 @@ fn approve_for_daemon(config: &Config) -> Result<ExitCode, String> {
     if held == 0 {
         return Err("the daemon holds the ledger and its last run held nothing back: there is nothing to approve".into());
     }
+    if status.last_run.as_ref().is_some_and(|r| r.needs_migration) {
+        return Err(format!(
+            "the daemon's last run was held because the agents' ids changed ({}): no approval can accept that, \
+             every agent would get a second account. Stop the daemon, run `migrate-ids` (a dry run), then \
+             `migrate-ids --apply`, and start it again",
+            status.last_run.as_ref().and_then(|r| r.brake.as_deref()).unwrap_or("the id attribute changed")
+        ));
+    }
     let approval = approval::Approval {
         approved_at: SystemClock.now(),
         max_departures: held,
     };
     approval::write(&config.state_dir, &approval)
         .map_err(|e| format!("cannot write the approval: {e}"))?;
+    let what = match status.last_run.as_ref().is_some_and(|r| r.held_everything) {
+        true => "action(s) of a plan under the new scope",
+        false => "departure(s)",
+    };
     println!(
-        "The daemon (pid {}) holds the ledger. Approved: its next run may apply up to {held} departure(s) past the brake \
+        "The daemon (pid {}) holds the ledger. Approved: its next run may apply up to {held} {what} past the brake \
          (more than that and the brake holds again). Run it now with: kill -USR1 {}",
         status.pid, status.pid
     );

@@ -11,11 +11,15 @@ use crate::clock::{Clock, FixedClock, SystemClock};
 pub const TEST_NOW_VAR: &str = "MATRIX_LDAP_SYNC_TEST_NOW";
 
 /// Why `command` refuses `--now`, if it does: everything but the previews (`plan`,
-/// `explain`, `status`).
+/// `explain`, `status`, `migrate-ids` without `--apply`).
 pub(super) fn refusal(command: &Command) -> Option<String> {
     let name = match command {
-        Command::Plan { .. } | Command::Explain { .. } | Command::Status { .. } => return None,
+        Command::Plan { .. }
+        | Command::Explain { .. }
+        | Command::Status { .. }
+        | Command::MigrateIds { apply: false, .. } => return None,
         Command::Sync { .. } => "sync",
+        Command::MigrateIds { apply: true, .. } => "migrate-ids --apply",
         Command::Run => "run",
         Command::Check => "check",
         Command::History { .. } => "history",
@@ -65,6 +69,7 @@ mod tests {
             vec!["x", "plan", "--now", at],
             vec!["x", "--now", at, "explain", "jean"],
             vec!["x", "status", "--now", at],
+            vec!["x", "migrate-ids", "--now", at],
         ] {
             assert_eq!(refused(&ok), None, "{ok:?}");
         }
@@ -73,6 +78,10 @@ mod tests {
             (vec!["x", "--now", at, "run"], "`run` writes"),
             (vec!["x", "check", "--now", at], "`check` writes"),
             (vec!["x", "history", "--now", at], "`history` shows"),
+            (
+                vec!["x", "migrate-ids", "--apply", "--now", at],
+                "`migrate-ids --apply` writes",
+            ),
         ] {
             let why = refused(&args).unwrap_or_default();
             assert!(

@@ -19,12 +19,24 @@ pub fn plan_text(preview: &Preview) -> String {
         plan.skipped.len()
     );
     let _ = writeln!(out, "{}\n", summary_line(plan));
-    if let Some(why) = &preview.brake {
-        let _ = writeln!(
-            out,
-            "BRAKE: `sync` will hold back the {} departure(s) below: {why}.\n       Review them, then run `sync --allow-mass-changes` to apply them once, or change the limits.\n",
-            plan.departures()
-        );
+    match &preview.brake {
+        Some(why) if why.holds_everything() => {
+            let _ = writeln!(
+                out,
+                "BRAKE: `sync` will apply nothing of this plan ({} action(s)): {why}.\n       {}.\n",
+                why.held(plan),
+                capitalized(why.remedy())
+            );
+        }
+        Some(why) => {
+            let _ = writeln!(
+                out,
+                "BRAKE: `sync` will hold back the {} departure(s) below: {why}.\n       {}.\n",
+                plan.departures(),
+                capitalized(why.remedy())
+            );
+        }
+        None => {}
     }
     for kind in ActionKind::ALL {
         let actions: Vec<_> = plan.actions.iter().filter(|a| a.kind() == kind).collect();
@@ -114,6 +126,24 @@ pub fn plan_text(preview: &Preview) -> String {
     out
 }
 
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// What the brake holds of a plan, for scripts: `everything` (a changed scope), `departures`,
+/// or null.
+fn brake_holds(brake: Option<&crate::brake::Verdict>) -> serde_json::Value {
+    match brake {
+        Some(why) if why.holds_everything() => json!("everything"),
+        Some(_) => json!("departures"),
+        None => serde_json::Value::Null,
+    }
+}
+
 fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
     if items.is_empty() {
         return;
@@ -184,6 +214,9 @@ pub fn plan_json(preview: &Preview) -> String {
         "agents": preview.agents,
         "changes_pending": plan.has_changes(),
         "brake": preview.brake.as_ref().map(ToString::to_string),
+        "brake_holds": brake_holds(preview.brake.as_ref()),
+        "held_by_brake": preview.brake.as_ref().map_or(0, |why| why.held(plan)),
+        "needs_migration": preview.brake.as_ref().is_some_and(crate::brake::Verdict::needs_migration),
         "counts": counts,
         "unchanged": plan.unchanged,
         "actions": plan.actions,
@@ -262,16 +295,24 @@ pub fn sync_text(result: &SyncResult) -> String {
         );
     }
     if result.held_back > 0 {
+        let brake = result.preview.brake.as_ref();
+        let what = match brake.is_some_and(crate::brake::Verdict::holds_everything) {
+            true => "action(s) held back, the whole plan",
+            false => "departure(s) held back",
+        };
         let _ = writeln!(
             out,
-            "BRAKE: {} departure(s) held back: {}.\nReview them with `plan`, then run `sync --allow-mass-changes` to apply them once.",
+            "BRAKE: {} {what}: {}.\n{}.",
             result.held_back,
-            result
-                .preview
-                .brake
-                .as_ref()
-                .map_or("limits exceeded".to_string(), ToString::to_string)
+            brake.map_or("limits exceeded".to_string(), ToString::to_string),
+            capitalized(brake.map_or("review them with `plan`", crate::brake::Verdict::remedy))
         );
+        if result.override_refused {
+            let _ = writeln!(
+                out,
+                "`--allow-mass-changes` was not used: it cannot accept new ids for the agents."
+            );
+        }
     }
     out
 }
@@ -319,7 +360,10 @@ pub fn sync_json(result: &SyncResult) -> String {
         "not_tried": r.not_tried,
         "aborted": r.aborted,
         "brake": result.preview.brake.as_ref().map(ToString::to_string),
+        "brake_holds": brake_holds(result.preview.brake.as_ref().filter(|_| result.held_back > 0)),
         "held_back": result.held_back,
+        "needs_migration": result.held_back > 0 && result.preview.brake.as_ref().is_some_and(crate::brake::Verdict::needs_migration),
+        "override_refused": result.override_refused,
         "rooms": super::render_rooms::sync_json(&r.rooms),
     })
     .to_string()

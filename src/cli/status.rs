@@ -198,13 +198,29 @@ fn last_run_text(out: &mut String, last_run: Option<&RunRecord>) {
                 );
             }
             if let Some(why) = &run.brake {
-                let _ = writeln!(
-                    out,
-                    "BRAKE ENGAGED: {} departure(s) held back: {why}.\n  Review with `plan`, then `sync --allow-mass-changes`.",
-                    run.held_back
-                );
+                let _ = writeln!(out, "{}", brake_text(run, why));
             }
         }
+    }
+}
+
+/// What the brake held back in `run`, why, and what releases it.
+fn brake_text(run: &RunRecord, why: &str) -> String {
+    match (run.held_everything, run.needs_migration) {
+        (true, true) => format!(
+            "BRAKE ENGAGED: the whole plan ({} action(s)) held back: {why}.\n  Nothing is applied until `migrate-ids` \
+             re-keys the ledger from the old ids to the new ones (a dry run; then `migrate-ids --apply`).",
+            run.held_back
+        ),
+        (true, false) => format!(
+            "BRAKE ENGAGED: the whole plan ({} action(s)) held back: {why}.\n  Review with `plan`, then accept the new \
+             scope with `sync --allow-mass-changes` (or re-key the ledger with `migrate-ids --apply`).",
+            run.held_back
+        ),
+        (false, _) => format!(
+            "BRAKE ENGAGED: {} departure(s) held back: {why}.\n  Review with `plan`, then `sync --allow-mass-changes`.",
+            run.held_back
+        ),
     }
 }
 
@@ -243,6 +259,7 @@ pub fn daemon_status_json(status: &DaemonStatus) -> String {
         "adopted": status.adopted,
         "last_run": status.last_run,
         "brake": status.last_run.as_ref().and_then(|r| r.brake.clone()),
+        "needs_migration": status.last_run.as_ref().is_some_and(|r| r.needs_migration),
         "held": status.held,
         "shadows": status.shadows,
         "daemon": {
@@ -292,6 +309,7 @@ pub fn status_json(
         "incremental_from": point.map(|p| p.watermark.describe()),
         "last_complete_read": point.map(|p| p.full_at),
         "brake": last_run.and_then(|r| r.brake.clone()),
+        "needs_migration": last_run.is_some_and(|r| r.needs_migration),
         "held": view.held.values().collect::<Vec<_>>(),
         "shadows": shadows,
     })
@@ -315,4 +333,41 @@ pub fn history_text(entries: &[AuditEntry]) -> String {
         let _ = writeln!(out, "      why: {}", e.reason);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_brake_line_says_what_was_held_and_what_releases_it() {
+        let run = |held_everything, needs_migration| RunRecord {
+            held_back: 600,
+            held_everything,
+            needs_migration,
+            ..RunRecord::default()
+        };
+        let cases = [
+            (
+                run(false, false),
+                "600 departure(s) held back",
+                "`sync --allow-mass-changes`",
+            ),
+            (
+                run(true, false),
+                "the whole plan (600 action(s))",
+                "accept the new scope",
+            ),
+            (
+                run(true, true),
+                "the whole plan (600 action(s))",
+                "`migrate-ids`",
+            ),
+        ];
+        for (record, held, remedy) in cases {
+            let text = brake_text(&record, "why");
+            assert!(text.contains(held) && text.contains(remedy), "{text}");
+        }
+        assert!(!brake_text(&run(true, true), "why").contains("--allow-mass-changes"));
+    }
 }

@@ -1,6 +1,8 @@
 //! An operator's approval of departures the brake held back, for a running daemon (which holds
 //! the ledger, so `sync --allow-mass-changes` cannot run beside it). The approval names how
-//! many departures it covers: if the next plan has more, it is not used.
+//! many actions it covers: if the next plan has the brake hold more, it is not used. After a
+//! changed agent filter or bases it covers the whole plan under the new scope; a changed id
+//! attribute cannot be approved (`migrate-ids`, with the daemon stopped).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,8 @@ const FILE_NAME: &str = "approve-mass-changes.json";
 pub struct Approval {
     /// Unix seconds.
     pub approved_at: i64,
-    /// The most departures the approval lets past the brake.
+    /// The most actions the approval lets past the brake: departures, or the whole plan of a
+    /// changed scope (the name is kept for approvals already written).
     pub max_departures: usize,
 }
 

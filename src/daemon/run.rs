@@ -175,14 +175,19 @@ pub fn classify(result: &Result<SyncResult, RunError>) -> (RunOutcome, Option<St
             }
             (None, 0) if r.held_back > 0 => (
                 RunOutcome::Braked,
-                Some(format!(
-                    "brake engaged, {} departure(s) held back: {}",
-                    r.held_back,
-                    r.preview
-                        .brake
-                        .as_ref()
-                        .map_or("limits exceeded".to_string(), ToString::to_string)
-                )),
+                Some(match &r.preview.brake {
+                    Some(why) if why.holds_everything() => format!(
+                        "brake engaged, the whole plan ({} action(s)) held back: {why}; {}",
+                        r.held_back,
+                        why.remedy()
+                    ),
+                    why => format!(
+                        "brake engaged, {} departure(s) held back: {}",
+                        r.held_back,
+                        why.as_ref()
+                            .map_or("limits exceeded".to_string(), ToString::to_string)
+                    ),
+                }),
             ),
             (None, 0) => (RunOutcome::Ok, None),
             (None, n) => (RunOutcome::Partial, Some(format!("{n} action(s) failed"))),

@@ -31,7 +31,7 @@ pub use reader::{read_snapshot, Directory};
 pub use snapshot::{Entry, SkippedEntry, Snapshot, StableId};
 
 /// How the stable id attribute is encoded (`id_format` in the mapping rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdFormat {
     /// A text value, e.g. OpenLDAP / 389-ds `entryUUID`, FreeIPA `ipaUniqueID`.

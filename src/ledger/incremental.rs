@@ -17,7 +17,7 @@ use super::LAST_GOOD_KEY;
 use super::{decode, encode, AccountStatus, LastGood, Ledger, LedgerError, LedgerView, RunRecord};
 use crate::directory::{StableId, Watermark};
 
-const SYNC_POINT_KEY: &[u8] = b"sync_point";
+pub(super) const SYNC_POINT_KEY: &[u8] = b"sync_point";
 
 /// A departure the directory has set for a future date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

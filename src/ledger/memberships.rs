@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
+use super::rekey::{Moves, Part, Write};
 use super::{decode, encode, AuditEntry, Ledger, LedgerError};
 use crate::directory::StableId;
 use crate::mapping::rooms::Mode;
@@ -172,6 +173,64 @@ impl Ledger {
         audit: &AuditEntry,
     ) -> Result<(), LedgerError> {
         self.write_with_audit(POWERS, &pair_key(room, id), None, audit)
+    }
+
+    /// `room_members` and `room_powers`, for [`Ledger::rekey`].
+    pub(super) fn membership_trees(&self) -> Result<[sled::Tree; 2], LedgerError> {
+        Ok([self.room_tree(MEMBERS)?, self.room_tree(POWERS)?])
+    }
+
+    /// Adds to `moves` the memberships and power levels of the agents in `map` (old id → new
+    /// id) moved to their new ids; returns how many of each.
+    pub(super) fn rekeyed_memberships(
+        &self,
+        map: &BTreeMap<StableId, StableId>,
+        moves: &mut Moves,
+    ) -> Result<(usize, usize), LedgerError> {
+        fn member(r: &mut MembershipRecord) -> (&String, &mut StableId) {
+            (&r.room, &mut r.id)
+        }
+        fn power(r: &mut PowerRecord) -> (&String, &mut StableId) {
+            (&r.room, &mut r.id)
+        }
+        Ok((
+            self.rekeyed_pairs(MEMBERS, Part::Members, map, moves, member)?,
+            self.rekeyed_pairs(POWERS, Part::Powers, map, moves, power)?,
+        ))
+    }
+
+    /// Adds to `moves` the records of the tree `name` (keyed by room and id) of the agents in
+    /// `map`, moved to their new ids; `parts` gives a record's room and id. Returns how many.
+    fn rekeyed_pairs<R: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        part: Part,
+        map: &BTreeMap<StableId, StableId>,
+        moves: &mut Moves,
+        parts: fn(&mut R) -> (&String, &mut StableId),
+    ) -> Result<usize, LedgerError> {
+        let mut count = 0;
+        for item in self.room_tree(name)?.iter() {
+            let (key, value) = item?;
+            let mut record: R = decode(&value)?;
+            let (room, id) = parts(&mut record);
+            let Some(to) = map.get(id) else { continue };
+            let new_key = pair_key(room, to);
+            let from = std::mem::replace(id, to.clone());
+            let writes = moves.entry(from).or_default();
+            writes.push(Write {
+                part,
+                key: key.to_vec(),
+                value: None,
+            });
+            writes.push(Write {
+                part,
+                key: new_key,
+                value: Some(encode(&record)?),
+            });
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Sets (or with `None` removes) `key` in the tree `name` and appends `audit`, atomically.

@@ -16,6 +16,7 @@ mod lock;
 pub mod memberships;
 mod profiles;
 mod records;
+mod rekey;
 
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
@@ -23,6 +24,7 @@ pub use profiles::{Profile, ProfileFields, Profiles, Stage};
 pub use records::{
     AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord, Shadow,
 };
+pub use rekey::{Rekey, RekeyError, Rekeyed};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use crate::directory::StableId;
+use crate::directory::{IdFormat, StableId};
 
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 3;
@@ -94,9 +96,45 @@ pub struct Ledger {
 pub struct LastGood {
     /// Agent entries the directory returned.
     pub agents: usize,
-    /// Fingerprint of what defines the agents (filter, bases, id attribute).
+    /// Fingerprint of what defines the agents (filter, bases, id attribute): [`Scope::digest`].
     pub scope: String,
     pub at: i64,
+    /// The scope itself, so that a change can be named and `migrate-ids` knows the id
+    /// attribute the ledger's keys come from. Ledgers written before it was kept have only the
+    /// digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Scope>,
+}
+
+/// What defines who the agents are and what identifies them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scope {
+    /// The rules' agent filter, as written.
+    pub filter: String,
+    /// The search bases by DN (normalised, see `DnKey`), sorted.
+    pub bases: Vec<String>,
+    /// The stable id attribute, as the rules spell it.
+    pub id_attribute: String,
+    pub id_format: IdFormat,
+}
+
+impl Scope {
+    /// A short fingerprint of the filter, bases and id attribute (any case), the one ledgers
+    /// have always stored: the id format is not in it, but is compared with [`Scope::same_ids`].
+    pub fn digest(&self) -> String {
+        crate::brake::digest(&format!(
+            "filter={}\nbases={}\nid={}",
+            self.filter,
+            self.bases.join(";"),
+            self.id_attribute.to_lowercase()
+        ))
+    }
+
+    /// True when both read the same stable ids (same attribute in any case, same format).
+    pub fn same_ids(&self, other: &Scope) -> bool {
+        self.id_attribute.eq_ignore_ascii_case(&other.id_attribute)
+            && self.id_format == other.id_format
+    }
 }
 
 /// The managed accounts, read once at the start of a run (what `plan` diffs against).

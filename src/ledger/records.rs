@@ -103,6 +103,13 @@ pub struct RunRecord {
     /// How many actions the brake held back.
     #[serde(default)]
     pub held_back: usize,
+    /// The brake held the whole plan back, not only its departures: the scope (agent filter,
+    /// bases or id attribute) changed since the last good run.
+    #[serde(default)]
+    pub held_everything: bool,
+    /// … and only `migrate-ids` can release it: the agents' ids changed.
+    #[serde(default)]
+    pub needs_migration: bool,
     /// The run read only what changed since the last read (`agents`: the changed ones).
     #[serde(default)]
     pub incremental: bool,

@@ -42,7 +42,7 @@ impl Read {
 pub fn fingerprint(config: &Config, rules: &Rules) -> String {
     crate::brake::digest(&format!(
         "scope={}\nrules={}\nserver_name={}",
-        crate::brake::scope(config, rules),
+        crate::brake::scope(config, rules).digest(),
         rules.fingerprint,
         config.homeserver.server_name
     ))
