@@ -334,11 +334,15 @@ fn sighup_reloads_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
     );
     daemon.signal("USR1");
     let status = daemon.wait_runs(3, Duration::from_secs(30));
-    assert_eq!(status["last_run"]["applied"], 1, "{status}");
-    assert!(site
-        .synapse
-        .get_user(&site.mxid("helene.lemoine"))
-        .is_some());
+    // The new base widens the scope: the whole plan waits for an operator (the reload took).
+    assert_eq!(status["last_run"]["applied"], 0, "{status}");
+    assert!(
+        status["last_run"]["brake"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&second_ou),
+        "{status}"
+    );
     daemon.assert_running();
 }
 
@@ -799,7 +803,11 @@ fn a_braked_daemon_reports_it_and_applies_held_back_departures_once_approved() {
 
 #[test]
 fn an_agent_the_homeserver_refuses_leaves_health_ok_with_a_warning() {
-    let site = Site::new("refusedhealth");
+    let site = Site::on_servers(
+        Slapd::shared(),
+        common::synapse::with_a_bridge(),
+        "refusedhealth",
+    );
     site.configure(&common::site::Settings {
         localpart: Some("{employeeNumber|localpart}".into()),
         ..Default::default()
@@ -814,8 +822,8 @@ fn an_agent_the_homeserver_refuses_leaves_health_ok_with_a_warning() {
         None,
         &format!("employeeNumber: ok-{}\n", site.tag),
     );
-    // Synapse keeps all-digit localparts for guests: refused on creation, every time.
-    let numeric = format!("{}", 800_000_000 + std::process::id());
+    // A bridge holds `reserved-…`: refused on creation, every time.
+    let numeric = format!("reserved-{}", site.tag);
     site.add_agent_with(
         "digits",
         "Bruno",

@@ -7,35 +7,10 @@
 mod common;
 
 use common::accounts::emails;
-use std::sync::OnceLock;
 
 use common::site::{Settings, Site};
 use common::{Slapd, Synapse};
 use serde_json::{json, Value};
-
-/// A Synapse of this binary's own where an application service holds the localparts
-/// `reserved-…` exclusively: Synapse refuses to register them (400 `M_EXCLUSIVE`), which the
-/// daemon cannot know before it asks (what it can know, it checks while planning).
-fn synapse_with_a_bridge() -> &'static Synapse {
-    static SYNAPSE: OnceLock<(Synapse, tempfile::TempDir)> = OnceLock::new();
-    let (synapse, _) = SYNAPSE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let registration = dir.path().join("bridge.yaml");
-        std::fs::write(
-            &registration,
-            "id: bridge\nurl: null\nas_token: held-agents-as\nhs_token: held-agents-hs\n\
-             sender_localpart: bridge-bot\nnamespaces:\n  users:\n    - exclusive: true\n      \
-             regex: \"@reserved-.*\"\n  aliases: []\n  rooms: []\n",
-        )
-        .unwrap();
-        let config = format!(
-            "app_service_config_files: [\"{}\"]\n",
-            registration.display()
-        );
-        (Synapse::start_with(&config), dir)
-    });
-    synapse
-}
 
 /// Registers `localpart` by hand, with a password and a personal e-mail, as a user would.
 fn register_by_hand(synapse: &Synapse, localpart: &str, email: &str) -> String {
@@ -216,7 +191,7 @@ fn next_free_gives_the_agent_another_localpart_and_leaves_the_other_account_alon
 
 #[test]
 fn an_agent_the_homeserver_refuses_is_held_and_the_run_and_its_watermark_go_on() {
-    let site = Site::on_servers(Slapd::shared(), synapse_with_a_bridge(), "refused");
+    let site = Site::on_servers(Slapd::shared(), common::synapse::with_a_bridge(), "refused");
     // A bridge holds `reserved-…`: such an agent is refused on creation.
     let reserved = format!("reserved-{}", site.tag);
     site.configure(&Settings {

@@ -593,3 +593,27 @@ pub fn ldap3_module(slapd: &super::Slapd, base: &str, filter: &str) -> String {
 pub fn url_path_part(s: &str) -> String {
     s.replace('#', "%23").replace('!', "%21")
 }
+
+/// A Synapse of the test binary's own where an application service holds the localparts
+/// `reserved-…` exclusively: Synapse refuses to register them (400 `M_EXCLUSIVE`), which the
+/// daemon cannot know before it asks (what it can know, it checks while planning).
+pub fn with_a_bridge() -> &'static Synapse {
+    static SYNAPSE: std::sync::OnceLock<(Synapse, tempfile::TempDir)> = std::sync::OnceLock::new();
+    let (synapse, _) = SYNAPSE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let registration = dir.path().join("bridge.yaml");
+        std::fs::write(
+            &registration,
+            "id: bridge\nurl: null\nas_token: held-agents-as\nhs_token: held-agents-hs\n\
+             sender_localpart: bridge-bot\nnamespaces:\n  users:\n    - exclusive: true\n      \
+             regex: \"@reserved-.*\"\n  aliases: []\n  rooms: []\n",
+        )
+        .unwrap();
+        let config = format!(
+            "app_service_config_files: [\"{}\"]\n",
+            registration.display()
+        );
+        (Synapse::start_with(&config), dir)
+    });
+    synapse
+}
