@@ -8,7 +8,7 @@ mod ledger_cell;
 mod ledger_view;
 mod observe;
 
-pub use incremental::{fingerprint, usable_point, Read};
+pub use incremental::{fingerprint, usable_point, Read, WhyComplete};
 pub use ledger_cell::LedgerCell;
 pub use observe::{observe_accounts, observe_rooms};
 
@@ -350,6 +350,7 @@ pub async fn sync<H: Homeserver + Rooms>(
             .map(ToString::to_string),
         held_back,
         incremental: !preview.read.is_complete(),
+        incremental_fallback: preview.read.fallback().map(str::to_string),
     };
     tracing::info!(
         agents = run.agents,
@@ -372,6 +373,11 @@ pub async fn sync<H: Homeserver + Rooms>(
     let point = succeeded.then(|| next_point(config, rules, &preview.read, started_at));
     let scheduled =
         succeeded.then(|| incremental::scheduled_update(&preview.desired, &preview.read));
+    // Before the sync point that relies on them (facts about the directory, true whatever the
+    // rest of the run does).
+    if let Some(update) = preview.read.sync_id_update().filter(|_| succeeded) {
+        ledger.record_sync_ids(&update)?;
+    }
     ledger.finish_run(FinishedRun {
         run: &run,
         last_good: last_good.as_ref(),
@@ -427,10 +433,26 @@ async fn preview_for_sync<H: Homeserver + Rooms>(
             Err(why) => why,
         },
         // Without waiting for the ledger: it opens while the directory is read.
-        false => "a complete read was asked for".to_string(),
+        false => WhyComplete::Planned("a complete read was asked for".to_string()),
     };
-    tracing::info!(reason = %why_complete, "reading the whole directory");
-    preview_reading(config, rules, cell, now, Some(homeserver)).await
+    let fallback = match why_complete {
+        WhyComplete::Planned(why) => {
+            tracing::info!(reason = %why, "reading the whole directory");
+            None
+        }
+        WhyComplete::Fallback(why) => {
+            tracing::warn!(
+                reason = %why,
+                "the directory could not give an incremental read that can be trusted: reading the whole directory"
+            );
+            Some(why)
+        }
+    };
+    let mut preview = preview_reading(config, rules, cell, now, Some(homeserver)).await?;
+    if let Read::Complete { fallback: f, .. } = &mut preview.read {
+        *f = fallback;
+    }
+    Ok(preview)
 }
 
 /// The preview of the changes since the last read, or why the whole directory must be read.
@@ -440,16 +462,16 @@ async fn incremental_preview<H: Homeserver + Rooms>(
     cell: &LedgerCell,
     homeserver: &H,
     now: i64,
-) -> Result<Result<Preview, String>, RunError> {
+) -> Result<Result<Preview, WhyComplete>, RunError> {
     let ledger = cell.get().await?;
     let point = match usable_point(config, rules, ledger.sync_point()?, now) {
         Ok(point) => point,
-        Err(why) => return Ok(Err(why)),
+        Err(why) => return Ok(Err(WhyComplete::Planned(why))),
     };
     let (mapped, view) =
         match incremental::read_changes_and_map(config, rules, ledger, point, now).await? {
             Ok(read) => read,
-            Err(why) => return Ok(Err(why)),
+            Err(why) => return Ok(Err(WhyComplete::Fallback(why))),
         };
     let state = State {
         view,
@@ -464,7 +486,7 @@ async fn incremental_preview<H: Homeserver + Rooms>(
 /// Where the next incremental read starts after `read` fully succeeded (`None`: nowhere).
 fn next_point(config: &Config, rules: &Rules, read: &Read, started_at: i64) -> Option<SyncPoint> {
     let (watermark, full_at) = match read {
-        Read::Complete { watermark } => (watermark.clone()?, started_at),
+        Read::Complete { watermark, .. } => (watermark.clone()?, started_at),
         Read::Changes {
             since, watermark, ..
         } => (watermark.clone(), since.full_at),

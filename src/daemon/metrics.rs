@@ -68,6 +68,7 @@ pub struct Metrics {
     brake_engaged: Gauge,
     directory_up: Gauge,
     held_agents: Family<HeldLabel, Gauge>,
+    incremental_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -142,6 +143,12 @@ impl Metrics {
                 "Agents the daemon does nothing for until something changes, by reason (conflict: their mxid is an account not theirs; refused: the homeserver refused their action)",
                 Family::default(),
             ),
+            incremental_fallbacks: register(
+                &mut r,
+                "incremental_fallbacks",
+                "Runs that read the whole directory because it could not give an incremental read that can be trusted (cookie refused, another server, a contradictory refresh)",
+                Counter::default(),
+            ),
             registry: r,
         }
     }
@@ -194,6 +201,11 @@ impl Metrics {
         self.last_complete_read.set(unix);
     }
 
+    /// A run read everything because an incremental read could not be had or trusted.
+    pub fn incremental_fallback(&self) {
+        self.incremental_fallbacks.inc();
+    }
+
     pub fn brake(&self, engaged: bool) {
         self.brake_engaged.set(i64::from(engaged));
     }
@@ -228,6 +240,7 @@ mod tests {
         m.action("create_account", "done");
         m.read_directory(36, 4);
         m.succeeded_at(1_700_000_000);
+        m.incremental_fallback();
         let text = m.encode().unwrap();
         for line in [
             "matrix_ldap_sync_runs_total{outcome=\"ok\"} 1",
@@ -238,6 +251,7 @@ mod tests {
             "matrix_ldap_sync_last_success_timestamp_seconds 1700000000",
             "matrix_ldap_sync_brake_engaged 0",
             "matrix_ldap_sync_directory_up 0",
+            "matrix_ldap_sync_incremental_fallbacks_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

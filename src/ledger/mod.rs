@@ -5,18 +5,21 @@
 //! (every applied action), `runs` (the run journal); `rooms`, `room_members`, `room_powers`
 //! (see [`memberships`]); `departing` and `scheduled`, the indexes incremental runs plan from
 //! (see [`incremental`]); `profiles`, a digest of each account that complete plans read instead
-//! of the records (see [`profiles`]). An applied action's account record, its profile and its
+//! of the records (see [`profiles`]); `sync_ids`, the ids 389-DS names agents by in content sync
+//! (see [`sync_ids`]). An applied action's account record, its profile and its
 //! audit entry are written in one transaction, so a crash leaves either all or none.
 
 mod incremental;
 pub mod memberships;
 mod profiles;
 mod records;
+mod sync_ids;
 
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
 pub use profiles::{profile_digest, Profile, Profiles, Stage};
 pub use records::{AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord};
+pub use sync_ids::SyncIdUpdate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +78,8 @@ pub struct Ledger {
     /// requests go out, so that an account made by a run that died before recording it is
     /// known as the daemon's own, not someone else's.
     intents: sled::Tree,
+    /// Sync id (hex) → stable id: see [`sync_ids`]. Empty unless the directory is 389-DS.
+    sync_ids: sled::Tree,
 }
 
 /// The last run that was not held back by the brake.
@@ -170,6 +175,7 @@ impl Ledger {
             profiles: db.open_tree("profiles")?,
             held: db.open_tree("held")?,
             intents: db.open_tree("intents")?,
+            sync_ids: db.open_tree("sync_ids")?,
             path,
             db,
         };

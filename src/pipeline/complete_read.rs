@@ -64,6 +64,8 @@ pub(super) async fn read_and_map(
         desired,
         read: Read::Complete {
             watermark: snapshot.watermark,
+            sync_ids: snapshot.sync_ids,
+            fallback: None,
         },
     })
 }
