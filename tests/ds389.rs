@@ -102,7 +102,7 @@ fn first_sync_then_a_second_sync_writes_nothing() {
     assert!(
         status
             .stdout
-            .contains("Incremental reads: from 389-DS content sync sync cookies"),
+            .contains("Incremental reads: from 389-DS content sync cookies"),
         "{}",
         status.stdout
     );

@@ -149,7 +149,7 @@ fn changed_rules_or_a_due_complete_read_make_the_run_read_everything() {
     assert!(
         status
             .stdout
-            .contains("Incremental reads: from RFC 4533 sync cookies")
+            .contains("Incremental reads: from RFC 4533 content sync cookies")
             && status.stdout.contains("Read: the whole directory\n"),
         "{}",
         status.stdout

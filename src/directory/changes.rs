@@ -62,7 +62,7 @@ impl Watermark {
                 cookies,
                 dialect,
             } => format!(
-                "{} sync cookies for {} base(s) from {server}",
+                "{} cookies for {} base(s) from {server}",
                 dialect.name(),
                 cookies.len()
             ),
@@ -103,7 +103,7 @@ impl SyncDialect {
 
     pub fn name(self) -> &'static str {
         match self {
-            SyncDialect::Standard => "RFC 4533",
+            SyncDialect::Standard => "RFC 4533 content sync",
             SyncDialect::Ds389 => "389-DS content sync",
         }
     }
