@@ -105,7 +105,9 @@ impl Directory {
 
     /// Reads the agents among the entries of `base` named `ids` (their `nsUniqueId`), with the
     /// agent filter and the rules' attributes, into `collector` (which records their ids).
-    /// Returns how many entries came back.
+    /// Returns the ids of the entries the search returned — agents still, even those the
+    /// collector skipped (a skipped agent is never taken for gone) — or, when an entry came
+    /// back without a readable `nsUniqueId`, why the read cannot be trusted.
     pub(super) async fn ds389_read_by_ids(
         &mut self,
         base: &str,
@@ -114,11 +116,12 @@ impl Directory {
         page_size: i32,
         timeout: Duration,
         collector: &mut Collector<'_, '_>,
-    ) -> Result<usize, DirectoryError> {
+    ) -> Result<Result<BTreeSet<SyncId>, String>, DirectoryError> {
         let mut attrs = requested_attributes(query);
         attrs.push(NS_UNIQUE_ID.to_string());
         let ids: Vec<&SyncId> = ids.iter().collect();
-        let mut read = 0;
+        let mut returned = BTreeSet::new();
+        let mut unnamed: Option<String> = None;
         for chunk in ids.chunks(IDS_PER_SEARCH) {
             let filter = by_ids_filter(&query.filter, chunk);
             self.read_base(
@@ -128,13 +131,32 @@ impl Directory {
                 page_size.max(1),
                 timeout,
                 &mut |se| {
-                    read += 1;
+                    let id = se
+                        .attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(NS_UNIQUE_ID))
+                        .and_then(|(_, v)| v.first())
+                        .and_then(|v| SyncId::from_text(v));
+                    match id {
+                        Some(id) => {
+                            returned.insert(id);
+                        }
+                        None => {
+                            unnamed.get_or_insert_with(|| se.dn.clone());
+                        }
+                    }
                     collector.add(se);
                 },
             )
             .await?;
         }
-        Ok(read)
+        Ok(match unnamed {
+            None => Ok(returned),
+            Some(dn) => Err(format!(
+                "`{dn}` was read without a readable `{NS_UNIQUE_ID}`, by which 389-DS names \
+                 entries in content sync (let the bind account read it)"
+            )),
+        })
     }
 }
 

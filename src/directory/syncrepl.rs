@@ -216,17 +216,23 @@ impl Directory {
         }
         // 389-DS: the changed entries, read again with what the rules need.
         let mut changed_ids = BTreeSet::new();
+        let mut still_agents = BTreeSet::new();
         if dialect == SyncDialect::Ds389 {
             for (base, refresh, _) in &refreshes {
-                self.ds389_read_by_ids(
-                    base,
-                    &refresh.changed,
-                    query,
-                    page_size,
-                    timeout,
-                    &mut collector,
-                )
-                .await?;
+                let read = self
+                    .ds389_read_by_ids(
+                        base,
+                        &refresh.changed,
+                        query,
+                        page_size,
+                        timeout,
+                        &mut collector,
+                    )
+                    .await?;
+                match read {
+                    Ok(ids) => still_agents.extend(ids),
+                    Err(why) => return Ok(Incremental::FullReadNeeded(why)),
+                }
                 changed_ids.extend(refresh.changed.iter().cloned());
             }
         }
@@ -252,11 +258,10 @@ impl Directory {
             SyncDialect::Ds389 => {
                 // Changed entries the search by id did not return left the agents (or went
                 // meanwhile); those it returned are there, whatever a base said.
-                let read: BTreeSet<&SyncId> = snapshot.sync_ids.iter().map(|(id, _)| id).collect();
                 let gone = deleted
                     .into_iter()
                     .chain(changed_ids)
-                    .filter(|id| !read.contains(id))
+                    .filter(|id| !still_agents.contains(id))
                     .collect();
                 (BTreeSet::new(), gone, None)
             }
