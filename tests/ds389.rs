@@ -78,9 +78,12 @@ fn first_sync_then_a_second_sync_writes_nothing() {
     );
     site.add_agent("jmartin", "Jean", "Martin");
     let check = site.run(&["check"]);
-    assert_eq!(check.code, 0, "{}
-{}", check.stdout, check.stderr);
-    assert!(check.stdout.contains("(389-DS) as cn=sync"), "{}", check.stdout);
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("(389-DS) as cn=sync"),
+        "{}",
+        check.stdout
+    );
     let first = site.sync_ok();
     assert!(first.stdout.contains("2 applied"), "{}", first.stdout);
     let elodie = user(&site, &site.mxid("elodie.dupre"));
