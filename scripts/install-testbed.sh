@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need: OpenLDAP (slapd + ldap-utils, from Debian, with no
-# system instance configured or started), Samba AD DC (samba, samba-ad-dc, samba-ad-provision,
+# system instance configured or started), 389 Directory Server (389-ds-base, from Debian; no
+# instance is created: the tests write their own and run ns-slapd without systemd), Samba AD DC (samba, samba-ad-dc, samba-ad-provision,
 # ldb-tools, openssl, from Debian; no system DC is provisioned, and the samba-ad-dc service the
 # package may start is stopped) and Synapse with the synapse-ldap3 login module (from PyPI, into
 # .testbed/venv in the repo).
@@ -63,6 +64,23 @@ for m in back_mdb syncprov; do
         || { say "missing slapd module /usr/lib/ldap/$m"; exit 1; }
 done
 say "$(/usr/sbin/slapd -VV 2>&1 | sed -n 's/^.*\(slapd [0-9][^ ]*\).*$/\1/p' | head -n1)"
+
+# --- 389 Directory Server --------------------------------------------------------------------
+# The package creates no instance (that is dscreate's job, which the tests do not use: they
+# write the instance's dse.ldif from the package's template and run ns-slapd in the foreground).
+if [ -x /usr/sbin/ns-slapd ] && [ -e /usr/share/dirsrv/data/template-dse.ldif ]; then
+    say "389-ds-base already installed"
+else
+    say "installing 389-ds-base from Debian (no instance is created)"
+    ds_start=$SECONDS
+    apt_install 389-ds-base
+    say "389-ds-base installed in $((SECONDS - ds_start)) s"
+fi
+[ -e /usr/lib/x86_64-linux-gnu/dirsrv/plugins/libcontentsync-plugin.so ] \
+    || ls /usr/lib/*/dirsrv/plugins/libcontentsync-plugin.so >/dev/null 2>&1 \
+    || { say "389-ds-base has no content sync plugin"; exit 1; }
+ds_version="$(/usr/sbin/ns-slapd -v 2>&1 || true)"
+say "$(printf '%s\n' "$ds_version" | sed -n 's/.*\(389-Directory\/[^ ]*\).*/\1/p' | head -n1)"
 
 # --- Samba AD DC -----------------------------------------------------------------------------
 # The tests provision their own domain (tests/common/samba.rs); the package's own service is not

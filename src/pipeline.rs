@@ -9,7 +9,7 @@ mod ledger_view;
 mod login;
 mod observe;
 
-pub use incremental::{fingerprint, usable_point, Read};
+pub use incremental::{fingerprint, usable_point, Read, WhyComplete};
 pub use ledger_cell::LedgerCell;
 pub use login::undeclared as undeclared_login;
 pub use observe::{observe_accounts, observe_rooms};
@@ -489,6 +489,7 @@ async fn sync_run<H: Homeserver + Rooms>(
         held_everything,
         needs_migration: held_everything && verdict.is_some_and(brake::Verdict::needs_migration),
         incremental: !preview.read.is_complete(),
+        incremental_fallback: preview.read.fallback().map(str::to_string),
     };
     tracing::info!(
         agents = run.agents,
@@ -512,6 +513,11 @@ async fn sync_run<H: Homeserver + Rooms>(
     let point = succeeded.then(|| next_point(config, rules, &preview.read, started_at));
     let scheduled =
         succeeded.then(|| incremental::scheduled_update(&preview.desired, &preview.read));
+    // Before the sync point that relies on them (facts about the directory, true whatever the
+    // rest of the run does).
+    if let Some(update) = preview.read.sync_id_update().filter(|_| succeeded) {
+        ledger.record_sync_ids(&update)?;
+    }
     ledger.finish_run(FinishedRun {
         run: &run,
         last_good: last_good.as_ref(),
@@ -596,13 +602,27 @@ async fn preview_for_sync<H: Homeserver + Rooms>(
     }
     // The watermark and the records an incremental plan reads must be the truth first.
     let journal = apply::journal::resolve(cell.get().await?, homeserver, now).await?;
-    let preview = match incremental_preview(config, rules, cell, homeserver, now).await? {
-        Ok(preview) => preview,
-        Err(why_complete) => {
-            tracing::info!(reason = %why_complete, "reading the whole directory");
-            preview_reading(config, rules, cell, now, Some(homeserver), false).await?
+    let why_complete = match incremental_preview(config, rules, cell, homeserver, now).await? {
+        Ok(preview) => return Ok(Preview { journal, ..preview }),
+        Err(why) => why,
+    };
+    let fallback = match why_complete {
+        WhyComplete::Planned(why) => {
+            tracing::info!(reason = %why, "reading the whole directory");
+            None
+        }
+        WhyComplete::Fallback(why) => {
+            tracing::warn!(
+                reason = %why,
+                "the directory could not give an incremental read that can be trusted: reading the whole directory"
+            );
+            Some(why)
         }
     };
+    let mut preview = preview_reading(config, rules, cell, now, Some(homeserver), false).await?;
+    if let Read::Complete { fallback: f, .. } = &mut preview.read {
+        *f = fallback;
+    }
     Ok(Preview { journal, ..preview })
 }
 
@@ -613,16 +633,16 @@ async fn incremental_preview<H: Homeserver + Rooms>(
     cell: &LedgerCell,
     homeserver: &H,
     now: i64,
-) -> Result<Result<Preview, String>, RunError> {
+) -> Result<Result<Preview, WhyComplete>, RunError> {
     let ledger = cell.get().await?;
     let point = match usable_point(config, rules, ledger.sync_point()?, now) {
         Ok(point) => point,
-        Err(why) => return Ok(Err(why)),
+        Err(why) => return Ok(Err(WhyComplete::Planned(why))),
     };
     let (mapped, view) =
         match incremental::read_changes_and_map(config, rules, ledger, point, now).await? {
             Ok(read) => read,
-            Err(why) => return Ok(Err(why)),
+            Err(why) => return Ok(Err(WhyComplete::Fallback(why))),
         };
     let state = State {
         view,
@@ -637,7 +657,7 @@ async fn incremental_preview<H: Homeserver + Rooms>(
 /// Where the next incremental read starts after `read` fully succeeded (`None`: nowhere).
 fn next_point(config: &Config, rules: &Rules, read: &Read, started_at: i64) -> Option<SyncPoint> {
     let (watermark, full_at) = match read {
-        Read::Complete { watermark } => (watermark.clone()?, started_at),
+        Read::Complete { watermark, .. } => (watermark.clone()?, started_at),
         Read::Changes {
             since, watermark, ..
         } => (watermark.clone(), since.full_at),

@@ -14,7 +14,7 @@ use common::pki::{base64, TestPki};
 use common::Slapd;
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
-    read_snapshot, AgentQuery, Directory, DirectoryError, IdFormat, Snapshot,
+    read_snapshot, AgentQuery, Directory, DirectoryError, IdFormat, ServerKind, Snapshot,
 };
 use matrix_ldap_sync::secret::Secret;
 use url::Url;
@@ -217,15 +217,21 @@ async fn size_limit_is_an_error_not_a_short_snapshot() {
         cfg.page_size = page_size;
         let err = read_snapshot(&cfg, &people()).await.unwrap_err();
         match &err {
-            DirectoryError::Search { code, base, .. } => {
+            DirectoryError::Search {
+                code, base, kind, ..
+            } => {
                 assert_eq!(*code, 4, "{err}");
                 assert_eq!(base, &ou);
+                assert_eq!(*kind, ServerKind::OpenLdap, "read from slapd's root DSE");
             }
             other => panic!("page size {page_size}: expected a search error, got {other:?}"),
         }
         let msg = err.to_string();
         eprintln!("error shown: {msg}");
         assert!(msg.contains("sizeLimitExceeded"), "{msg}");
+        // OpenLDAP's advice only: it limits the whole paged search.
+        assert!(msg.contains("size=unlimited"), "{msg}");
+        assert!(!msg.contains("nsSizeLimit"), "{msg}");
     }
 }
 

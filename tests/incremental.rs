@@ -14,7 +14,7 @@ use common::Slapd;
 use matrix_ldap_sync::config::DirectoryConfig;
 use matrix_ldap_sync::directory::{
     read_changes_with, read_snapshot, read_snapshot_with, AgentQuery, Changes, Directory, IdFormat,
-    Incremental, RoomSources, StableId, Watermark,
+    Incremental, RoomSources, StableId, SyncDialect, Watermark,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -342,6 +342,7 @@ async fn unusable_cookies_need_a_full_read() {
     let with_cookie = |cookie: &[u8]| Watermark::Syncrepl {
         server: slapd.url.clone(),
         cookies: [(ou.clone(), cookie.to_vec())].into(),
+        dialect: SyncDialect::Standard,
     };
 
     // In slapd's syntax without a CSN: slapd would take it for no cookie, so it is not sent.
@@ -361,6 +362,7 @@ async fn unusable_cookies_need_a_full_read() {
     let elsewhere = Watermark::Syncrepl {
         server: "ldap://other.example.org".into(),
         cookies: BTreeMap::new(),
+        dialect: SyncDialect::Standard,
     };
     let why = full_read_needed(&cfg, &elsewhere).await;
     assert!(why.contains("ldap://other.example.org"), "{why}");

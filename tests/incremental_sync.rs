@@ -143,11 +143,14 @@ fn changed_rules_or_a_due_complete_read_make_the_run_read_everything() {
     site.configure(&changed);
     let run = sync_incremental(&site, T0 + 3800);
     assert!(!read_only_changes(&run), "{}", run.stdout);
+    // Changed rules are a planned complete read: said at INFO, not a fallback.
+    assert!(!run.stderr.contains("WARN"), "{}", run.stderr);
     let status = site.run(&["status"]);
     assert!(
         status
             .stdout
-            .contains("Incremental reads: from sync cookies"),
+            .contains("Incremental reads: from RFC 4533 content sync cookies")
+            && status.stdout.contains("Read: the whole directory\n"),
         "{}",
         status.stdout
     );
@@ -224,4 +227,33 @@ fn a_departure_date_comes_due_without_any_change_in_the_directory() {
         "{}",
         history.stdout
     );
+}
+
+#[test]
+fn a_watermark_another_server_gave_falls_back_to_a_complete_read_with_a_warning() {
+    let site = site("incr-other", &settings("1h", NO_BRAKE));
+    site.add_agent("anne", "Anne", "Autre", "DSI", None);
+    site.sync_ok_at(T0);
+    // The same slapd by another name: the watermark is not the answering server's.
+    let other = site.slapd.url.replace("127.0.0.1", "localhost");
+    site.configure(&Settings {
+        urls: Some(vec![other]),
+        ..settings("1h", NO_BRAKE)
+    });
+    let run = sync_incremental(&site, T0 + 60);
+    assert!(!read_only_changes(&run), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("WARN") && run.stderr.contains("the last complete read was from"),
+        "{}",
+        run.stderr
+    );
+    let status = site.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("Read: the whole directory, because an incremental read was not possible"),
+        "{}",
+        status.stdout
+    );
+    assert!(read_only_changes(&sync_incremental(&site, T0 + 120)));
 }

@@ -235,7 +235,14 @@ async fn a_large_ad_group_is_read_slice_by_slice_to_the_end() {
         big.members[MEMBERS - 1],
         format!("CN=user{},OU=people,DC=ad", MEMBERS - 1)
     );
-    let searches = log.lock().unwrap().clone();
+    // The root DSE read once connected (what kind of server it is) aside.
+    let searches: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| !s.starts_with(' '))
+        .cloned()
+        .collect();
     assert_eq!(
         searches[1..],
         [

@@ -426,6 +426,11 @@ fn check_reports_each_step() {
             run.stdout
         );
     }
+    assert!(
+        run.stdout.contains("(OpenLDAP) as cn=sync"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("1 agents"), "{}", run.stdout);
 
     std::fs::write(

@@ -62,7 +62,14 @@ pub async fn run(config_path: &Path) -> ExitCode {
     let connected = report.step(
         "directory bind",
         Directory::connect(&config.directory).await,
-        |d| format!("{} as {}", d.server(), config.directory.bind_dn),
+        |d| {
+            format!(
+                "{} ({}) as {}",
+                d.server(),
+                d.kind().name(),
+                config.directory.bind_dn
+            )
+        },
     );
     if let (Some(mut directory), Some(rules)) = (connected, rules.as_ref()) {
         let read = directory

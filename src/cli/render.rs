@@ -239,6 +239,12 @@ pub fn sync_text(result: &SyncResult) -> String {
     let r = &result.report;
     let mut out = String::new();
     let agents = match &result.preview.read {
+        Read::Complete {
+            fallback: Some(_), ..
+        } => format!(
+            "{} agents (read whole: the incremental read was not possible)",
+            result.preview.agents
+        ),
         Read::Complete { .. } => format!("{} agents", result.preview.agents),
         Read::Changes { gone, .. } => format!(
             "changes only: {} changed agents, {gone} gone",
@@ -345,7 +351,7 @@ pub fn sync_json(result: &SyncResult) -> String {
         "server": result.preview.server,
         "agents": result.preview.agents,
         "read": match &result.preview.read {
-            Read::Complete { .. } => json!({"kind": "complete"}),
+            Read::Complete { fallback, .. } => json!({"kind": "complete", "fallback": fallback}),
             Read::Changes { gone, .. } => json!({"kind": "changes", "gone": gone}),
         },
         "skipped": result.preview.plan.skipped.len(),

@@ -188,6 +188,14 @@ fn last_run_text(out: &mut String, last_run: Option<&RunRecord>) {
                 run.applied,
                 run.failed
             );
+            let read = match (&run.incremental, &run.incremental_fallback) {
+                (true, _) => "only the changes since the last read".to_string(),
+                (false, Some(why)) => format!(
+                    "the whole directory, because an incremental read was not possible: {why}"
+                ),
+                (false, None) => "the whole directory".to_string(),
+            };
+            let _ = writeln!(out, "  Read: {read}");
             if run.resolved_applied + run.resolved_not_applied > 0 {
                 let _ = writeln!(
                     out,

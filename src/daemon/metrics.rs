@@ -87,6 +87,7 @@ pub struct Metrics {
     held_agents: Family<HeldLabel, Gauge>,
     intents_resolved: Family<FoundLabel, Counter>,
     shadow_accounts: Family<ShadowLabel, Gauge>,
+    incremental_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -179,6 +180,12 @@ impl Metrics {
                 "Accounts the daemon does not manage that an agent can log in to, as of the last complete read; departed=\"true\" and not locked is a security finding (see `status`)",
                 Family::default(),
             ),
+            incremental_fallbacks: register(
+                &mut r,
+                "incremental_fallbacks",
+                "Runs that read the whole directory because it could not give an incremental read that can be trusted (cookie refused, another server, a contradictory refresh)",
+                Counter::default(),
+            ),
             registry: r,
         };
         // Not known to be silent before a run has asked it anything.
@@ -261,6 +268,11 @@ impl Metrics {
         self.last_complete_read.set(unix);
     }
 
+    /// A run read everything because an incremental read could not be had or trusted.
+    pub fn incremental_fallback(&self) {
+        self.incremental_fallbacks.inc();
+    }
+
     pub fn brake(&self, engaged: bool) {
         self.brake_engaged.set(i64::from(engaged));
     }
@@ -296,6 +308,7 @@ mod tests {
         m.action("create_account", "done");
         m.read_directory(36, 4);
         m.succeeded_at(1_700_000_000);
+        m.incremental_fallback();
         let text = m.encode().unwrap();
         for line in [
             "matrix_ldap_sync_runs_total{outcome=\"ok\"} 1",
@@ -308,6 +321,7 @@ mod tests {
             "matrix_ldap_sync_directory_up 0",
             "matrix_ldap_sync_homeserver_up 1",
             "matrix_ldap_sync_runs_total{outcome=\"homeserver_unavailable\"} 1",
+            "matrix_ldap_sync_incremental_fallbacks_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

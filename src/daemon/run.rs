@@ -289,6 +289,12 @@ fn report(
     if complete {
         shared.metrics.read_everything_at(now);
     }
+    if result
+        .as_ref()
+        .is_ok_and(|r| r.preview.read.fallback().is_some())
+    {
+        shared.metrics.incremental_fallback();
+    }
     write_status(ledger, shared, &health, now, complete);
     outcome
 }

@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::error::DirectoryError;
 use super::reader::Directory;
+use super::server::ServerKind;
 use super::snapshot::{Entry, Snapshot, StableId};
 use super::AgentQuery;
 
@@ -31,6 +32,10 @@ pub enum Watermark {
         server: String,
         /// Search base → cookie.
         cookies: BTreeMap<String, Vec<u8>>,
+        /// How the server that gave them speaks content sync (watermarks of older versions
+        /// have none: they were only ever usable on OpenLDAP).
+        #[serde(default)]
+        dialect: SyncDialect,
     },
     /// Active Directory: the DC's `highestCommittedUSN` when the read began. USNs are local to
     /// one DC's database (`invocationId`): on another DC, or a restored one, they mean nothing.
@@ -52,15 +57,107 @@ impl Watermark {
     /// How it reads, for logs and `status`.
     pub fn describe(&self) -> String {
         match self {
-            Watermark::Syncrepl { server, cookies } => {
-                format!("sync cookies for {} base(s) from {server}", cookies.len())
-            }
+            Watermark::Syncrepl {
+                server,
+                cookies,
+                dialect,
+            } => format!(
+                "{} cookies for {} base(s) from {server}",
+                dialect.name(),
+                cookies.len()
+            ),
             Watermark::Usn {
                 server,
                 invocation_id,
                 usn,
             } => format!("USN {usn} of DC {invocation_id} ({server})"),
         }
+    }
+}
+
+/// How a server speaks RFC 4533 content synchronization: what it names entries by in its
+/// sync messages, and what its refreshes leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncDialect {
+    /// As OpenLDAP's syncprov: entries named by their `entryUUID`, sent with the attributes
+    /// asked for, the filter applied to deletions too (an entry that leaves it is deleted).
+    #[default]
+    Standard,
+    /// 389-DS content sync (not in its OpenLDAP-compatible mode): entries named by their
+    /// `nsUniqueId`; changed entries sent with their user attributes only (no `entryUUID`, no
+    /// `nsAccountLock`); an entry that no longer matches the filter is not reported at all;
+    /// every refresh ends with refreshDeletes FALSE although deletions come as a delete phase;
+    /// the cookie holds the bind DN, base and filter it was taken with. See [`super::ds389`].
+    Ds389,
+}
+
+impl SyncDialect {
+    /// The dialect of a server of this kind.
+    pub(super) fn of(kind: ServerKind) -> SyncDialect {
+        match kind {
+            ServerKind::Ds389 => SyncDialect::Ds389,
+            _ => SyncDialect::Standard,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncDialect::Standard => "RFC 4533 content sync",
+            SyncDialect::Ds389 => "389-DS content sync",
+        }
+    }
+}
+
+/// The 16 bytes a server names an entry by in content-sync messages (a syncUUID), as 32
+/// lowercase hex digits: what both an `entryUUID` and a 389-DS `nsUniqueId` are, written
+/// without their dashes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SyncId(String);
+
+impl SyncId {
+    pub fn from_bytes(bytes: &[u8]) -> Option<SyncId> {
+        (bytes.len() == 16).then(|| SyncId(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// From an `entryUUID` (`8-4-4-4-12`) or `nsUniqueId` (`8-8-8-8`) text, any case.
+    pub fn from_text(text: &str) -> Option<SyncId> {
+        let hex: String = text
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(SyncId(hex))
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.0
+    }
+
+    /// In `entryUUID`'s text form, `8-4-4-4-12`.
+    pub fn entry_uuid(&self) -> String {
+        let h = &self.0;
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+
+    /// In 389-DS `nsUniqueId`'s text form, `8-8-8-8`.
+    pub fn ns_unique_id(&self) -> String {
+        let h = &self.0;
+        format!("{}-{}-{}-{}", &h[0..8], &h[8..16], &h[16..24], &h[24..32])
+    }
+}
+
+impl std::fmt::Display for SyncId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -79,6 +176,11 @@ pub struct Changes {
     /// present phase): every agent id still there, changed or not. A managed agent neither
     /// here nor in `snapshot` is gone.
     pub present: Option<BTreeSet<StableId>>,
+    /// Entries deleted or gone from the agents, by the id the server named them with when
+    /// that is not the stable id (389-DS: `nsUniqueId`): only the ids recorded from earlier
+    /// reads ([`Snapshot::sync_ids`]) turn them into agents. Ids never recorded were never read
+    /// as agents (groups, other entries): ignore them.
+    pub deleted_sync_ids: BTreeSet<SyncId>,
     /// Where this read leaves off.
     pub watermark: Watermark,
 }
@@ -97,7 +199,7 @@ pub enum Incremental {
 /// What the server offers for incremental reads, from its root DSE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Support {
-    Syncrepl,
+    Syncrepl(SyncDialect),
     /// AD: `highestCommittedUSN` now, and the `dsServiceName` of the DC (its NTDS Settings
     /// object, which holds its `invocationId`).
     Usn {
@@ -144,7 +246,7 @@ impl Directory {
             .map(|(_, v)| v.as_slice())
             .unwrap_or_default();
         if controls.iter().any(|c| c == SYNC_REQUEST_OID) {
-            return Ok(Support::Syncrepl);
+            return Ok(Support::Syncrepl(SyncDialect::of(self.kind())));
         }
         Ok(Support::None)
     }
@@ -158,7 +260,10 @@ impl Directory {
         timeout: Duration,
     ) -> Result<Option<Watermark>, DirectoryError> {
         let watermark = match self.incremental_support(timeout).await? {
-            Support::Syncrepl => Some(self.syncrepl_watermark(bases, query, timeout).await?),
+            Support::Syncrepl(dialect) => Some(
+                self.syncrepl_watermark(bases, query, dialect, timeout)
+                    .await?,
+            ),
             Support::Usn {
                 highest,
                 ds_service_name,
@@ -172,6 +277,8 @@ impl Directory {
             Some(w) => info!(watermark = %w.describe(), "directory: incremental reads possible"),
             None => info!(
                 server = %self.server(),
+                kind = self.kind().name(),
+                advice = self.kind().content_sync_advice(),
                 "directory: the server offers no incremental reads (neither RFC 4533 content sync nor AD USNs); every run reads everything"
             ),
         }
@@ -197,8 +304,10 @@ impl Directory {
             )));
         }
         match since {
-            Watermark::Syncrepl { cookies, .. } => {
-                self.syncrepl_changes(bases, query, cookies, timeout, pass)
+            Watermark::Syncrepl {
+                cookies, dialect, ..
+            } => {
+                self.syncrepl_changes(bases, query, cookies, *dialect, page_size, timeout, pass)
                     .await
             }
             Watermark::Usn {

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::server::ServerKind;
+
 /// A directory read that did not produce a complete [`super::Snapshot`].
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -36,10 +38,12 @@ pub enum DirectoryError {
     /// A search (one page of it) ended with a result code other than success.
     #[error(
         "search of base `{base}` with filter `{filter}` on {url} failed: {}",
-        search_explanation(*.code, .base, .text, .matched, .referrals)
+        search_explanation(*.code, .base, .text, .matched, .referrals, *.kind)
     )]
     Search {
         url: String,
+        /// What the server is, for advice that fits it.
+        kind: ServerKind,
         base: String,
         filter: String,
         code: u32,
@@ -220,13 +224,13 @@ fn search_explanation(
     text: &str,
     matched: &str,
     referrals: &[String],
+    kind: ServerKind,
 ) -> String {
     let detail = code_and_text(code, text);
     match code {
         4 => format!(
-            "the server stopped at its size limit ({detail}); no partial list is used: \
-             raise the bind account's size limit (OpenLDAP `limits ... size=unlimited`, \
-             AD MaxPageSize/MaxResultSetSize) or check that paging is allowed"
+            "the server stopped at its size limit ({detail}); no partial list is used: {}",
+            kind.size_limit_advice()
         ),
         3 => format!(
             "the server stopped at its time limit ({detail}); no partial list is used: \
@@ -256,7 +260,11 @@ fn search_explanation(
         }
         34 => format!("the base DN `{base}` is not a valid DN ({detail})"),
         50 => format!("the bind account may not search `{base}` ({detail})"),
-        11 => format!("the server's administrative limit was exceeded ({detail})"),
+        11 => format!(
+            "the server's administrative limit was exceeded ({detail}); no partial list is \
+             used: {}",
+            kind.admin_limit_advice()
+        ),
         _ => detail,
     }
 }
@@ -276,7 +284,17 @@ mod tests {
     }
 
     fn search(code: u32, matched: &str, referrals: Vec<String>) -> DirectoryError {
+        search_on(ServerKind::Other, code, matched, referrals)
+    }
+
+    fn search_on(
+        kind: ServerKind,
+        code: u32,
+        matched: &str,
+        referrals: Vec<String>,
+    ) -> DirectoryError {
         DirectoryError::Search {
+            kind,
             url: "ldap://dc1.example.org".into(),
             base: "ou=people,dc=example,dc=org".into(),
             filter: "(objectClass=inetOrgPerson)".into(),
@@ -335,6 +353,22 @@ mod tests {
         assert!(search(3, "", vec![])
             .to_string()
             .contains("timeLimitExceeded"));
+    }
+
+    #[test]
+    fn size_limit_advice_fits_the_server() {
+        let ds389 = search_on(ServerKind::Ds389, 4, "", vec![]).to_string();
+        assert!(ds389.contains("nsSizeLimit: -1"), "{ds389}");
+        assert!(ds389.contains("directory.page_size"), "{ds389}");
+        assert!(ds389.contains("nsslapd-sizelimit"), "{ds389}");
+        assert!(!ds389.contains("MaxPageSize"), "{ds389}");
+        let openldap = search_on(ServerKind::OpenLdap, 4, "", vec![]).to_string();
+        assert!(openldap.contains("size=unlimited"), "{openldap}");
+        assert!(!openldap.contains("nsSizeLimit"), "{openldap}");
+        let ad = search_on(ServerKind::ActiveDirectory, 4, "", vec![]).to_string();
+        assert!(ad.contains("MaxPageSize"), "{ad}");
+        let lookthrough = search_on(ServerKind::Ds389, 11, "", vec![]).to_string();
+        assert!(lookthrough.contains("nsLookThroughLimit"), "{lookthrough}");
     }
 
     #[test]

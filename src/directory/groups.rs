@@ -556,14 +556,40 @@ pub async fn read_snapshot_with(
 ) -> Result<super::Snapshot, DirectoryError> {
     let mut dir = Directory::connect(cfg).await?;
     let result = async {
-        let watermark = if cfg.incremental {
+        let mut watermark = if cfg.incremental {
             dir.watermark(&cfg.base_dns, agents, cfg.timeout).await?
         } else {
             None
         };
+        // 389-DS names agents by their nsUniqueId in content sync: read it with them.
+        let sync_id_attribute = match &watermark {
+            Some(super::Watermark::Syncrepl {
+                dialect: super::SyncDialect::Ds389,
+                ..
+            }) => Some(super::ds389::NS_UNIQUE_ID),
+            _ => None,
+        };
         let mut snapshot = dir
-            .read_snapshot_passing(&cfg.base_dns, agents, cfg.page_size, cfg.timeout, pass)
+            .read_snapshot_recording(
+                &cfg.base_dns,
+                agents,
+                sync_id_attribute,
+                cfg.page_size,
+                cfg.timeout,
+                pass,
+            )
             .await?;
+        if let Some(attr) = sync_id_attribute {
+            let usable = snapshot.entries.len() + snapshot.passed_on;
+            if usable > 0 && snapshot.sync_ids.is_empty() {
+                tracing::warn!(
+                    server = %dir.server(),
+                    "directory: the bind account cannot read `{attr}` of the agents, by which \
+                     389-DS names them in content sync: incremental reads are off until it can"
+                );
+                watermark = None;
+            }
+        }
         if let Some(query) = &extra.groups {
             let bases = if query.bases.is_empty() {
                 &cfg.base_dns

@@ -11,23 +11,27 @@
 mod changes;
 mod decode;
 mod dn;
+mod ds389;
 mod entry;
 mod error;
 mod filters;
 mod groups;
 mod guid;
 mod reader;
+mod server;
 mod snapshot;
+mod sync_messages;
 mod syncrepl;
 mod tls;
 mod usn;
 
-pub use changes::{read_changes_with, Changes, Incremental, Watermark};
+pub use changes::{read_changes_with, Changes, Incremental, SyncDialect, SyncId, Watermark};
 pub use dn::{same_dn, Dn, DnError, DnKey};
 pub use error::{result_code_name, DirectoryError};
 pub use groups::{read_snapshot_with, Group, GroupQuery, Groups, Member, Resolved, RoomSources};
 pub use guid::{guid_to_bytes, guid_to_string};
 pub use reader::{read_snapshot, Directory};
+pub use server::ServerKind;
 pub use snapshot::{Entry, SkippedEntry, Snapshot, StableId};
 
 /// How the stable id attribute is encoded (`id_format` in the mapping rules).

@@ -18,10 +18,12 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use url::Url;
 
+use super::changes::SyncId;
 use super::dn::{same_dn, DnKey};
 use super::entry::convert;
 use super::error::DirectoryError;
-use super::snapshot::{Entry, SkippedEntry, Snapshot};
+use super::server::{ServerKind, ROOT_DSE_ATTRIBUTES};
+use super::snapshot::{Entry, SkippedEntry, Snapshot, StableId};
 use super::tls;
 use super::AgentQuery;
 use crate::config::DirectoryConfig;
@@ -32,12 +34,15 @@ pub struct Directory {
     driver: JoinHandle<()>,
     server: String,
     timeout: Duration,
+    /// What the server is, from its root DSE (read once connected).
+    kind: ServerKind,
 }
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Directory")
             .field("server", &self.server)
+            .field("kind", &self.kind)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -95,7 +100,12 @@ impl Directory {
         for (i, url) in cfg.urls.iter().enumerate() {
             match Self::connect_one(url, cfg, tls_config.clone()).await {
                 Ok(dir) => {
-                    info!(server = %dir.server, tried = i + 1, "directory: connected and bound");
+                    info!(
+                        server = %dir.server,
+                        kind = dir.kind.name(),
+                        tried = i + 1,
+                        "directory: connected and bound"
+                    );
                     return Ok(dir);
                 }
                 Err(e) if e.worth_failover() => {
@@ -151,6 +161,7 @@ impl Directory {
             driver,
             server,
             timeout: cfg.timeout,
+            kind: ServerKind::Other,
         };
         let bind = timed(
             &dir.server,
@@ -176,12 +187,33 @@ impl Directory {
             });
         }
         dir.ldap = ldap;
+        dir.kind = dir.read_kind(cfg.timeout).await?;
         Ok(dir)
+    }
+
+    /// What the server is, from its root DSE. A root DSE the account may not read is no
+    /// error (the kind is then [`ServerKind::Other`]); a server that does not answer is.
+    async fn read_kind(&mut self, timeout: Duration) -> Result<ServerKind, DirectoryError> {
+        let attrs: Vec<String> = ROOT_DSE_ATTRIBUTES.iter().map(|a| a.to_string()).collect();
+        match self.read_entry("", &attrs, timeout).await {
+            Ok(Some(root)) => Ok(ServerKind::of_root_dse(&root)),
+            Ok(None) => Ok(ServerKind::Other),
+            Err(e @ DirectoryError::Search { .. }) => {
+                debug!(server = %self.server, error = %e, "the root DSE cannot be read");
+                Ok(ServerKind::Other)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The URL of the server that answered.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// What kind of server answered (from its root DSE).
+    pub fn kind(&self) -> ServerKind {
+        self.kind
     }
 
     /// Reads every entry matching `query.filter` under each of `bases` (subtree), in pages of
@@ -210,11 +242,30 @@ impl Directory {
         timeout: Duration,
         pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<Snapshot, DirectoryError> {
+        self.read_snapshot_recording(bases, query, None, page_size, timeout, pass)
+            .await
+    }
+
+    /// [`Directory::read_snapshot_passing`], also reading `sync_id_attribute` (e.g. 389-DS
+    /// `nsUniqueId`) and recording each agent's value of it in [`Snapshot::sync_ids`].
+    pub(super) async fn read_snapshot_recording(
+        &mut self,
+        bases: &[String],
+        query: &AgentQuery,
+        sync_id_attribute: Option<&'static str>,
+        page_size: i32,
+        timeout: Duration,
+        pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
+    ) -> Result<Snapshot, DirectoryError> {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));
         }
-        let attrs = requested_attributes(query);
+        let mut attrs = requested_attributes(query);
         let mut collector = Collector::passing(query, pass);
+        if let Some(attr) = sync_id_attribute {
+            attrs.push(attr.to_string());
+            collector = collector.recording_sync_ids(attr);
+        }
         let pages = self
             .read_bases(
                 bases,
@@ -318,7 +369,7 @@ impl Directory {
                     },
                 )
                 .await?;
-            check_success(&url, base, filter, &result)?;
+            self.check_success(base, filter, &result)?;
             debug!(
                 base,
                 page,
@@ -380,13 +431,13 @@ impl Directory {
                 },
             )
             .await?;
-        check_success(&url, dn, filter, &result)?;
+        self.check_success(dn, filter, &result)?;
         Ok(found)
     }
 
     /// One search, each message (entries, references, intermediate responses) handed to
     /// `each` as it comes, each step within `timeout`. Returns the server's final result,
-    /// whatever its code: callers check it ([`check_success`]) — ldap3 ends the stream the same
+    /// whatever its code: callers check it ([`Directory::check_success`]) — ldap3 ends the stream the same
     /// way on success and on error. `what(verb)` names the step for errors.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn search_messages(
@@ -518,6 +569,12 @@ pub(super) struct Collector<'q, 'p> {
     /// Stable id → the DN it was first read at.
     by_id: HashMap<String, String>,
     skipped_dns: HashSet<DnKey>,
+    /// The attribute whose value names each agent in content-sync messages, when that is not
+    /// its stable id (389-DS `nsUniqueId`), and what was recorded of it.
+    sync_id_attribute: Option<&'static str>,
+    sync_ids: Vec<(SyncId, StableId)>,
+    /// Agents kept without a usable value of `sync_id_attribute`: how many, and the first.
+    without_sync_id: (usize, Option<String>),
 }
 
 impl<'q, 'p> Collector<'q, 'p> {
@@ -531,6 +588,17 @@ impl<'q, 'p> Collector<'q, 'p> {
             skipped: Vec::new(),
             by_id: HashMap::new(),
             skipped_dns: HashSet::new(),
+            sync_id_attribute: None,
+            sync_ids: Vec::new(),
+            without_sync_id: (0, None),
+        }
+    }
+
+    /// Also records each agent's value of `attr` (read with it) as its sync id.
+    pub(super) fn recording_sync_ids(self, attr: &'static str) -> Self {
+        Collector {
+            sync_id_attribute: Some(attr),
+            ..self
         }
     }
 
@@ -570,13 +638,36 @@ impl<'q, 'p> Collector<'q, 'p> {
 
     /// The Snapshot of what was gathered (no groups yet).
     pub(super) fn into_snapshot(self, server: String) -> Snapshot {
+        if let (Some(attr), (missing @ 1.., Some(first))) =
+            (self.sync_id_attribute, &self.without_sync_id)
+        {
+            warn!(
+                attribute = attr,
+                agents = missing,
+                first = %first,
+                "directory: agents read without a readable `{attr}`: their deletion is seen by \
+                 complete reads only (let the bind account read `{attr}`)"
+            );
+        }
         let mut snapshot = Snapshot::complete(self.entries, self.skipped, server);
         snapshot.passed_on = self.passed_on;
+        snapshot.sync_ids = self.sync_ids;
         snapshot
     }
 
     fn keep_or_pass_on(&mut self, entry: Entry) {
         self.by_id.insert(entry.id.0.clone(), entry.dn.clone());
+        if let Some(attr) = self.sync_id_attribute {
+            match entry.first(attr).and_then(SyncId::from_text) {
+                Some(sync_id) => self.sync_ids.push((sync_id, entry.id.clone())),
+                None => {
+                    self.without_sync_id.0 += 1;
+                    self.without_sync_id
+                        .1
+                        .get_or_insert_with(|| entry.dn.clone());
+                }
+            }
+        }
         let kept = match &mut self.pass {
             Some(pass) => pass(entry),
             None => Some(entry),
@@ -588,10 +679,22 @@ impl<'q, 'p> Collector<'q, 'p> {
     }
 }
 
-/// A search's final result: success, or the error naming the base and filter (never a short
-/// list taken for a whole one).
-pub(super) fn check_success(
+impl Directory {
+    /// A search's final result: success, or the error naming the base and filter, with advice
+    /// that fits the server (never a short list taken for a whole one).
+    pub(super) fn check_success(
+        &self,
+        base: &str,
+        filter: &str,
+        result: &LdapResult,
+    ) -> Result<(), DirectoryError> {
+        check_success(&self.server, self.kind, base, filter, result)
+    }
+}
+
+fn check_success(
     url: &str,
+    kind: ServerKind,
     base: &str,
     filter: &str,
     result: &LdapResult,
@@ -600,6 +703,7 @@ pub(super) fn check_success(
         return Ok(());
     }
     Err(DirectoryError::Search {
+        kind,
         url: url.to_string(),
         base: base.to_string(),
         filter: filter.to_string(),

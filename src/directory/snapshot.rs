@@ -103,6 +103,10 @@ pub struct Snapshot {
     /// Where this read leaves off for the next incremental read, taken before it began (`None`:
     /// incremental reads are off, or the server offers none).
     pub watermark: Option<super::Watermark>,
+    /// The id each agent read is named by in the server's content-sync messages, when that is
+    /// not its stable id (389-DS: `nsUniqueId`; empty otherwise): what turns the deletions of
+    /// later incremental reads ([`super::Changes::deleted_sync_ids`]) into agents.
+    pub sync_ids: Vec<(super::SyncId, StableId)>,
 }
 
 impl Snapshot {
@@ -120,6 +124,7 @@ impl Snapshot {
             filter_matches: BTreeMap::new(),
             in_chain: BTreeMap::new(),
             watermark: None,
+            sync_ids: Vec::new(),
         }
     }
 

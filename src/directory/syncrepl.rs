@@ -1,18 +1,21 @@
-//! RFC 4533 content synchronization, refreshOnly: the changes since a cookie.
+//! RFC 4533 content synchronization, refreshOnly: the changes since a cookie, on OpenLDAP
+//! (syncprov) and 389-DS (content sync, see [`super::ds389`]). What a refresh's messages mean
+//! is in [`super::sync_messages`].
+//!
+//! One cookie per base, taken and used by the same bind account with the same filter: 389-DS
+//! ties its cookies to both (OpenLDAP's are the database's, whatever the filter). The
+//! watermark is a base-scope refresh: the server reads the base entry, not the directory.
 //!
 //! What OpenLDAP's syncprov (2.5) answers, as seen against a real slapd:
 //! - Without a cookie: every matching entry (state add), then a SyncDone cookie
-//!   `rid=000,csn=<contextCSN>`. The cookie is the database's, whatever the filter, so the
-//!   watermark asks with a filter that matches nothing and that the objectClass index answers
-//!   at once: no entry is read (the agent filter ANDed with `(!(objectClass=*))` alone made
-//!   slapd test every agent: 0.13 s for 100k).
+//!   `rid=000,csn=<contextCSN>`.
 //! - With a cookie and `syncprov-sessionlog`: a delete phase. Changed entries (state add, for a
 //!   modify or a rename as well), syncIdSets (refreshDeletes TRUE) of the entryUUIDs deleted,
 //!   moved out of the base or no longer matching the filter, SyncDone refreshDeletes TRUE.
 //!   The log is replayed unscoped: every entry of the *database* deleted or modified since
 //!   the cookie and not returned by this search is listed as deleted, wherever it is. So
 //!   `deleted` also holds ids the caller never saw (to ignore), and an id one base calls
-//!   deleted but another returned is not deleted ([`merge`]).
+//!   deleted but another returned is not deleted.
 //! - With a cookie, without a session log (or one older than the log): a present phase.
 //!   Changed entries, syncIdSets (refreshDeletes FALSE) of every entryUUID still matching,
 //!   SyncDone refreshDeletes FALSE.
@@ -28,20 +31,19 @@
 //!   limit allows; a size limit ends it with result 4, an error like any other.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use ldap3::controls::{
-    parse_syncinfo, Control, ControlType, EntryState, MakeCritical, RefreshMode, SyncDone,
-    SyncInfo, SyncRequest, SyncState,
-};
-use ldap3::{ResultEntry, Scope, SearchEntry};
+use ldap3::controls::{MakeCritical, RefreshMode, SyncRequest};
+use ldap3::{Scope, SearchEntry};
 use tracing::{info, warn};
 
-use super::changes::{Changes, Incremental, Watermark};
+use super::changes::{Changes, Incremental, SyncDialect, SyncId, Watermark};
+use super::ds389::{NS_UNIQUE_ID, SYNC_FILTER};
 use super::error::DirectoryError;
-use super::reader::{check_success, decode_entry, requested_attributes, Collector, Directory};
+use super::reader::{decode_entry, requested_attributes, Collector, Directory};
+use super::server::ServerKind;
 use super::snapshot::{Entry, StableId};
+use super::sync_messages::{cookie_problem, merge, phase, sync_done, BaseRefresh};
 use super::{AgentQuery, IdFormat};
 
 /// e-syncRefreshRequired (RFC 4533): the server cannot answer from this cookie.
@@ -51,9 +53,13 @@ const UNWILLING_TO_PERFORM: u32 = 53;
 /// unavailableCriticalExtension: no content sync on the database holding the base.
 const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
 
-/// ANDed to the agent filter for the watermark. No entry matches (every entry has an object
-/// class, none has the OID 0.0.0), and the indexed `(objectClass=0.0.0)` has no candidates.
-const MATCH_NOTHING: &str = "(objectClass=0.0.0)(!(objectClass=*))";
+/// The filter content sync is asked with, for the watermark and the changes alike.
+fn sync_filter(dialect: SyncDialect, query: &AgentQuery) -> &str {
+    match dialect {
+        SyncDialect::Standard => &query.filter,
+        SyncDialect::Ds389 => SYNC_FILTER,
+    }
+}
 
 impl Directory {
     /// A cookie per base, taken before a full read. A base the server gives no cookie for is
@@ -62,14 +68,23 @@ impl Directory {
         &mut self,
         bases: &[String],
         query: &AgentQuery,
+        dialect: SyncDialect,
         timeout: Duration,
     ) -> Result<Watermark, DirectoryError> {
-        let filter = format!("(&{}{MATCH_NOTHING})", query.filter);
+        let filter = sync_filter(dialect, query);
         let no_attributes = ["1.1".to_string()];
         let mut cookies = BTreeMap::new();
         for base in bases {
             let outcome = self
-                .refresh(base, &filter, &no_attributes, None, timeout, &mut |_| {})
+                .refresh(
+                    base,
+                    Scope::Base,
+                    filter,
+                    &no_attributes,
+                    None,
+                    timeout,
+                    &mut |_, _| Ok(()),
+                )
                 .await?;
             match outcome {
                 Outcome::Done(BaseRefresh {
@@ -91,23 +106,36 @@ impl Directory {
         Ok(Watermark::Syncrepl {
             server: self.server().to_string(),
             cookies,
+            dialect,
         })
     }
 
-    /// The changes since `cookies`: one refreshOnly search per base, with the agent filter and
-    /// attributes, entries converted and handed to `pass` as in a full read.
+    /// The changes since `cookies`: one refreshOnly search per base, entries converted and
+    /// handed to `pass` as in a full read.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn syncrepl_changes(
         &mut self,
         bases: &[String],
         query: &AgentQuery,
         cookies: &BTreeMap<String, Vec<u8>>,
+        dialect: SyncDialect,
+        page_size: i32,
         timeout: Duration,
         pass: &mut (dyn FnMut(Entry) -> Option<Entry> + Send),
     ) -> Result<Incremental, DirectoryError> {
         if bases.is_empty() {
             return Err(DirectoryError::Config("no search base given".into()));
         }
-        if let Some(reason) = ids_unlike_sync_uuids(query) {
+        let speaks = SyncDialect::of(self.kind());
+        if speaks != dialect {
+            return Ok(Incremental::FullReadNeeded(format!(
+                "the sync cookies are {}'s, but {} now speaks {}",
+                dialect.name(),
+                self.server(),
+                speaks.name()
+            )));
+        }
+        if let Some(reason) = ids_unlike_sync_ids(query, dialect) {
             return Ok(Incremental::FullReadNeeded(reason));
         }
         // Every cookie checked before any search, so `pass` sees no entry of a read that a
@@ -119,21 +147,48 @@ impl Directory {
                 Err(reason) => return Ok(Incremental::FullReadNeeded(reason)),
             }
         }
-        let attrs = requested_attributes(query);
+        if dialect == SyncDialect::Ds389 {
+            if let Some(gap) = self.ds389_changelog_gap(&base_cookies, timeout).await? {
+                return Ok(Incremental::FullReadNeeded(gap));
+            }
+        }
         let mut collector = Collector::passing(query, pass);
+        if dialect == SyncDialect::Ds389 {
+            collector = collector.recording_sync_ids(NS_UNIQUE_ID);
+        }
+        let (filter, attrs) = match dialect {
+            SyncDialect::Standard => (query.filter.as_str(), requested_attributes(query)),
+            // The changed entries' ids only: they are read again below, whole.
+            SyncDialect::Ds389 => (SYNC_FILTER, vec!["1.1".to_string()]),
+        };
         let mut refreshes = Vec::new();
         let mut next_cookies = BTreeMap::new();
         for (base, cookie) in base_cookies {
+            let mut unlike = None;
             let outcome = self
                 .refresh(
                     base,
-                    &query.filter,
+                    Scope::Subtree,
+                    filter,
                     &attrs,
                     Some(cookie),
                     timeout,
-                    &mut |se| collector.add(se),
+                    &mut |id, se| {
+                        if dialect == SyncDialect::Standard {
+                            match named_unlike(&id, &se) {
+                                Some(why) => {
+                                    unlike.get_or_insert(why);
+                                }
+                                None => collector.add(se),
+                            }
+                        }
+                        Ok(())
+                    },
                 )
                 .await?;
+            if let Some(why) = unlike {
+                return Ok(Incremental::FullReadNeeded(why));
+            }
             let refresh = match outcome {
                 Outcome::Done(refresh) => refresh,
                 Outcome::Refused(reason) => return Ok(Incremental::FullReadNeeded(reason)),
@@ -150,9 +205,43 @@ impl Directory {
                 None => cookie.clone(),
             };
             next_cookies.insert(base.clone(), next);
-            refreshes.push(refresh);
+            match phase(&refresh, dialect) {
+                Ok(phase) => refreshes.push((base, refresh, phase)),
+                Err(why) => {
+                    return Ok(Incremental::FullReadNeeded(format!(
+                        "the content sync refresh of `{base}` cannot be trusted: {why}"
+                    )))
+                }
+            }
         }
-        let Some((deleted, present)) = merge(refreshes) else {
+        // 389-DS: the changed entries, read again with what the rules need.
+        let mut changed_ids = BTreeSet::new();
+        let mut still_agents = BTreeSet::new();
+        if dialect == SyncDialect::Ds389 {
+            for (base, refresh, _) in &refreshes {
+                let read = self
+                    .ds389_read_by_ids(
+                        base,
+                        &refresh.changed,
+                        query,
+                        page_size,
+                        timeout,
+                        &mut collector,
+                    )
+                    .await?;
+                match read {
+                    Ok(ids) => still_agents.extend(ids),
+                    Err(why) => return Ok(Incremental::FullReadNeeded(why)),
+                }
+                changed_ids.extend(refresh.changed.iter().cloned());
+            }
+        }
+        let Some((deleted, present)) = merge(
+            refreshes
+                .into_iter()
+                .map(|(_, refresh, phase)| (refresh, phase))
+                .collect(),
+        ) else {
             return Ok(Incremental::FullReadNeeded(
                 "some bases answered with a present phase, others with a delete phase: the \
                  agents still there cannot be told for all of them"
@@ -160,39 +249,63 @@ impl Directory {
             ));
         };
         let snapshot = collector.into_snapshot(self.server().to_string());
+        let (deleted, deleted_sync_ids, present) = match dialect {
+            SyncDialect::Standard => (
+                deleted.iter().map(entry_uuid).collect(),
+                BTreeSet::new(),
+                present.map(|p| p.iter().map(entry_uuid).collect()),
+            ),
+            SyncDialect::Ds389 => {
+                // Changed entries the search by id did not return left the agents (or went
+                // meanwhile); those it returned are there, whatever a base said.
+                let gone = deleted
+                    .into_iter()
+                    .chain(changed_ids)
+                    .filter(|id| !still_agents.contains(id))
+                    .collect();
+                (BTreeSet::new(), gone, None)
+            }
+        };
         info!(
             changed = snapshot.entries.len() + snapshot.passed_on,
             skipped = snapshot.skipped.len(),
-            deleted = deleted.len(),
+            deleted = deleted.len() + deleted_sync_ids.len(),
             present = present.as_ref().map(BTreeSet::len),
             bases = bases.len(),
             server = %self.server(),
+            dialect = dialect.name(),
             "directory: changes since the sync cookies read"
         );
         Ok(Incremental::Changes(Changes {
             snapshot,
             deleted,
             present,
+            deleted_sync_ids,
             watermark: Watermark::Syncrepl {
                 server: self.server().to_string(),
                 cookies: next_cookies,
+                dialect,
             },
         }))
     }
 
     /// One refreshOnly search of `base` from `cookie` (none: from scratch), each changed
-    /// entry handed to `entry`. The sync control is critical: a database without content sync
-    /// must refuse it, not answer a plain search that would look like a list of changes.
+    /// entry handed to `entry` with the id the server named it by. The sync control is
+    /// critical: a database without content sync must refuse it, not answer a plain search
+    /// that would look like a list of changes.
+    #[allow(clippy::too_many_arguments)]
     async fn refresh(
         &mut self,
         base: &str,
+        scope: Scope,
         filter: &str,
         attrs: &[String],
         cookie: Option<&Vec<u8>>,
         timeout: Duration,
-        entry: &mut (dyn FnMut(SearchEntry) + Send),
+        entry: &mut (dyn FnMut(SyncId, SearchEntry) -> Result<(), DirectoryError> + Send),
     ) -> Result<Outcome, DirectoryError> {
         let url = self.server().to_string();
+        let kind = self.kind();
         let what = |verb: &str| format!("{verb} the content sync refresh of `{base}`");
         let protocol = |cause: String| DirectoryError::Protocol {
             url: url.clone(),
@@ -209,15 +322,15 @@ impl Directory {
         let result = self
             .search_messages(
                 base,
-                Scope::Subtree,
+                scope,
                 filter,
                 attrs,
                 vec![control.into()],
                 timeout,
                 &what,
                 &mut |re| {
-                    if let Some(re) = refresh.take(re).map_err(protocol)? {
-                        entry(decode_entry(&url, &what("reading"), re)?);
+                    if let Some((id, re)) = refresh.take(re).map_err(protocol)? {
+                        entry(id, decode_entry(&url, &what("reading"), re)?)?;
                     }
                     Ok(())
                 },
@@ -230,8 +343,9 @@ impl Directory {
         match result.rc {
             SYNC_REFRESH_REQUIRED => {
                 return Ok(Outcome::Refused(format!(
-                    "the server asks for a full refresh of `{base}` (e-syncRefreshRequired{})",
-                    said(&result.text)
+                    "the server asks for a full refresh of `{base}` (e-syncRefreshRequired{}){}",
+                    said(&result.text),
+                    refresh_required_advice(kind)
                 )))
             }
             UNWILLING_TO_PERFORM if cookie.is_some() => {
@@ -243,19 +357,17 @@ impl Directory {
             UNAVAILABLE_CRITICAL_EXTENSION => {
                 return Ok(Outcome::Refused(format!(
                     "the server offers no content sync for `{base}` (LDAP result 12 \
-                     unavailableCriticalExtension{}): is syncprov on its database?",
-                    said(&result.text)
+                     unavailableCriticalExtension{}): {}",
+                    said(&result.text),
+                    kind.content_sync_advice()
                 )))
             }
-            _ => check_success(&url, base, filter, &result)?,
+            _ => self.check_success(base, filter, &result)?,
         }
         let done = sync_done(&result.ctrls)
             .map_err(protocol)?
             .ok_or_else(|| protocol("the search ended without a Sync Done control".into()))?;
-        if !done.refresh_deletes {
-            refresh.present_phase = true;
-        }
-        refresh.newer_cookie(done.cookie);
+        refresh.done(done);
         Ok(Outcome::Done(refresh))
     }
 }
@@ -267,158 +379,54 @@ enum Outcome {
     Refused(String),
 }
 
-/// What one base's refresh said, by entryUUID.
-#[derive(Default)]
-struct BaseRefresh {
-    changed: BTreeSet<StableId>,
-    deleted: BTreeSet<StableId>,
-    present: BTreeSet<StableId>,
-    /// The server listed what is still there (refreshDeletes FALSE), not what went.
-    present_phase: bool,
-    /// The latest cookie the server sent (Sync Info, Sync State or Sync Done).
-    cookie: Option<Vec<u8>>,
-}
-
-impl BaseRefresh {
-    /// Takes one message of the refresh in; returns it back if it is a changed entry to
-    /// convert. Err: what could not be decoded.
-    fn take(&mut self, re: ResultEntry) -> Result<Option<ResultEntry>, String> {
-        if re.is_ref() {
-            return Ok(None);
+/// Why a server may ask for a full refresh, as it applies to this kind of server.
+fn refresh_required_advice(kind: ServerKind) -> &'static str {
+    match kind {
+        ServerKind::Ds389 => {
+            " — 389-DS takes a cookie back only from the bind DN, for the base and filter, and \
+             on the host name and port (nsslapd-localhost, nsslapd-port) it was given with, and \
+             only while its retro changelog goes back that far"
         }
-        if re.is_intermediate() {
-            let info = catch_unwind(AssertUnwindSafe(move || parse_syncinfo(re)))
-                .map_err(|_| "an undecodable Sync Info message".to_string())?;
-            return self.info(info).map(|()| None);
-        }
-        let state = sync_state(&re.1)?;
-        let id = uuid_text(&state.entry_uuid)?;
-        self.newer_cookie(state.cookie);
-        match state.state {
-            // Present entries carry no attributes: not entries to convert.
-            EntryState::Present => {
-                self.present_phase = true;
-                self.present.insert(id);
-                Ok(None)
-            }
-            EntryState::Delete => {
-                self.deleted.insert(id);
-                Ok(None)
-            }
-            EntryState::Add | EntryState::Modify => {
-                self.changed.insert(id);
-                Ok(Some(re))
-            }
-        }
-    }
-
-    fn info(&mut self, info: SyncInfo) -> Result<(), String> {
-        match info {
-            SyncInfo::NewCookie(cookie) => self.newer_cookie(Some(cookie)),
-            SyncInfo::RefreshDelete { cookie, .. } => self.newer_cookie(cookie),
-            SyncInfo::RefreshPresent { cookie, .. } => {
-                self.present_phase = true;
-                self.newer_cookie(cookie);
-            }
-            SyncInfo::SyncIdSet {
-                cookie,
-                refresh_deletes,
-                sync_uuids,
-            } => {
-                self.newer_cookie(cookie);
-                let ids = if refresh_deletes {
-                    &mut self.deleted
-                } else {
-                    self.present_phase = true;
-                    &mut self.present
-                };
-                for uuid in sync_uuids {
-                    ids.insert(uuid_text(&uuid)?);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn newer_cookie(&mut self, cookie: Option<Vec<u8>>) {
-        if cookie.is_some() {
-            self.cookie = cookie;
-        }
+        ServerKind::OpenLdap => " — the cookie is older than what syncprov remembers",
+        _ => "",
     }
 }
 
-/// The deleted ids of all bases and, after present phases, the ids still there (present or
-/// changed). An id gone from one base but changed or present in another (moved between
-/// bases, overlapping bases) is not deleted; a changed entry is there whatever else was
-/// said of it. None when some bases ran a present phase and others a delete phase.
-fn merge(refreshes: Vec<BaseRefresh>) -> Option<(BTreeSet<StableId>, Option<BTreeSet<StableId>>)> {
-    let present_phase = refreshes.first().is_some_and(|r| r.present_phase);
-    if refreshes.iter().any(|r| r.present_phase != present_phase) {
-        return None;
-    }
-    let mut there = BTreeSet::new();
-    let mut deleted = BTreeSet::new();
-    for r in refreshes {
-        // RFC 4533 order: a present phase may be followed by a delete phase.
-        there.extend(r.present.into_iter().filter(|id| !r.deleted.contains(id)));
-        there.extend(r.changed);
-        deleted.extend(r.deleted);
-    }
-    deleted.retain(|id| !there.contains(id));
-    Some((deleted, present_phase.then_some(there)))
+/// A syncUUID as `entryUUID` text (how OpenLDAP names entries).
+fn entry_uuid(id: &SyncId) -> StableId {
+    StableId(id.entry_uuid())
 }
 
-/// The Sync State control of an entry.
-fn sync_state(ctrls: &[Control]) -> Result<SyncState, String> {
-    let raw = ctrls
+/// Why a changed entry's `entryUUID` is not the id the server named it by, if it is not:
+/// the server names entries by something else, and its deletions cannot be trusted to be
+/// `entryUUID`s either.
+fn named_unlike(id: &SyncId, se: &SearchEntry) -> Option<String> {
+    let uuid = se
+        .attrs
         .iter()
-        .find_map(|Control(kind, raw)| matches!(kind, Some(ControlType::SyncState)).then_some(raw))
-        .ok_or("an entry without a Sync State control")?;
-    if raw.val.is_none() {
-        return Err("an empty Sync State control".into());
+        .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
+        .and_then(|(_, v)| v.first());
+    match uuid.and_then(|u| SyncId::from_text(u)) {
+        Some(own) if own == *id => None,
+        Some(_) => Some(format!(
+            "the server named `{}` by {} in a sync message, not by its entryUUID",
+            se.dn,
+            id.entry_uuid()
+        )),
+        None => Some(format!(
+            "`{}` came in a sync message without a readable entryUUID",
+            se.dn
+        )),
     }
-    catch_unwind(AssertUnwindSafe(|| raw.parse::<SyncState>()))
-        .map_err(|_| "an undecodable Sync State control".into())
 }
 
-/// The Sync Done control of a search result, if any.
-fn sync_done(ctrls: &[Control]) -> Result<Option<SyncDone>, String> {
-    let Some(raw) = ctrls
-        .iter()
-        .find_map(|Control(kind, raw)| matches!(kind, Some(ControlType::SyncDone)).then_some(raw))
-    else {
-        return Ok(None);
-    };
-    if raw.val.is_none() {
-        return Err("an empty Sync Done control".into());
-    }
-    catch_unwind(AssertUnwindSafe(|| raw.parse::<SyncDone>()))
-        .map(Some)
-        .map_err(|_| "an undecodable Sync Done control".into())
-}
-
-/// A syncUUID (16 raw bytes) in entryUUID's text form, `8-4-4-4-12` lowercase hex.
-fn uuid_text(bytes: &[u8]) -> Result<StableId, String> {
-    if bytes.len() != 16 {
-        return Err(format!("a syncUUID of {} bytes, 16 expected", bytes.len()));
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(StableId(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )))
-}
-
-/// Deletions come as syncUUIDs, which are entryUUIDs: they only name agents when entryUUID
-/// (text) is the stable id.
-fn ids_unlike_sync_uuids(query: &AgentQuery) -> Option<String> {
+/// Deletions come as the server's sync ids: OpenLDAP's are entryUUIDs, which name agents only
+/// when entryUUID (text) is the stable id. 389-DS's (`nsUniqueId`) are turned into stable ids
+/// through what earlier reads recorded, whatever the stable id.
+fn ids_unlike_sync_ids(query: &AgentQuery, dialect: SyncDialect) -> Option<String> {
     let entry_uuid = query.id_attribute.eq_ignore_ascii_case("entryUUID")
         && matches!(query.id_format, IdFormat::Text);
-    (!entry_uuid).then(|| {
+    (dialect == SyncDialect::Standard && !entry_uuid).then(|| {
         format!(
             "content sync names deleted entries by entryUUID, but the stable id is `{}`",
             query.id_attribute
@@ -440,140 +448,66 @@ fn usable_cookie<'c>(
     }
 }
 
-/// Why a stored cookie cannot be sent. slapd takes a cookie without a valid CSN for no cookie
-/// at all and answers with every entry as added and none deleted, which would hide
-/// deletions. Only cookies in OpenLDAP's syntax (`rid=000,csn=…`) are checked; other servers'
-/// are theirs to judge.
-fn cookie_problem(cookie: &[u8]) -> Option<&'static str> {
-    if cookie.is_empty() {
-        return Some("is empty");
-    }
-    let text = std::str::from_utf8(cookie).ok()?;
-    let fields: Vec<(&str, &str)> = text.split(',').filter_map(|f| f.split_once('=')).collect();
-    let openldap = fields
-        .iter()
-        .any(|(k, _)| matches!(*k, "rid" | "sid" | "csn" | "delcsn"));
-    if !openldap {
-        return None;
-    }
-    let csns: Vec<&str> = fields
-        .iter()
-        .filter(|(k, _)| *k == "csn")
-        .flat_map(|(_, v)| v.split(';'))
-        .filter(|c| !c.is_empty())
-        .collect();
-    if csns.is_empty() || !csns.iter().all(|c| is_csn(c)) {
-        return Some("holds no valid OpenLDAP CSN (slapd would take it for no cookie)");
-    }
-    None
-}
-
-/// `20261123210145.374641Z#000000#000#000000`: time, count, server id, modification number.
-fn is_csn(csn: &str) -> bool {
-    let parts: Vec<&str> = csn.split('#').collect();
-    let [time, count, sid, number] = parts.as_slice() else {
-        return false;
-    };
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let time = time.as_bytes();
-    time.len() == 22
-        && time[..14].iter().all(u8::is_ascii_digit)
-        && time[14] == b'.'
-        && time[15..21].iter().all(u8::is_ascii_digit)
-        && time[21] == b'Z'
-        && hex(count, 6)
-        && hex(sid, 3)
-        && hex(number, 6)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
-    fn ids(list: &[&str]) -> BTreeSet<StableId> {
-        list.iter().map(|s| StableId(s.to_string())).collect()
+    fn entry(dn: &str, uuid: Option<&str>) -> SearchEntry {
+        let mut attrs = HashMap::new();
+        if let Some(uuid) = uuid {
+            attrs.insert("entryUUID".to_string(), vec![uuid.to_string()]);
+        }
+        SearchEntry {
+            dn: dn.into(),
+            attrs,
+            bin_attrs: HashMap::new(),
+        }
     }
 
     #[test]
-    fn sync_uuids_read_as_entry_uuids() {
-        let bytes = [
-            0xbd, 0x51, 0x6b, 0x60, 0x7b, 0xcc, 0x10, 0x41, 0x98, 0x25, 0xe1, 0x53, 0x0d, 0xe4,
-            0x9d, 0xab,
-        ];
-        assert_eq!(
-            uuid_text(&bytes).unwrap().0,
-            "bd516b60-7bcc-1041-9825-e1530de49dab"
+    fn entries_must_be_named_by_their_entry_uuid() {
+        let uuid = "bd516b60-7bcc-1041-9825-e1530de49dab";
+        let id = SyncId::from_text(uuid).unwrap();
+        assert_eq!(named_unlike(&id, &entry("uid=a", Some(uuid))), None);
+        let other = SyncId::from_text("a9434909-f01311f1-bc0ad3af-a5436761").unwrap();
+        let why = named_unlike(&other, &entry("uid=a", Some(uuid))).unwrap();
+        assert!(
+            why.contains("uid=a") && why.contains("not by its entryUUID"),
+            "{why}"
         );
-        assert!(uuid_text(&bytes[..15]).is_err());
+        let why = named_unlike(&id, &entry("uid=b", None)).unwrap();
+        assert!(why.contains("without a readable entryUUID"), "{why}");
     }
 
     #[test]
-    fn openldap_cookies_need_a_valid_csn() {
-        let good = b"rid=000,csn=20261123210145.374641Z#000000#000#000000";
-        assert_eq!(cookie_problem(good), None);
-        let two = b"rid=000,csn=20261123210145.374641Z#000000#000#000000;20261123210145.374641Z#000000#001#000000";
-        assert_eq!(cookie_problem(two), None);
-        assert!(cookie_problem(b"").is_some());
-        assert!(cookie_problem(b"rid=000").is_some());
-        assert!(cookie_problem(b"rid=000,csn=garbage").is_some());
-        assert!(cookie_problem(b"rid=000,csn=20261123210145.374641Z#000000#000").is_some());
-        // Not OpenLDAP's syntax: the server judges.
-        assert_eq!(cookie_problem(b"host:389#cn=dm:dc=x#42"), None);
-        assert_eq!(cookie_problem(&[0xff, 0x00, 0x01]), None);
-    }
-
-    #[test]
-    fn moved_between_bases_is_not_deleted() {
-        let a = BaseRefresh {
-            deleted: ids(&["x", "gone"]),
-            ..Default::default()
-        };
-        let b = BaseRefresh {
-            changed: ids(&["x"]),
-            ..Default::default()
-        };
-        let (deleted, present) = merge(vec![a, b]).unwrap();
-        assert_eq!(deleted, ids(&["gone"]));
-        assert_eq!(present, None);
-    }
-
-    #[test]
-    fn present_phase_lists_present_and_changed() {
-        let a = BaseRefresh {
-            present: ids(&["p", "q", "later-deleted"]),
-            changed: ids(&["c"]),
-            deleted: ids(&["later-deleted"]),
-            present_phase: true,
-            ..Default::default()
-        };
-        let (deleted, present) = merge(vec![a]).unwrap();
-        assert_eq!(deleted, ids(&["later-deleted"]));
-        assert_eq!(present, Some(ids(&["c", "p", "q"])));
-    }
-
-    #[test]
-    fn mixed_phases_cannot_be_merged() {
-        let a = BaseRefresh {
-            present_phase: true,
-            ..Default::default()
-        };
-        assert!(merge(vec![a, BaseRefresh::default()]).is_none());
-        assert_eq!(merge(Vec::new()), Some((BTreeSet::new(), None)));
-    }
-
-    #[test]
-    fn only_entry_uuid_ids_match_sync_uuids() {
+    fn only_entry_uuid_ids_match_standard_sync_ids() {
         let mut q = AgentQuery {
             filter: "(objectClass=inetOrgPerson)".into(),
             attributes: vec![],
             id_attribute: "entryuuid".into(),
             id_format: IdFormat::Text,
         };
-        assert_eq!(ids_unlike_sync_uuids(&q), None);
+        assert_eq!(ids_unlike_sync_ids(&q, SyncDialect::Standard), None);
         q.id_attribute = "employeeNumber".into();
-        assert!(ids_unlike_sync_uuids(&q)
+        assert!(ids_unlike_sync_ids(&q, SyncDialect::Standard)
             .unwrap()
             .contains("employeeNumber"));
+        // 389-DS ids are resolved through the recorded nsUniqueIds, whatever the stable id.
+        q.id_attribute = "ipaUniqueID".into();
+        assert_eq!(ids_unlike_sync_ids(&q, SyncDialect::Ds389), None);
+    }
+
+    #[test]
+    fn the_sync_filter_is_the_same_for_watermark_and_changes() {
+        let q = AgentQuery {
+            filter: "(&(objectClass=inetOrgPerson)(uid=*))".into(),
+            attributes: vec![],
+            id_attribute: "entryUUID".into(),
+            id_format: IdFormat::Text,
+        };
+        assert_eq!(sync_filter(SyncDialect::Standard, &q), q.filter);
+        assert_eq!(sync_filter(SyncDialect::Ds389, &q), "(objectClass=*)");
     }
 }

@@ -127,6 +127,7 @@ impl Directory {
             snapshot,
             deleted,
             present: None,
+            deleted_sync_ids: Default::default(),
             watermark: Watermark::Usn {
                 server: self.server().to_string(),
                 invocation_id: dc.invocation_id,

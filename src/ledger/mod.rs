@@ -5,7 +5,8 @@
 //! (every applied action), `runs` (the run journal); `rooms`, `room_members`, `room_powers`
 //! (see [`memberships`]); `departing` and `scheduled`, the indexes incremental runs plan from
 //! (see [`incremental`]); `profiles`, a digest of each account that complete plans read instead
-//! of the records (see [`profiles`]). An applied action's account record, its profile and its
+//! of the records (see [`profiles`]); `sync_ids`, the ids 389-DS names agents by in content sync
+//! (see [`sync_ids`]). An applied action's account record, its profile and its
 //! audit entry are written in one transaction, so a crash leaves either all or none.
 
 mod creation;
@@ -17,6 +18,7 @@ pub mod memberships;
 mod profiles;
 mod records;
 mod rekey;
+mod sync_ids;
 
 pub use incremental::{FinishedRun, Scheduled, ScheduledUpdate, SyncPoint};
 pub use memberships::{MembershipRecord, PowerRecord, RoomRecord, RoomsView};
@@ -25,6 +27,7 @@ pub use records::{
     AccountRecord, AccountStatus, AuditEntry, Held, HeldAgent, Origin, RunRecord, Shadow,
 };
 pub use rekey::{Rekey, RekeyError, Rekeyed};
+pub use sync_ids::SyncIdUpdate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +92,8 @@ pub struct Ledger {
     /// The write-ahead journal: one entry per homeserver write about to be sent, written and
     /// flushed before it is sent, cleared with its result (see [`journal`]).
     intents: sled::Tree,
+    /// Sync id (hex) → stable id: see [`sync_ids`]. Empty unless the directory is 389-DS.
+    sync_ids: sled::Tree,
 }
 
 /// The last run that was not held back by the brake.
@@ -276,6 +281,7 @@ impl Ledger {
             profiles: db.open_tree("profiles")?,
             held: db.open_tree("held")?,
             intents: db.open_tree("intents")?,
+            sync_ids: db.open_tree("sync_ids")?,
             path,
             db,
         };

@@ -113,6 +113,10 @@ pub struct RunRecord {
     /// The run read only what changed since the last read (`agents`: the changed ones).
     #[serde(default)]
     pub incremental: bool,
+    /// The run read everything because the directory could not give an incremental read that
+    /// can be trusted: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_fallback: Option<String>,
 }
 
 /// An agent the daemon does nothing for until something changes, and why: shown by `plan`,

@@ -16,7 +16,7 @@ enum ToMapper {
     /// than the mapping saves).
     Entries(Vec<Entry>),
     /// The read is complete: what else it gathered (groups, skipped entries).
-    Read(Snapshot),
+    Read(Box<Snapshot>),
 }
 
 /// Reads every agent and maps them (see the module's doc).
@@ -50,7 +50,7 @@ pub(super) async fn read_and_map(
     // On an error the channel closes (the thread ends with nothing) and the error is returned.
     let snapshot = read?;
     let _ = to_mapper.send(ToMapper::Entries(batch));
-    let _ = to_mapper.send(ToMapper::Read(snapshot));
+    let _ = to_mapper.send(ToMapper::Read(Box::new(snapshot)));
     drop(to_mapper);
     let Some((desired, snapshot)) = mapping
         .await
@@ -64,6 +64,8 @@ pub(super) async fn read_and_map(
         desired,
         read: Read::Complete {
             watermark: snapshot.watermark,
+            sync_ids: snapshot.sync_ids,
+            fallback: None,
         },
     })
 }
@@ -86,7 +88,7 @@ fn map_as_read(rules: &Rules, now: i64, inbox: Receiver<ToMapper>) -> Option<(De
                 snapshot.passed_on -= kept.len();
                 snapshot.entries = kept;
                 let desired = mapper.finish(&snapshot);
-                return Some((desired, snapshot));
+                return Some((desired, *snapshot));
             }
         }
     }

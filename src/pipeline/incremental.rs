@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{agent_query, Mapped, RunError};
 use crate::clock::format_time;
 use crate::config::Config;
-use crate::directory::{self, Incremental, StableId, Watermark};
-use crate::ledger::{Ledger, LedgerView, Scheduled, ScheduledUpdate, SyncPoint};
+use crate::directory::{self, Incremental, StableId, SyncId, Watermark};
+use crate::ledger::{Ledger, LedgerView, Scheduled, ScheduledUpdate, SyncIdUpdate, SyncPoint};
 use crate::mapping::{self, AgentState, Coverage, Desired, DesiredAccount, Rules};
 
 /// How much of the directory a run read.
@@ -21,13 +21,24 @@ use crate::mapping::{self, AgentState, Coverage, Desired, DesiredAccount, Rules}
 pub enum Read {
     /// Every agent. `watermark`: where the next incremental read can start (`None`: the
     /// server offers none, or incremental reads are off).
-    Complete { watermark: Option<Watermark> },
+    Complete {
+        watermark: Option<Watermark>,
+        /// Each agent's content-sync id, when the server names agents by another id than
+        /// their stable one (389-DS; empty otherwise).
+        sync_ids: Vec<(SyncId, StableId)>,
+        /// Why an incremental read was tried and could not be used, if it was: the directory
+        /// could not build on the watermark, or its answer could not be trusted.
+        fallback: Option<String>,
+    },
     /// What changed since `since`; `watermark` is where this read left off.
     Changes {
         since: SyncPoint,
         watermark: Watermark,
         /// Managed agents the directory says left (deleted, or out of the filter).
         gone: usize,
+        /// The changed agents' content-sync ids, and the ids of the entries that went (389-DS).
+        sync_ids: Vec<(SyncId, StableId)>,
+        forget: BTreeSet<SyncId>,
     },
 }
 
@@ -35,6 +46,41 @@ impl Read {
     pub fn is_complete(&self) -> bool {
         matches!(self, Read::Complete { .. })
     }
+
+    /// Why this complete read was not an incremental one, when one was tried and failed.
+    pub fn fallback(&self) -> Option<&str> {
+        match self {
+            Read::Complete { fallback, .. } => fallback.as_deref(),
+            Read::Changes { .. } => None,
+        }
+    }
+
+    /// How this read changes the ledger's content-sync ids, if it does.
+    pub fn sync_id_update(&self) -> Option<SyncIdUpdate> {
+        match self {
+            Read::Complete { sync_ids, .. } if !sync_ids.is_empty() => {
+                Some(SyncIdUpdate::Replace(sync_ids.clone()))
+            }
+            Read::Changes {
+                sync_ids, forget, ..
+            } if !sync_ids.is_empty() || !forget.is_empty() => Some(SyncIdUpdate::Patch {
+                set: sync_ids.clone(),
+                forget: forget.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Why a run reads the whole directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhyComplete {
+    /// As intended: no watermark yet, a complete read due, changed rules, incremental reads
+    /// off or not asked for.
+    Planned(String),
+    /// An incremental read was tried and the directory could not give one that can be
+    /// trusted (cookie refused, another server, a refresh that contradicts itself, …).
+    Fallback(String),
 }
 
 /// What the agents are read and mapped with: a sync point taken under another fingerprint
@@ -96,10 +142,11 @@ pub(super) async fn read_changes_and_map(
         },
     )
     .await?;
-    let changes = match answer {
+    let mut changes = match answer {
         Incremental::Changes(changes) => changes,
         Incremental::FullReadNeeded(why) => return Ok(Err(why)),
     };
+    let sync_ids = std::mem::take(&mut changes.snapshot.sync_ids);
     let mut desired = mapper.finish_accounts(&changes.snapshot);
     let read_ids: BTreeSet<StableId> = desired
         .accounts
@@ -108,6 +155,9 @@ pub(super) async fn read_changes_and_map(
         .chain(desired.skipped.iter().filter_map(|s| s.id.clone()))
         .collect();
     let mut gone = changes.deleted;
+    // 389-DS names the entries that went by their nsUniqueId: the agents among them are those
+    // earlier reads recorded.
+    gone.extend(ledger.stable_ids_of(&changes.deleted_sync_ids)?);
     if let Some(present) = &changes.present {
         gone.extend(
             ledger
@@ -146,6 +196,8 @@ pub(super) async fn read_changes_and_map(
         since: point,
         watermark: changes.watermark,
         gone: gone.len(),
+        sync_ids,
+        forget: changes.deleted_sync_ids,
     };
     desired.coverage = Coverage::Changes { gone };
     Ok(Ok((

@@ -1,5 +1,5 @@
-//! Test harness: a real slapd, a real Samba AD DC and a real Synapse on loopback ports, for
-//! integration tests.
+//! Test harness: a real slapd, a real 389-DS, a real Samba AD DC and a real Synapse on loopback
+//! ports, for integration tests.
 //!
 //! Use it from a test binary with `mod common;`. Needs `scripts/install-testbed.sh` to have run.
 //! Servers are started by one dedicated thread under `setpriv --pdeathsig KILL`, so none of them
@@ -8,6 +8,8 @@
 
 pub mod accounts;
 pub mod ad_site;
+pub mod ds389;
+pub mod ds389_site;
 pub mod pki;
 pub mod process;
 pub mod samba;
