@@ -203,7 +203,7 @@ fn starttls_with_a_bind_by_dn_reads_the_domain() {
     });
     site.add_agent(ANNE);
     let bound = format!(
-        "OK      directory bind: ldap://localhost as {}",
+        "OK      directory bind: ldap://localhost (Active Directory) as {}",
         site.dc.sync_dn
     );
     check_says(&site, true, &[&bound]);
@@ -216,7 +216,7 @@ fn starttls_with_a_bind_by_dn_reads_the_domain() {
 fn binds_as_upn_or_down_level_name_work_and_a_bare_account_name_is_explained() {
     let site = AdSite::new("upn");
     let bound = format!(
-        "OK      directory bind: ldaps://localhost as {}",
+        "OK      directory bind: ldaps://localhost (Active Directory) as {}",
         site.dc.sync_upn
     );
     check_says(&site, true, &[&bound]);
@@ -228,7 +228,7 @@ fn binds_as_upn_or_down_level_name_work_and_a_bare_account_name_is_explained() {
     check_says(
         &site,
         true,
-        &["OK      directory bind: ldaps://localhost as SAMDOM\\svc-matrix"],
+        &["OK      directory bind: ldaps://localhost (Active Directory) as SAMDOM\\svc-matrix"],
     );
     // The sAMAccountName alone is not a bind name in AD; the error says why (data 52e).
     site.configure(&Settings {
@@ -270,7 +270,7 @@ fn failover_skips_a_dead_dc_url_and_says_which_one_answered() {
     check_says(
         &site,
         true,
-        &["OK      directory bind: ldaps://localhost as"],
+        &["OK      directory bind: ldaps://localhost (Active Directory) as"],
     );
     let run = site.sync_ok();
     assert!(
