@@ -282,7 +282,7 @@ fn failover_skips_a_dead_dc_url_and_says_which_one_answered() {
     let log = plain(&run.stderr);
     assert!(
         log.contains(&format!("directory server unusable server={dead}"))
-            && log.contains("directory: connected and bound server=ldaps://localhost tried=2"),
+            && log.contains("directory: connected and bound server=ldaps://localhost kind=\"Active Directory\" tried=2"),
         "{log}"
     );
 }
