@@ -47,15 +47,7 @@ impl<H: Homeserver> Runner<'_, H> {
                     self.stop.store(true, Ordering::SeqCst);
                 }
                 tracing::warn!(mxid = action.mxid(), action = action.kind().name(), error = %e, "action failed");
-                let entry = audit(
-                    self.clock,
-                    action.mxid(),
-                    action.id(),
-                    action.kind().name(),
-                    action.reason().into(),
-                    &format!("error: {e}"),
-                );
-                self.ledger.record_audit(&entry)?;
+                self.audit_action(action, &format!("error: {e}"))?;
                 Ok(Outcome::Failed(e.to_string()))
             }
             Err(StepError::Ledger(e)) => Err(e),
@@ -64,9 +56,27 @@ impl<H: Homeserver> Runner<'_, H> {
 
     /// The action is not sent: its journal entry ends here.
     pub(super) fn not_sent(&self, action: &Action) -> Result<Outcome, LedgerError> {
-        self.ledger
-            .clear_intent(&journal::account_intent(action, 0).key())?;
+        self.end_intent(action)?;
         Ok(Outcome::NotTried)
+    }
+
+    /// Ends the journal entry of `action` (nothing was written, or its result is recorded).
+    fn end_intent(&self, action: &Action) -> Result<(), LedgerError> {
+        self.ledger
+            .clear_intent(&journal::account_intent(action, 0).key())
+    }
+
+    /// An audit entry for `action` with `result`, that changes no account record.
+    fn audit_action(&self, action: &Action, result: &str) -> Result<(), LedgerError> {
+        let entry = audit(
+            self.clock,
+            action.mxid(),
+            action.id(),
+            action.kind().name(),
+            action.reason().into(),
+            result,
+        );
+        self.ledger.record_audit(&entry)
     }
 
     /// The client stopped sending (the homeserver is not answering, or the deadline passed):
@@ -80,15 +90,7 @@ impl<H: Homeserver> Runner<'_, H> {
     ) -> Result<Outcome, LedgerError> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(request) = unanswered {
-            let entry = audit(
-                self.clock,
-                action.mxid(),
-                action.id(),
-                action.kind().name(),
-                action.reason().into(),
-                &format!("interrupted: {request}; {halt}"),
-            );
-            self.ledger.record_audit(&entry)?;
+            self.audit_action(action, &format!("interrupted: {request}; {halt}"))?;
             // Sent without an answer: the journal keeps it, for the next run to resolve.
             return Ok(Outcome::NotTried);
         }
@@ -112,17 +114,8 @@ impl<H: Homeserver> Runner<'_, H> {
                 error: error.to_string(),
             },
         })?;
-        let entry = audit(
-            self.clock,
-            action.mxid(),
-            action.id(),
-            action.kind().name(),
-            action.reason().into(),
-            &format!("refused: {error}"),
-        );
-        self.ledger.record_audit(&entry)?;
-        self.ledger
-            .clear_intent(&journal::account_intent(action, 0).key())?;
+        self.audit_action(action, &format!("refused: {error}"))?;
+        self.end_intent(action)?;
         Ok(Outcome::Refused(error.to_string()))
     }
 
@@ -141,8 +134,7 @@ impl<H: Homeserver> Runner<'_, H> {
                 reason: reason.clone(),
             },
         })?;
-        self.ledger
-            .clear_intent(&journal::account_intent(action, 0).key())?;
+        self.end_intent(action)?;
         Ok(Outcome::Conflict(reason))
     }
 
@@ -452,17 +444,8 @@ impl<H: Homeserver> Runner<'_, H> {
         self.refuse_server_admin(mxid).await?;
         self.homeserver.set_locked(mxid, true).await?;
         super::crash::after_homeserver_write();
-        let entry = audit(
-            self.clock,
-            mxid,
-            action.id(),
-            action.kind().name(),
-            action.reason().to_string(),
-            "ok",
-        );
-        self.ledger.record_audit(&entry)?;
-        self.ledger
-            .clear_intent(&journal::account_intent(action, 0).key())?;
+        self.audit_action(action, "ok")?;
+        self.end_intent(action)?;
         tracing::warn!(%mxid, reason = action.reason(), "locked a departed agent's shadow account");
         Ok(Outcome::Done)
     }
