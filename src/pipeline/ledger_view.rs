@@ -283,16 +283,7 @@ mod tests {
     #[test]
     fn a_complete_plan_from_profiles_is_the_plan_from_every_record() {
         let (_dir, ledger, desired) = world();
-        let policy = Policy {
-            server_name: "example.org".into(),
-            now: 1_500,
-            grace: 1_000,
-            step: ReversibleStep::Suspend,
-            protected: vec![],
-            adopt: crate::mapping::Adopt::Matching,
-            on_conflict: crate::mapping::OnConflict::Skip,
-            retry_refused_after: 86_400,
-        };
+        let policy = Policy::for_tests("example.org", 1_500, 1_000);
         let everything = plan::plan(&desired, &ledger.view().unwrap(), &policy);
         let view =
             complete_view(&ledger, ledger.profiles().unwrap(), &desired, "example.org").unwrap();
@@ -335,16 +326,7 @@ mod tests {
             ],
             ..Desired::default()
         };
-        let policy = Policy {
-            server_name: "example.org".into(),
-            now: 1_500,
-            grace: 1_000,
-            step: ReversibleStep::Suspend,
-            protected: vec![],
-            adopt: crate::mapping::Adopt::Matching,
-            on_conflict: crate::mapping::OnConflict::Skip,
-            retry_refused_after: 86_400,
-        };
+        let policy = Policy::for_tests("example.org", 1_500, 1_000);
         let view =
             complete_view(&ledger, ledger.profiles().unwrap(), &desired, "example.org").unwrap();
         let p = plan::plan(&desired, &view, &policy);

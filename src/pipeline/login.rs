@@ -74,7 +74,6 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::ReversibleStep;
     use crate::directory::Entry;
     use crate::ledger::{AccountRecord, AccountStatus, Origin};
     use crate::mapping::map_snapshot;
@@ -152,16 +151,7 @@ display_name = "{{cn}}"
             in_step: vec![(StableId("b".into()), "@ablanc:example.org".into())],
             ..LedgerView::default()
         };
-        let policy = Policy {
-            server_name: "example.org".into(),
-            now: 0,
-            grace: 0,
-            step: ReversibleStep::Suspend,
-            protected: vec![],
-            adopt: crate::mapping::Adopt::Matching,
-            on_conflict: crate::mapping::OnConflict::Skip,
-            retry_refused_after: 86_400,
-        };
+        let policy = Policy::for_tests("example.org", 0, 0);
         let plan = plan::plan(&desired, &view, &policy);
         let warnings = warnings(&rules, &desired, &view, &plan);
         assert_eq!(warnings.len(), 1, "{warnings:#?}");

@@ -145,9 +145,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::config::ReversibleStep;
     use crate::ledger::{AccountRecord, AccountStatus, Origin};
-    use crate::mapping::{Adopt, AgentState, Desired, OnConflict};
+    use crate::mapping::{AgentState, Desired};
     use crate::plan::{plan, Action, Plan, Policy};
 
     /// 230 bytes: a localpart holds 255 - 232 = 23, a cut one 20.
@@ -156,16 +155,7 @@ mod tests {
     }
 
     fn policy(server_name: &str) -> Policy {
-        Policy {
-            server_name: server_name.into(),
-            now: 1_000,
-            grace: 0,
-            step: ReversibleStep::Suspend,
-            protected: vec![],
-            adopt: Adopt::Matching,
-            on_conflict: OnConflict::Skip,
-            retry_refused_after: 86_400,
-        }
+        Policy::for_tests(server_name, 1_000, 0)
     }
 
     fn want(id: &str, localpart: &str) -> DesiredAccount {

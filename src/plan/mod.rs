@@ -43,6 +43,24 @@ pub struct Policy {
     pub retry_refused_after: i64,
 }
 
+#[cfg(test)]
+impl Policy {
+    /// A policy for tests: `server_name`, `now`, `grace` seconds, the defaults otherwise
+    /// (suspend first, nothing protected, adopt only matching accounts, retry refusals daily).
+    pub fn for_tests(server_name: &str, now: i64, grace: i64) -> Policy {
+        Policy {
+            server_name: server_name.into(),
+            now,
+            grace,
+            step: ReversibleStep::Suspend,
+            protected: vec![],
+            adopt: Adopt::Matching,
+            on_conflict: OnConflict::Skip,
+            retry_refused_after: 86_400,
+        }
+    }
+}
+
 /// An action the homeserver refused for good, not planned again yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refused {
